@@ -1,0 +1,133 @@
+"""Small shared helpers: one-line user errors, atomic file writes, logging, YAML configs."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+class ToolkitError(Exception):
+    """An error the user can fix; the CLI prints its message on one line and exits 1.
+
+    Messages name the file or option at fault and what to do about it.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic writes: a killed job never leaves a half-written file that a later stage trusts.
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only on success.
+
+    The temporary name keeps the final suffix (so writers that look at the suffix,
+    like lhotse's `.jsonl.gz`, behave the same).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+# ---------------------------------------------------------------------------------------
+# Logging
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# YAML configs into dataclasses, with `--set a.b=c` overrides
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: config file not found; check the path given with --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ToolkitError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ToolkitError(f"{path}: a config must be a YAML mapping (key: value), got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply `a.b=c` overrides (values parsed as YAML scalars) to a nested dict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ToolkitError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-4")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ToolkitError(f"--set {item!r}: {p!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    return data
+
+
+def dataclass_from_dict(cls: type, data: dict | None, where: str = "config") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys are errors naming the key."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ToolkitError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        hint = hints.get(f.name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = dataclass_from_dict(hint, value, f"{where}.{f.name}")
+        elif hint is tuple or typing.get_origin(hint) is tuple:
+            value = tuple(value) if isinstance(value, list) else value
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def dataclass_to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
