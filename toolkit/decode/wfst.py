@@ -1,0 +1,183 @@
+"""WFST decoding of CTC log-probs on CPU with kaldi-decoder over an HLG graph (see toolkit.lm.graph).
+
+- ``hlg``: one-best Viterbi beam search (``kaldi_decoder.FasterDecoder``).
+- ``hlg-rescore``: a lattice (``LatticeSimpleDecoder``), its first-pass LM scores replaced by a larger
+  LM's (whole-lattice rescoring: the word lattice, acoustic costs only, composed with the new G).
+
+Costs are negated, scaled log-probabilities: a path's cost is ``-acoustic_scale * sum log p + G cost``
+in the first pass and ``-acoustic_scale * sum log p + lm_scale * G_big cost`` after rescoring.
+Utterances are independent, so ``nj`` worker processes each load the graphs once and take
+utterances from a queue.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import kaldi_decoder
+import kaldifst
+import numpy as np
+
+from toolkit.lm.graph import read_fst, remove_backoff_disambig
+from toolkit.utils import ToolkitError
+
+
+@dataclass
+class WfstOptions:
+    """Search options; names follow Kaldi's decoders."""
+
+    acoustic_scale: float = 1.0
+    beam: float = 16.0
+    max_active: int = 10000
+    min_active: int = 20
+    lattice_beam: float = 8.0
+    lm_scale: float = 1.0  # weight of the rescoring LM relative to the scaled acoustics
+
+    def check(self) -> None:
+        if self.acoustic_scale <= 0 or self.beam <= 0 or self.lattice_beam <= 0 or self.lm_scale <= 0:
+            raise ToolkitError("--acoustic-scale, --beam, --lattice-beam and --lm-scale must be positive")
+        if self.max_active < self.min_active:
+            raise ToolkitError(f"--max-active {self.max_active} must be at least min-active {self.min_active}")
+
+
+def to_matrix(log_probs, acoustic_scale: float = 1.0) -> np.ndarray:
+    """(T, V) log-probs (tensor or array) to the contiguous float32 matrix DecodableCtc copies."""
+    if hasattr(log_probs, "detach"):
+        log_probs = log_probs.detach().float().cpu().numpy()
+    mat = np.ascontiguousarray(log_probs, dtype=np.float32)
+    if acoustic_scale != 1.0:
+        mat = mat * np.float32(acoustic_scale)
+    return mat
+
+
+class HlgDecoder:
+    """One-best decoding over HLG.fst; ``decode`` returns the word ids of the best path."""
+
+    def __init__(self, hlg: str | os.PathLike, opts: WfstOptions):
+        opts.check()
+        self.opts = opts
+        self.graph = read_fst(hlg)
+        self.decoder = kaldi_decoder.FasterDecoder(
+            self.graph,
+            kaldi_decoder.FasterDecoderOptions(beam=opts.beam, max_active=opts.max_active, min_active=opts.min_active),
+        )
+
+    def decode(self, mat: np.ndarray) -> list[int]:
+        if mat.shape[0] == 0:
+            return []
+        self.decoder.decode(kaldi_decoder.DecodableCtc(mat))
+        # Without a final state in the beam (truncated audio), the best partial path is still a hypothesis.
+        ok, best = self.decoder.get_best_path(use_final_probs=self.decoder.reached_final())
+        if not ok:
+            return []
+        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
+        return list(words) if ok else []
+
+
+def lattice_to_word_fst(lat, acoustic_weight: float) -> kaldifst.StdVectorFst:
+    """Word acceptor of a raw lattice whose arc costs are ``acoustic_weight`` x the acoustic cost only.
+
+    The lattice's graph costs (first-pass LM) are dropped so that a new LM can replace them.
+    """
+    lines = []
+    for line in lat.to_str().splitlines():
+        p = line.split()
+        if len(p) >= 4:  # arc: src dst ilabel olabel [graph,acoustic]
+            ac = float(p[4].split(",")[1]) if len(p) > 4 else 0.0
+            lines.append(f"{p[0]} {p[1]} {p[3]} {p[3]} {ac * acoustic_weight}")
+        elif p:  # final state: s [graph,acoustic]
+            ac = float(p[1].split(",")[1]) if len(p) > 1 else 0.0
+            lines.append(f"{p[0]} {ac * acoustic_weight}")
+    fst = kaldifst.compile("\n".join(lines) + "\n")
+    kaldifst.rmepsilon(fst)
+    kaldifst.arcsort(fst, sort_type="olabel")
+    return fst
+
+
+class LatticeRescorer:
+    """Lattice decoding over HLG.fst, then whole-lattice rescoring with a larger G (``G_<n>.fst``)."""
+
+    def __init__(self, hlg: str | os.PathLike, rescore_g: str | os.PathLike, backoff_id: int, opts: WfstOptions):
+        opts.check()
+        self.opts = opts
+        self.graph = read_fst(hlg)
+        self.G = remove_backoff_disambig(read_fst(rescore_g), backoff_id)
+        self.decoder = kaldi_decoder.LatticeSimpleDecoder(
+            self.graph,
+            kaldi_decoder.LatticeSimpleDecoderConfig(beam=opts.beam, lattice_beam=opts.lattice_beam),
+        )
+
+    def decode(self, mat: np.ndarray) -> list[int]:
+        if mat.shape[0] == 0:
+            return []
+        self.decoder.decode(kaldi_decoder.DecodableCtc(mat))
+        ok, lat = self.decoder.get_raw_lattice(use_final_probs=True)
+        if ok and lat.num_states > 0:
+            # total = acoustic + lm_scale * LM  ==  acoustic / lm_scale + LM  (same arg-min)
+            words = lattice_to_word_fst(lat, 1.0 / self.opts.lm_scale)
+            best = kaldifst.shortest_path(kaldifst.compose(words, self.G))
+            ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best)
+            if ok and best.num_states > 0:
+                return list(out)
+        # No path survives with the new LM (e.g. its vocabulary misses a word): keep the first pass.
+        ok, best = self.decoder.get_best_path(use_final_probs=False)
+        ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
+        return list(out) if ok else []
+
+
+# ---------------------------------------------------------------------------------------
+# Parallel decoding over utterances
+
+_WORKER = None
+
+
+def _make_decoder(spec: dict):
+    if spec["method"] == "hlg":
+        return HlgDecoder(spec["hlg"], spec["opts"])
+    if spec["method"] == "hlg-rescore":
+        return LatticeRescorer(spec["hlg"], spec["rescore_g"], spec["backoff_id"], spec["opts"])
+    raise ToolkitError(f"--method {spec['method']!r} is not a WFST method; use hlg or hlg-rescore")
+
+
+def _init_worker(spec: dict) -> None:
+    global _WORKER
+    _WORKER = _make_decoder(spec)
+
+
+def _work(mat: np.ndarray) -> tuple[list[int], float]:
+    t0 = time.perf_counter()
+    return _WORKER.decode(mat), time.perf_counter() - t0
+
+
+def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathLike, opts: WfstOptions,
+                    nj: int = 1, rescore_g: str | os.PathLike | None = None,
+                    backoff_id: int | None = None) -> Iterator[tuple[list[int], float]]:
+    """Decode (T, V) acoustically scaled log-prob matrices; yield (word ids, seconds) in input order.
+
+    ``nj`` > 1 decodes in that many worker processes (each holds its own copy of the graphs).
+    """
+    if method == "hlg-rescore" and (rescore_g is None or backoff_id is None):
+        raise ToolkitError("--method hlg-rescore needs --rescore-lm (a larger ARPA LM)")
+    spec = {"method": method, "hlg": str(hlg), "opts": opts, "rescore_g": rescore_g and str(rescore_g),
+            "backoff_id": backoff_id}
+    if nj <= 1 or len(mats) <= 1:
+        decoder = _make_decoder(spec)
+        for mat in mats:
+            t0 = time.perf_counter()
+            yield decoder.decode(mat), time.perf_counter() - t0
+        return
+    # fork: workers inherit the imported modules and start at once; they only use numpy and kaldi.
+    method_name = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method_name)
+    with ctx.Pool(processes=min(nj, len(mats)), initializer=_init_worker, initargs=(spec,)) as pool:
+        yield from pool.imap(_work, mats, chunksize=max(1, len(mats) // (8 * nj)))
+
+
+def check_graph(path: Path, what: str) -> Path:
+    if not Path(path).is_file():
+        raise ToolkitError(f"{path}: {what} not found; run `toolkit compile-graph` with --lm first")
+    return Path(path)

@@ -1,0 +1,406 @@
+"""Decoding graphs with kaldifst: H (CTC topology), L (lexicon), G (n-gram LM) and HLG.
+
+Label conventions (those of icefall's ``prepare_lang_fst.py``, which kaldi-decoder's
+``DecodableCtc`` expects):
+
+- Input side of H and of L: token id + 1 (``TOKEN_OFFSET``), so that label 0 stays epsilon
+  although the CTC blank has id 0 in ``tokens.txt``. ``DecodableCtc`` reads column
+  ``label - 1`` of the log-probability matrix.
+- Disambiguation symbols ``#0, #1, ...`` of L follow the last token: ``#k`` has label
+  ``num_tokens + 1 + k``. They are replaced by epsilon in LG before H is composed, so HLG's
+  input alphabet is exactly the shifted tokens.
+- Output side of L, G and HLG: word ids of ``words.txt`` (``<eps>`` = 0; ``#0`` is the word-level
+  back-off disambiguator that ``arpa2fst`` writes on G's back-off arcs).
+
+``compile_graphs`` writes ``H.fst``, ``L_disambig.fst``, ``G_<order>.fst`` and ``HLG.fst`` into the lang
+dir and rebuilds a file only when one of its inputs (file content hashes and options) changed;
+the hashes live in ``graphs.json`` beside them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kaldifst
+
+from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+TOKEN_OFFSET = 1  # graph input label = token id + 1, so 0 can mean epsilon
+GRAPH_VERSION = 1  # bump when the construction changes, so cached graphs are rebuilt
+SPECIAL_WORDS = ("<eps>", "#0", "<s>", "</s>")
+
+
+# ---------------------------------------------------------------------------------------
+# Lang dir text files
+
+def read_symbols(path: str | os.PathLike) -> dict[str, int]:
+    """Read a ``symbol id`` table (tokens.txt, words.txt); ids must be unique integers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: not found; build the lang dir first (toolkit lang-dir)")
+    table: dict[str, int] = {}
+    seen: set[int] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ToolkitError(f"{path}:{n}: expected 'symbol id', got {line!r}; fix or rebuild the file")
+        sym, idx = parts[0], int(parts[1])
+        if sym in table or idx in seen:
+            raise ToolkitError(f"{path}:{n}: duplicate symbol or id in {line!r}; rebuild the file")
+        table[sym] = idx
+        seen.add(idx)
+    if not table:
+        raise ToolkitError(f"{path}: empty symbol table; rebuild the lang dir")
+    return table
+
+
+def read_lexicon(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
+    """Read ``lexicon.txt``: ``word tok tok ...`` per line (a word may have several lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: not found; build the lang dir first (toolkit lang-dir)")
+    entries = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise ToolkitError(f"{path}:{n}: word {parts[0]!r} has an empty spelling; fix the lexicon")
+        entries.append((parts[0], parts[1:]))
+    if not entries:
+        raise ToolkitError(f"{path}: empty lexicon; rebuild the lang dir")
+    return entries
+
+
+@dataclass
+class Lang:
+    """The text files of an icefall-style lang dir, checked against each other."""
+
+    dir: Path
+    tokens: dict[str, int]
+    words: dict[str, int]
+    lexicon: list[tuple[str, list[str]]]
+    id2word: dict[int, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # icefall appends #0, #1, ... to tokens.txt; they are graph symbols, not model outputs.
+        self.tokens = {t: i for t, i in self.tokens.items() if not (t.startswith("#") and t[1:].isdigit())}
+        self.id2word = {i: w for w, i in self.words.items()}
+        if self.tokens.get("<blk>", 0) != 0 or 0 not in self.tokens.values():
+            raise ToolkitError(f"{self.dir}/tokens.txt: the CTC blank must have id 0; rebuild the lang dir")
+        if self.words.get("<eps>") != 0:
+            raise ToolkitError(f"{self.dir}/words.txt: '<eps>' must have id 0; rebuild the lang dir")
+        if "#0" not in self.words:
+            raise ToolkitError(f"{self.dir}/words.txt: lacks the back-off symbol '#0'; rebuild the lang dir")
+        for word, toks in self.lexicon:
+            if word not in self.words:
+                raise ToolkitError(f"{self.dir}/lexicon.txt: word {word!r} is not in words.txt; rebuild the lang dir")
+            bad = [t for t in toks if t not in self.tokens]
+            if bad:
+                raise ToolkitError(
+                    f"{self.dir}/lexicon.txt: token(s) {' '.join(bad)} of {word!r} not in tokens.txt; rebuild the lang dir"
+                )
+
+    @classmethod
+    def load(cls, lang_dir: str | os.PathLike) -> "Lang":
+        d = Path(lang_dir)
+        if not d.is_dir():
+            raise ToolkitError(f"{d}: lang dir not found; create it with `toolkit lang-dir` or fix --lang-dir")
+        return cls(d, read_symbols(d / "tokens.txt"), read_symbols(d / "words.txt"), read_lexicon(d / "lexicon.txt"))
+
+    @property
+    def num_tokens(self) -> int:
+        """Size of the CTC output layer (max token id + 1)."""
+        return max(self.tokens.values()) + 1
+
+    def words_of(self, ids: list[int]) -> list[str]:
+        """Word ids from a graph's output side to words, dropping epsilon and LM specials."""
+        out = []
+        for i in ids:
+            w = self.id2word.get(i)
+            if w is not None and w not in SPECIAL_WORDS:
+                out.append(w)
+        return out
+
+
+def add_disambig(lexicon: list[tuple[str, list[str]]]) -> tuple[list[tuple[str, list[str]]], int]:
+    """Append ``#k`` to spellings that are homophones or prefixes of others (Kaldi's add_lex_disambig).
+
+    Returns the new entries and the highest k used (0 when no entry needed one). ``#0`` is reserved
+    for the LM back-off and never used here.
+    """
+    counts = Counter(tuple(toks) for _, toks in lexicon)
+    prefixes = {tuple(toks[:i]) for _, toks in lexicon for i in range(1, len(toks))}
+    last_used: dict[tuple[str, ...], int] = {}
+    out = []
+    max_k = 0
+    for word, toks in lexicon:
+        key = tuple(toks)
+        if key in prefixes or counts[key] > 1:
+            k = last_used.get(key, 0) + 1
+            last_used[key] = k
+            max_k = max(max_k, k)
+            toks = toks + [f"#{k}"]
+        out.append((word, list(toks)))
+    return out, max_k
+
+
+# ---------------------------------------------------------------------------------------
+# H, L, G and HLG
+
+def build_ctc_topo(num_tokens: int, compact: bool = False) -> kaldifst.StdVectorFst:
+    """CTC topology H over tokens ``0..num_tokens-1`` (0 = blank), labels shifted by TOKEN_OFFSET.
+
+    Standard: one state per token, fully connected (V^2 arcs); a token repeats only across a
+    blank, so H maps frame labels to exactly the collapsed sequence. Compact: a blank state and one
+    state per token with an epsilon arc back (O(V) arcs, for large word-piece vocabularies); it also
+    accepts a token repeated without blank in between, as k2's ``ctc_topo(modified=True)``.
+    """
+    fst = kaldifst.StdVectorFst()
+    for _ in range(num_tokens):
+        s = fst.add_state()
+        fst.set_final(state=s, weight=0.0)
+    fst.start = 0
+    blank_label = 0 + TOKEN_OFFSET
+    for i in range(num_tokens):
+        if compact:
+            if i == 0:
+                fst.add_arc(state=0, arc=kaldifst.StdArc(blank_label, 0, 0.0, 0))
+                continue
+            lab = i + TOKEN_OFFSET
+            fst.add_arc(state=0, arc=kaldifst.StdArc(lab, lab, 0.0, i))
+            fst.add_arc(state=i, arc=kaldifst.StdArc(lab, 0, 0.0, i))
+            fst.add_arc(state=i, arc=kaldifst.StdArc(0, 0, 0.0, 0))
+            continue
+        for k in range(num_tokens):
+            # Staying in the same token (self-loop) or emitting blank outputs nothing.
+            olabel = 0 if (k == i or k == 0) else k + TOKEN_OFFSET
+            fst.add_arc(state=i, arc=kaldifst.StdArc(k + TOKEN_OFFSET, olabel, 0.0, k))
+    kaldifst.arcsort(fst, sort_type="olabel")
+    return fst
+
+
+def build_lexicon_fst(lang: Lang) -> tuple[kaldifst.StdVectorFst, int]:
+    """L_disambig: token sequences (with ``#k``) to words; a ``#0`` self-loop passes G's back-off.
+
+    Returns the FST (olabel-sorted) and the label of ``#0`` (the first disambiguation label).
+    """
+    entries, max_k = add_disambig(lang.lexicon)
+    first_disambig = lang.num_tokens + TOKEN_OFFSET
+
+    def label(tok: str) -> int:
+        if tok.startswith("#") and tok not in lang.tokens:
+            return first_disambig + int(tok[1:])
+        return lang.tokens[tok] + TOKEN_OFFSET
+
+    fst = kaldifst.StdVectorFst()
+    loop = fst.add_state()
+    fst.start = loop
+    fst.set_final(state=loop, weight=0.0)
+    for word, toks in entries:
+        src = loop
+        for j, tok in enumerate(toks):
+            dst = loop if j == len(toks) - 1 else fst.add_state()
+            olabel = lang.words[word] if j == 0 else 0
+            fst.add_arc(state=src, arc=kaldifst.StdArc(label(tok), olabel, 0.0, dst))
+            src = dst
+    fst.add_arc(state=loop, arc=kaldifst.StdArc(first_disambig, lang.words["#0"], 0.0, loop))
+    kaldifst.arcsort(fst, sort_type="olabel")
+    logger.debug("L: %d entries, disambiguation symbols #0..#%d", len(entries), max_k)
+    return fst, first_disambig
+
+
+def arpa_order(arpa: str | os.PathLike) -> int:
+    """Highest n-gram order declared in an ARPA file's \\data\\ section."""
+    arpa = Path(arpa)
+    if not arpa.is_file():
+        raise ToolkitError(f"{arpa}: ARPA LM not found; train one with `toolkit lm train` or fix --lm")
+    order = 0
+    with open(arpa, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("ngram ") and "=" in line:
+                order = max(order, int(line[6:].split("=")[0]))
+            elif line.startswith("\\1-grams"):
+                break
+    if order == 0:
+        raise ToolkitError(f"{arpa}: not an ARPA file (no \\data\\ section with 'ngram N=' lines); fix --lm")
+    return order
+
+
+def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max_order: int = -1) -> kaldifst.StdVectorFst:
+    """G from an ARPA file through kaldilm's arpa2fst (``#0`` on back-off arcs, <s>/</s> removed).
+
+    kaldilm aborts the process on malformed input, so it runs in a child process; n-grams with words
+    missing from words.txt are skipped (kaldilm warns).
+    """
+    arpa_order(arpa)  # clear error for a missing or non-ARPA file
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "G.fst"
+        cmd = [
+            sys.executable, "-m", "kaldilm", f"--read-symbol-table={words_txt}", "--disambig-symbol=#0",
+            f"--max-order={max_order}", "--max-arpa-warnings=0", str(arpa), str(out),
+        ]
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("[E]") or "ERROR" in ln]
+            why = errors[-1] if errors else f"kaldilm exited with {proc.returncode}"
+            raise ToolkitError(f"{arpa}: cannot convert the ARPA LM to an FST ({why}); fix or regenerate the LM")
+        fst = kaldifst.StdVectorFst.read(str(out))
+    if fst.num_states == 0:
+        raise ToolkitError(f"{arpa}: the LM shares no words with {words_txt}; build the LM from the lang dir's text")
+    return fst
+
+
+def relabel(fst: kaldifst.StdVectorFst, ilabel_map=None, olabel_map=None) -> kaldifst.StdVectorFst:
+    """Return a copy with labels mapped by the given functions (text round trip keeps properties honest)."""
+    lines = []
+    for line in fst.to_str().splitlines():
+        p = line.split()
+        if len(p) >= 4:
+            if ilabel_map is not None:
+                p[2] = str(ilabel_map(int(p[2])))
+            if olabel_map is not None:
+                p[3] = str(olabel_map(int(p[3])))
+        lines.append(" ".join(p))
+    return kaldifst.compile("\n".join(lines) + "\n")
+
+
+def remove_backoff_disambig(G: kaldifst.StdVectorFst, backoff_id: int) -> kaldifst.StdVectorFst:
+    """G with ``#0`` replaced by epsilon: an acceptor of word strings usable for rescoring."""
+    out = relabel(G, lambda x: 0 if x == backoff_id else x, lambda x: 0 if x == backoff_id else x)
+    kaldifst.arcsort(out, sort_type="ilabel")
+    return out
+
+
+def build_hlg(H: kaldifst.StdVectorFst, L: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst,
+              first_disambig: int) -> kaldifst.StdVectorFst:
+    """HLG = H o min(det(L o G)), disambiguation symbols removed, input-label sorted."""
+    kaldifst.arcsort(G, sort_type="ilabel")
+    LG = kaldifst.compose(L, G)
+    if LG.num_states == 0:
+        raise ToolkitError("L o G is empty: no lexicon word is in the LM; build the LM from the lang dir's words")
+    if kaldifst.determinize_star(LG):
+        raise ToolkitError("determinizing L o G hit the state limit; use a smaller (pruned) LM")
+    kaldifst.minimize_encoded(LG)
+    LG = relabel(LG, ilabel_map=lambda x: 0 if x >= first_disambig else x)
+    kaldifst.rmepsilon(LG)
+    kaldifst.arcsort(LG, sort_type="ilabel")
+    Hs = H.copy()
+    kaldifst.arcsort(Hs, sort_type="olabel")
+    HLG = kaldifst.compose(Hs, LG)
+    kaldifst.connect(HLG)
+    kaldifst.arcsort(HLG, sort_type="ilabel")
+    return HLG
+
+
+# ---------------------------------------------------------------------------------------
+# Cached compilation into the lang dir
+
+def file_hash(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class GraphCache:
+    """``graphs.json`` in the lang dir: for each graph file, the key of the inputs it was built from."""
+
+    def __init__(self, lang_dir: str | os.PathLike):
+        self.dir = Path(lang_dir)
+        self.path = self.dir / "graphs.json"
+        try:
+            self.entries: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except json.JSONDecodeError:
+            self.entries = {}  # a damaged record only costs a rebuild
+
+    @staticmethod
+    def key(inputs: list[Path], **options) -> str:
+        payload = {"version": GRAPH_VERSION, "inputs": [file_hash(p) for p in inputs], "options": options}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def fresh(self, name: str, key: str) -> bool:
+        return self.entries.get(name) == key and (self.dir / name).is_file()
+
+    def record(self, name: str, key: str) -> None:
+        self.entries[name] = key
+        atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+
+
+def write_fst(fst: kaldifst.StdVectorFst, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        if not fst.write(str(tmp)):
+            raise ToolkitError(f"{path}: cannot write the FST; check disk space and permissions")
+
+
+def read_fst(path: str | os.PathLike) -> kaldifst.StdVectorFst:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: graph not found; run `toolkit compile-graph` first")
+    return kaldifst.StdVectorFst.read(str(path))
+
+
+@dataclass
+class GraphPaths:
+    H: Path
+    L: Path
+    G: Path | None
+    HLG: Path | None
+    rebuilt: list[str]
+
+
+def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = None, order: int | None = None,
+                   compact: bool = False, force: bool = False) -> GraphPaths:
+    """Build (or reuse) H.fst, L_disambig.fst and, given an ARPA ``lm``, G_<order>.fst and HLG.fst.
+
+    ``order`` caps the n-gram order used (default: the ARPA's own). A graph is rebuilt only when the
+    content of an input file or an option changed (``force`` rebuilds everything).
+    """
+    lang = Lang.load(lang_dir)
+    d = lang.dir
+    cache = GraphCache(d)
+    rebuilt: list[str] = []
+    text_inputs = [d / "tokens.txt", d / "words.txt", d / "lexicon.txt"]
+
+    h_key = cache.key([d / "tokens.txt"], compact=compact)
+    if force or not cache.fresh("H.fst", h_key):
+        write_fst(build_ctc_topo(lang.num_tokens, compact=compact), d / "H.fst")
+        cache.record("H.fst", h_key)
+        rebuilt.append("H.fst")
+    l_key = cache.key(text_inputs)
+    if force or not cache.fresh("L_disambig.fst", l_key):
+        write_fst(build_lexicon_fst(lang)[0], d / "L_disambig.fst")
+        cache.record("L_disambig.fst", l_key)
+        rebuilt.append("L_disambig.fst")
+    if lm is None:
+        return GraphPaths(d / "H.fst", d / "L_disambig.fst", None, None, rebuilt)
+
+    order = order or arpa_order(lm)
+    g_name = f"G_{order}.fst"
+    g_key = cache.key([Path(lm), d / "words.txt"], order=order)
+    if force or not cache.fresh(g_name, g_key):
+        write_fst(build_grammar_fst(lm, d / "words.txt", order), d / g_name)
+        cache.record(g_name, g_key)
+        rebuilt.append(g_name)
+    hlg_key = cache.key(text_inputs + [Path(lm)], order=order, compact=compact)
+    if force or not cache.fresh("HLG.fst", hlg_key):
+        _, first_disambig = build_lexicon_fst(lang)
+        HLG = build_hlg(read_fst(d / "H.fst"), read_fst(d / "L_disambig.fst"), read_fst(d / g_name), first_disambig)
+        write_fst(HLG, d / "HLG.fst")
+        cache.record("HLG.fst", hlg_key)
+        rebuilt.append("HLG.fst")
+    return GraphPaths(d / "H.fst", d / "L_disambig.fst", d / g_name, d / "HLG.fst", rebuilt)
