@@ -1,0 +1,144 @@
+"""Deterministic sentence generation per language, offline, for synthetic corpora.
+
+Why this design: the synthetic corpus must build with no network, be identical for a
+seed, and be learnable by a tiny CTC model from ~10 minutes of audio while still
+giving an n-gram LM something to do. So the text comes from
+
+* a small hand-written word list per language (`toolkit/data/lexicons/<lang>.txt`,
+  ~110-130 common words in the sections `[nouns]`, `[verbs]`, `[adjectives]`,
+  `[connectors]` and optionally `[numbers]`), and
+* number words from the `num2words` package (cardinals 1..40) where it supports the
+  language; languages it lacks (Swahili, Greek) list their numbers in `[numbers]`.
+
+Sentences follow a handful of part-of-speech templates (noun verb noun, adjective noun
+verb number noun, two clauses joined by a connector, ...), with words drawn from a
+Zipf distribution inside each class. The vocabulary is small and repetitive (a tiny
+model sees each frequent word many times), while the templates make word order
+predictable, so an n-gram LM lowers the error rate measurably. Grammar (agreement,
+case) is deliberately ignored: this is test data, not a language model of the
+language. Sentences start with a capital letter and end with a full stop, so text
+normalisation has something to undo.
+
+Adding a language = adding `lexicons/<code>.txt` (and an espeak-ng voice for it).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.utils import ToolkitError
+
+LEXICON_DIR = Path(__file__).with_name("lexicons")
+WORD_CLASSES = ("nouns", "verbs", "adjectives", "connectors", "numbers")
+MAX_NUMBER = 40  # number words 1..MAX_NUMBER: keeps the vocabulary bounded
+
+# Part-of-speech templates: N noun, V verb, A adjective, C connector, U number.
+TEMPLATES: tuple[tuple[str, ...], ...] = (
+    ("N", "V", "N"),
+    ("A", "N", "V", "N"),
+    ("N", "V", "U", "N"),
+    ("A", "N", "V", "A", "N"),
+    ("U", "A", "N", "V", "N"),
+    ("C", "N", "V", "A", "N"),
+    ("N", "V", "N", ",", "C", "N", "V", "U", "N"),
+    ("A", "N", "V", "N", ",", "C", "A", "N", "V", "N"),
+)
+_CLASS_OF = {"N": "nouns", "V": "verbs", "A": "adjectives", "C": "connectors", "U": "numbers"}
+
+
+@dataclass
+class Lexicon:
+    """Word lists of one language, in the order of the file (most useful words first)."""
+
+    language: str
+    words: dict[str, list[str]] = field(default_factory=dict)
+
+    def vocabulary(self) -> set[str]:
+        return {w for ws in self.words.values() for w in ws}
+
+
+def available_languages() -> list[str]:
+    """Language codes that have a word list."""
+    return sorted(p.stem for p in LEXICON_DIR.glob("*.txt"))
+
+
+def _parse_lexicon_file(path: Path, language: str) -> Lexicon:
+    lex = Lexicon(language, {c: [] for c in WORD_CLASSES})
+    section = None
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            if section not in lex.words:
+                raise ToolkitError(f"{path}:{lineno}: unknown section [{section}]; use one of {', '.join(WORD_CLASSES)}")
+            continue
+        if section is None:
+            raise ToolkitError(f"{path}:{lineno}: words before the first [section] header")
+        lex.words[section].extend(line.split())
+    return lex
+
+
+def _num2words_numbers(language: str) -> list[str]:
+    """Cardinals 1..MAX_NUMBER from num2words, or [] when it does not know the language."""
+    try:
+        from num2words import num2words
+    except ImportError:  # pragma: no cover - num2words is in requirements.txt
+        raise ToolkitError("the num2words package is missing; run local/install.sh (it is in requirements.txt)")
+    try:
+        return [num2words(i, lang=language) for i in range(1, MAX_NUMBER + 1)]
+    except (NotImplementedError, KeyError, ValueError):
+        return []
+
+
+def load_lexicon(language: str) -> Lexicon:
+    """Read `lexicons/<language>.txt` and add number words; ToolkitError if unusable."""
+    path = LEXICON_DIR / f"{language}.txt"
+    if not path.is_file():
+        raise ToolkitError(
+            f"no word list for language {language!r} ({path}); available: {', '.join(available_languages())}; "
+            "add lexicons/<code>.txt to support another language"
+        )
+    lex = _parse_lexicon_file(path, language)
+    if not lex.words["numbers"]:
+        lex.words["numbers"] = _num2words_numbers(language)
+    missing = [c for c in WORD_CLASSES if not lex.words[c]]
+    if missing:
+        raise ToolkitError(f"{path}: empty word class(es) {', '.join(missing)}; add a [{missing[0]}] section")
+    return lex
+
+
+class SentenceGenerator:
+    """Sentences of one language, identical for the same (language, seed)."""
+
+    def __init__(self, language: str, seed: int) -> None:
+        self.language = language
+        self.lexicon = load_lexicon(language)
+        # str seeds are hashed with SHA-512 by `random`, so this is stable across runs.
+        self.rng = random.Random(f"textgen-{language}-{seed}")
+        self._classes: dict[str, tuple[list[str], list[float]]] = {}
+        for cls, words in self.lexicon.words.items():
+            order = list(words)
+            self.rng.shuffle(order)  # which words are frequent depends on the seed
+            weights = [1.0 / (rank + 1) for rank in range(len(order))]  # Zipf, exponent 1
+            self._classes[cls] = (order, weights)
+
+    def _word(self, slot: str) -> str:
+        words, weights = self._classes[_CLASS_OF[slot]]
+        return self.rng.choices(words, weights)[0]
+
+    def sentence(self) -> str:
+        """One sentence, capitalised, with commas where the template has them and a full stop."""
+        template = self.rng.choice(TEMPLATES)
+        text = ""
+        for slot in template:
+            if slot == ",":
+                text += ","
+                continue
+            text += (" " if text else "") + self._word(slot)
+        return text[0].upper() + text[1:] + "."
+
+    def sentences(self, n: int) -> list[str]:
+        return [self.sentence() for _ in range(n)]
