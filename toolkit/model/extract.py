@@ -1,0 +1,125 @@
+"""`toolkit extract-features --checkpoint CKPT [--layer L] IN.wav OUT.npy`: one file's representations.
+
+Layer numbering follows the model's `hidden_states` (docs/ARCHITECTURE.md): 0 is the Transformer
+input (projected CNN features plus the convolutional position embedding), L is the output of
+layer L; the last layer of a pre-LN model is taken after the encoder's final layer norm, as
+Hugging Face's `hidden_states[-1]` and `last_hidden_state`. Without `--layer` the encoder's final
+output is written (the same as `--layer <number of layers>`). The result is float32, frames x dim.
+
+Audio is read with soundfile (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, ...), with ffmpeg as a
+fallback for other formats; channels are averaged and other sample rates resampled to 16 kHz
+with torchaudio's sinc resampler. Waveforms are normalised (zero mean, unit variance over the
+file, fairseq's `normalize`) when the model was trained that way.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.utils import ToolkitError, atomic_path
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="toolkit checkpoint (pretraining or CTC)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="Transformer layer (1-based; 0 = Transformer input); default: final output")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("audio", help="input audio file (any format soundfile/ffmpeg reads)")
+    parser.add_argument("out", help="output .npy (float32, frames x dim)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = config_of(ckpt)
+    n_layers = cfg.encoder_layers
+    if args.layer is not None and not 0 <= args.layer <= n_layers:
+        raise ToolkitError(f"--layer {args.layer}: the model has {n_layers} layers; use 0..{n_layers}")
+    wav = load_audio(args.audio, min_samples=cfg.receptive_field)
+    encoder = build_model(ckpt).wav2vec2.to(device).eval()
+    del ckpt
+    feats = extract(encoder, wav, layer=args.layer, normalize=cfg.normalize, device=device)
+    write_npy(args.out, feats)
+    which = "final output" if args.layer is None else f"layer {args.layer}"
+    print(f"{args.audio}: {feats.shape[0]} frames x {feats.shape[1]} ({which}) -> {args.out}")
+    return 0
+
+
+@torch.inference_mode()
+def extract(encoder: torch.nn.Module, wav: torch.Tensor, layer: int | None, normalize: bool,
+            device: torch.device) -> np.ndarray:
+    """Frames x dim float32 output of `layer` (None: final output) for one mono 16 kHz waveform."""
+    x = wav.to(device=device, dtype=torch.float32)[None]
+    if normalize:  # fairseq's RawAudioDataset: layer norm over the whole waveform, no affine
+        x = torch.nn.functional.layer_norm(x, x.shape[-1:])
+    out = encoder(x, output_hidden_states=layer is not None)
+    h = out.x if layer is None else out.hidden_states[layer]
+    return h[0].float().cpu().numpy()
+
+
+def load_audio(path: str | Path, min_samples: int = 400) -> torch.Tensor:
+    """Mono float32 16 kHz waveform of `path` (1-D tensor); one-line ToolkitError on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: audio file not found")
+    data, rate = _read_soundfile(path)
+    if data is None:
+        data, rate = _read_ffmpeg(path)
+    wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    wav = wav.mean(dim=1) if wav.dim() == 2 else wav  # downmix channels
+    if rate != SAMPLE_RATE:
+        import torchaudio.functional as AF
+
+        wav = AF.resample(wav, rate, SAMPLE_RATE)
+    if wav.numel() < min_samples:
+        raise ToolkitError(
+            f"{path}: audio too short ({wav.numel()} samples at 16 kHz; the model needs at least "
+            f"{min_samples} = one {1000 * min_samples // SAMPLE_RATE} ms frame)")
+    if not torch.isfinite(wav).all():
+        raise ToolkitError(f"{path}: audio contains NaN/Inf samples; the file is corrupt")
+    return wav
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray | None, int]:
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        log.debug("soundfile cannot read %s (%s); trying ffmpeg", path, e)
+        return None, 0
+    return data, int(rate)
+
+
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    """Decode with ffmpeg to 16 kHz mono float32 (formats libsndfile does not know)."""
+    if shutil.which("ffmpeg") is None:
+        raise ToolkitError(f"{path}: cannot decode the audio (not a format soundfile reads, and ffmpeg is "
+                           "not installed); convert it to WAV/FLAC")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
+           "-ar", str(SAMPLE_RATE), "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0 or not proc.stdout:
+        reason = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise ToolkitError(f"{path}: cannot decode the audio (corrupt or unsupported file: "
+                           f"{reason[-1][:120] if reason else 'no audio stream'})")
+    return np.frombuffer(proc.stdout, dtype=np.float32).copy(), SAMPLE_RATE
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """np.save through a temporary file renamed on success (any output name, no .npy appended)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array, dtype=np.float32))

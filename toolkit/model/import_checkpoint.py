@@ -1,0 +1,350 @@
+"""`toolkit import-checkpoint --from {fairseq,hf,torchaudio} SRC OUT.pt`: foreign models -> toolkit checkpoint.
+
+* fairseq: a `.pt` written by fairseq (pretraining `Wav2Vec2Model` or fine-tuned `Wav2Vec2Ctc`),
+  read through a restricted unpickler (`fairseq_io`), keys and configuration mapped here.
+* hf: a Hugging Face folder (`config.json` + `model.safetensors` / `pytorch_model.bin`) of a
+  `Wav2Vec2ForPreTraining`, `Wav2Vec2ForCTC` or `Wav2Vec2Model`, converted by `convert.from_hf`.
+* torchaudio: `torch.save(model.state_dict())` of a torchaudio `Wav2Vec2Model` (optionally with
+  the `aux` CTC head), converted by `convert.from_torchaudio`.
+
+The weights are loaded strictly into the toolkit model (any missing/unexpected/mis-shaped key is
+one error naming the file) and written with `checkpoint.save_checkpoint`.
+
+CTC vocabularies follow the toolkit's Tokenizer rules (blank `<blk>` at id 0, `<unk>`, `|`
+between words). fairseq and torchaudio checkpoints carry no vocabulary, so `--vocab` is required
+for their CTC heads; a Hugging Face folder's `vocab.json` is used when present. Output rows of
+the head are permuted when the source's blank is not id 0; special tokens other than blank and
+unk (`<s>`, `</s>`, `<pad>` that is not the blank) are renamed to private-use characters
+(U+E000...) since the character vocabulary allows single characters only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.utils import ToolkitError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("fairseq", "hf", "torchaudio")
+BLANK, UNK, PRIVATE_BASE = "<blk>", "<unk>", 0xE000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
+                        help="format of SRC: fairseq .pt, Hugging Face folder, or torchaudio state dict")
+    parser.add_argument("src", help="fairseq .pt file, Hugging Face model folder, or torchaudio state-dict file")
+    parser.add_argument("out", help="toolkit checkpoint to write (.pt)")
+    parser.add_argument("--config-json", default=None,
+                        help="model configuration (JSON) for torchaudio state dicts whose shapes are ambiguous")
+    parser.add_argument("--vocab", default=None,
+                        help="CTC vocabulary: fairseq dict.ltr.txt, Hugging Face vocab.json (default: SRC/vocab.json), "
+                             "or an icefall tokens.txt (torchaudio)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def run(args: argparse.Namespace) -> int:
+    src, out = Path(args.src), Path(args.out)
+    if args.source == "fairseq":
+        cfg, state, kind, vocab = import_fairseq(src, args.vocab)
+    elif args.source == "hf":
+        cfg, state, kind, vocab = import_hf(src, args.vocab)
+    else:
+        cfg, state, kind, vocab = import_torchaudio(src, args.config_json, args.vocab)
+    model = build_and_load(cfg, state, kind, where=f"{src}")
+    from toolkit.model.checkpoint import save_checkpoint
+
+    save_checkpoint(out, model, cfg, kind, vocab=vocab,
+                    imported_from={"format": args.source, "path": str(src.resolve())})
+    params = sum(p.numel() for p in model.parameters())
+    arch = (f"{cfg.encoder_layers} layers x {cfg.encoder_embed_dim} ({cfg.encoder_attention_heads} heads), "
+            f"{'pre' if cfg.layer_norm_first else 'post'}-LN, extractor {cfg.extractor_mode}")
+    extra = f", vocab {len(vocab['tokens'])} tokens" if vocab else ""
+    print(f"imported {args.source} {src} -> {out}: kind {kind}, {arch}, {params:,} parameters{extra}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Building and checking
+
+
+def build_and_load(cfg: Any, state: dict, kind: str, where: str) -> torch.nn.Module:
+    """The toolkit model for `kind`, with `state` loaded strictly (one-line error on mismatch)."""
+    from toolkit.model.checkpoint import load_state_dict_strict
+    from toolkit.model.wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
+
+    if kind == "ctc":
+        if "proj.weight" not in state:
+            raise ToolkitError(f"{where}: no CTC head found; import it as a pretraining model")
+        model: torch.nn.Module = Wav2Vec2ForCTC(cfg, int(state["proj.weight"].shape[0]))
+    else:
+        model = Wav2Vec2ForPretraining(cfg)
+    load_state_dict_strict(model, state, where=where)
+    return model.eval()
+
+
+def _key_list(keys: list[str], limit: int = 5) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# ---------------------------------------------------------------------------------------
+# fairseq
+
+
+def import_fairseq(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
+    """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a fairseq wav2vec 2.0 checkpoint."""
+    import dataclasses
+
+    from toolkit.model import fairseq_io
+    from toolkit.model.config import Wav2Vec2Config
+
+    raw = fairseq_io.load_fairseq_file(src)
+    sd = raw["model"]
+    kind = fairseq_io.detect_kind(list(sd))
+    if any(k.startswith("encoder.w2v_model.") for k in sd):
+        raise ToolkitError(f"{src}: this is a fairseq wav2vec2 seq2seq model (encoder.w2v_model.*); "
+                           "only pretraining and CTC (w2v_encoder.*) checkpoints can be imported")
+    mapped, unmatched = fairseq_io.map_fairseq_state_dict(sd, kind)
+    if unmatched:
+        raise ToolkitError(
+            f"{src}: {len(unmatched)} of {len(sd)} weights have no counterpart in a wav2vec 2.0 model: "
+            f"{_key_list(unmatched)}; is it a wav2vec 2.0 {'CTC' if kind == 'ctc' else 'pretraining'} checkpoint?")
+    names = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+    from_shapes = fairseq_io.infer_fields_from_shapes(mapped, str(src))
+    parts = fairseq_io.config_parts(raw, kind)
+    from_cfg = fairseq_io.model_fields_from_fairseq(parts, names)
+    guessed = sorted(k for k in from_shapes if k not in from_cfg)
+    if guessed:
+        log.warning("%s: configuration lacks %s; inferred from tensor shapes / standard values", src, ", ".join(guessed))
+    fields = {**from_shapes, **from_cfg}
+    cfg = Wav2Vec2Config.from_dict({k: v for k, v in fields.items() if k in names}, where=f"{src} configuration")
+    vocab = None
+    if kind == "ctc":
+        if vocab_path is None:
+            raise ToolkitError(f"{src}: fairseq CTC checkpoints do not store their vocabulary; "
+                               "pass the fine-tuning dictionary with --vocab dict.ltr.txt")
+        tokens = read_fairseq_dict(Path(vocab_path))
+        mapped, vocab = vocab_from_tokens(mapped, tokens, blank=0, unk=tokens.index("<unk>"),
+                                          where=vocab_path)
+    return cfg, mapped, kind, vocab
+
+
+def read_fairseq_dict(path: Path) -> list[str]:
+    """Token list of a fairseq `Dictionary` file: `<s> <pad> </s> <unk>` then one `SYMBOL COUNT` a line.
+
+    fairseq's CTC uses index 0 (`<s>`, the bos symbol) as the blank.
+    """
+    if not path.is_file():
+        raise ToolkitError(f"{path}: vocabulary file not found; pass the fairseq dict.ltr.txt used for fine-tuning")
+    tokens = ["<s>", "<pad>", "</s>", "<unk>"]
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\n").split(" ")
+        if len(parts) < 2 or parts[0] == "":
+            raise ToolkitError(f"{path}:{n}: expected 'SYMBOL COUNT', got {line!r}; is it a fairseq dict.ltr.txt?")
+        tokens.append(parts[0])
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------
+# Vocabularies
+
+
+def vocab_from_tokens(state: dict, tokens: list[str], blank: int, unk: int | None,
+                      where: str) -> tuple[dict, dict]:
+    """Reorder the CTC head so `blank` is id 0 and build the toolkit's "vocab" entry.
+
+    `tokens[i]` is the label of output row i in the source. Returns (state with `proj.*` rows
+    permuted, vocab dict for the Tokenizer). A source without an unknown token gets an extra
+    `<unk>` row that can never win (zero weights, bias -1e4).
+    """
+    weight, bias = state["proj.weight"], state.get("proj.bias")
+    if len(tokens) != weight.shape[0]:
+        raise ToolkitError(f"{where}: vocabulary has {len(tokens)} tokens but the CTC head has {weight.shape[0]} "
+                           "outputs; pass the vocabulary the model was fine-tuned with")
+    order = [blank] + [i for i in range(len(tokens)) if i != blank]
+    names, private = [], PRIVATE_BASE
+    for i in order:
+        if i == blank:
+            names.append(BLANK)
+        elif i == unk:
+            names.append(UNK)
+        elif len(tokens[i]) == 1 and tokens[i] not in (BLANK, UNK):
+            names.append(tokens[i])
+        elif tokens[i].startswith(("<", "[")) and tokens[i].endswith((">", "]")):
+            names.append(chr(private))  # a special symbol (<s>, </s>, [PAD]) the model never needs
+            private += 1
+        else:
+            raise ToolkitError(f"{where}: token {tokens[i]!r} is not a single character; only character "
+                               "vocabularies can be imported")
+    idx = torch.tensor(order)
+    new_w, new_b = weight[idx], (bias[idx] if bias is not None else None)
+    if unk is None:
+        names.append(UNK)
+        new_w = torch.cat([new_w, torch.zeros(1, new_w.shape[1], dtype=new_w.dtype)])
+        if new_b is not None:
+            new_b = torch.cat([new_b, torch.full((1,), -1e4, dtype=new_b.dtype)])
+    if "|" not in names:
+        raise ToolkitError(f"{where}: vocabulary has no word boundary '|'; only fairseq/HF-style character "
+                           "vocabularies (words separated by '|') can be imported")
+    state = dict(state)
+    state["proj.weight"] = new_w.contiguous()
+    if new_b is not None:
+        state["proj.bias"] = new_b.contiguous()
+    from toolkit.text.tokenizer import Tokenizer
+
+    vocab = {"type": "char", "tokens": names, "bpe_model": None}
+    Tokenizer.from_dict(vocab)  # the toolkit must be able to use it: fail now, not at decode time
+    return state, vocab
+
+
+def read_tokens_txt(path: Path) -> list[str]:
+    """Tokens of an icefall `tokens.txt` (`SYMBOL ID` a line), in id order."""
+    if not path.is_file():
+        raise ToolkitError(f"{path}: vocabulary file not found; pass a tokens.txt (SYMBOL ID per line)")
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ToolkitError(f"{path}:{n}: expected 'SYMBOL ID', got {line!r}")
+        pairs.append((int(parts[1]), parts[0]))
+    pairs.sort()
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        raise ToolkitError(f"{path}: token ids must be 0..N-1 without gaps")
+    return [t for _, t in pairs]
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face
+
+
+def read_hf_folder(src: Path) -> tuple[dict, dict]:
+    """(config.json as a dict, state dict) of a Hugging Face model folder (safetensors preferred)."""
+    if not src.is_dir():
+        raise ToolkitError(f"{src}: not a folder; --from hf expects a folder written by save_pretrained "
+                           "(config.json + model.safetensors or pytorch_model.bin)")
+    cfg_path = src / "config.json"
+    if not cfg_path.is_file():
+        raise ToolkitError(f"{src}: no config.json; is it a Hugging Face model folder?")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ToolkitError(f"{cfg_path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    files = _hf_weight_files(src)
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state.update(load_file(str(f)))
+            else:
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as e:  # safetensors raises its own error types; all mean "unreadable"
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise ToolkitError(f"{f}: cannot read the weights (truncated or corrupt? {first}); re-download them") from None
+    return config, state
+
+
+def _hf_weight_files(src: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = src / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ToolkitError(f"{index}: malformed shard index ({e})") from None
+            missing = [s for s in shards if not (src / s).is_file()]
+            if missing:
+                raise ToolkitError(f"{src}: shard(s) {', '.join(missing)} listed in {index_name} are missing")
+            return [src / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (src / name).is_file():
+            return [src / name]
+    raise ToolkitError(f"{src}: no model.safetensors or pytorch_model.bin; save the model with save_pretrained")
+
+
+def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
+    """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a Hugging Face wav2vec 2.0 folder."""
+    from toolkit.model.convert import from_hf
+
+    config, state = read_hf_folder(src)
+    if config.get("model_type") not in (None, "wav2vec2"):
+        raise ToolkitError(f"{src}: model_type {config.get('model_type')!r} is not wav2vec2; "
+                           "only Wav2Vec2ForPreTraining / Wav2Vec2ForCTC / Wav2Vec2Model can be imported")
+    cfg, sd = from_hf(state, config)
+    kind = "ctc" if "proj.weight" in sd else "pretrain"
+    vocab = None
+    if kind == "ctc":
+        path = Path(vocab_path) if vocab_path else src / "vocab.json"
+        if not path.is_file():
+            raise ToolkitError(f"{src}: a CTC model needs its vocabulary: no {path}; pass --vocab vocab.json")
+        tokens = _read_vocab_json(path)
+        blank = int(config.get("pad_token_id", 0) if config.get("pad_token_id") is not None else 0)
+        unk = next((i for i, t in enumerate(tokens) if t in ("<unk>", "[UNK]")), None)
+        if not 0 <= blank < len(tokens):
+            raise ToolkitError(f"{src}/config.json: pad_token_id {blank} (the CTC blank) is outside the vocabulary")
+        sd, vocab = vocab_from_tokens(sd, tokens, blank=blank, unk=unk, where=str(path))
+    return cfg, sd, kind, vocab
+
+
+def _read_vocab_json(path: Path) -> list[str]:
+    """Tokens of a HF `vocab.json` ({token: id}) in id order; multilingual {lang: {...}} not supported."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ToolkitError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise ToolkitError(f"{path}: expected a {{token: id}} mapping (per-language vocabularies are not supported)")
+    by_id = sorted((i, t) for t, i in data.items())
+    if [i for i, _ in by_id] != list(range(len(by_id))):
+        raise ToolkitError(f"{path}: token ids must be 0..N-1 without gaps")
+    return [t for _, t in by_id]
+
+
+# ---------------------------------------------------------------------------------------
+# torchaudio
+
+
+def import_torchaudio(src: Path, config_json: str | None, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
+    """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a torchaudio Wav2Vec2Model state dict."""
+    from toolkit.model.convert import from_torchaudio
+
+    if not src.is_file():
+        raise ToolkitError(f"{src}: state-dict file not found; check the SRC path")
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refusals, truncation, not a torch file
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ToolkitError(f"{src}: cannot read the state dict (truncated, or not a plain torch.save of "
+                           f"model.state_dict()? {first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
+        raise ToolkitError(f"{src}: expected torch.save(model.state_dict()) of a torchaudio Wav2Vec2Model, "
+                           f"found {keys}; use --from fairseq / --from hf for other formats")
+    overrides = None
+    if config_json:
+        try:
+            overrides = json.loads(Path(config_json).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ToolkitError(f"{config_json}: cannot read the --config-json file ({e})") from None
+    cfg, sd = from_torchaudio(state, overrides)
+    kind = "ctc" if "proj.weight" in sd else "pretrain"
+    vocab = None
+    if kind == "ctc":
+        if vocab_path is None:
+            raise ToolkitError(f"{src}: the state dict has a CTC head (aux) but no vocabulary; "
+                               "pass --vocab tokens.txt (SYMBOL ID per line, blank first)")
+        tokens = read_tokens_txt(Path(vocab_path))
+        unk = tokens.index(UNK) if UNK in tokens else None
+        sd, vocab = vocab_from_tokens(sd, tokens, blank=0, unk=unk, where=vocab_path)
+    return cfg, sd, kind, vocab
