@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Common Voice: multilingual wav2vec 2.0 pretraining (XLSR language sampling), per-language CTC
+# fine-tuning, WFST decoding and a per-language WER/CER table in RESULTS.md.
+#
+# Adding a language is a change of --languages / --finetune-languages, nothing else.
+# Read top to bottom: each stage prints one line; a stage whose outputs exist is skipped.
+set -euo pipefail
+
+recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+stage=0
+stop_stage=100
+work_dir=$recipe_dir           # download/, data/, exp/ and RESULTS.md go here
+synthetic=false                # true: a synthetic Common Voice-format tree (toolkit synth-corpus)
+synth_minutes=3                # synthetic: minutes of audio per language
+synth_finetune_minutes=10      # synthetic: minutes of transcribed train audio of each fine-tuning language
+synth_speakers=10              # synthetic: speakers per language
+synth_nj=2                     # synthetic: parallel synthesis jobs
+corpus_dir=                    # an existing Common Voice release (<dir>/<lang>/{train,dev,test}.tsv, clips/)
+release=cv-corpus-13.0-2023-03-09
+languages="de fr es it"        # pretraining languages (unlabelled train audio)
+finetune_languages="de"        # languages fine-tuned and decoded, each on its own
+alpha=0.5                      # XLSR language sampling: p_l ~ (n_l/N)^alpha
+size=tiny                      # conf/pretrain_<size>.yaml, conf/finetune_<size>.yaml
+pretrain=true                  # false: no pretraining stage (fine-tune --init-checkpoint or scratch)
+init_checkpoint=               # continue pretraining from (or, with --pretrain false, fine-tune) this checkpoint
+finetune_inits="pretrained"    # any of: pretrained scratch (one fine-tuning per entry)
+token_type=char                # char | bpe
+nbpe=150                       # SentencePiece vocabulary size for --token-type bpe
+lm_order=3
+decode_methods="greedy hlg"
+test_sets="dev test"
+nj=1                           # decoding jobs per test set (through $decode_cmd)
+ngpus=1                        # >1: torchrun --nproc_per_node
+nnodes=1                       # >1: multi-node torchrun rendezvous (see docs/recipes.md)
+rdzv_endpoint=
+pretrain_opts=                 # extra "--set key=value ..." for toolkit pretrain
+finetune_opts=                 # extra "--set key=value ..." for toolkit finetune
+tag=                           # suffix of experiment names
+
+help_message="Usage: $0 [options]
+Common Voice recipe: multilingual pretraining, per-language fine-tuning, decoding, RESULTS.md.
+Options (default):
+  --stage N / --stop-stage N         run stages N..M (0..8)
+  --work-dir DIR                     where download/, data/, exp/ go ($work_dir)
+  --synthetic true|false             synthesise a Common Voice-format corpus ($synthetic)
+  --synth-minutes M                  synthetic audio per language ($synth_minutes)
+  --synth-finetune-minutes M         synthetic transcribed train audio per fine-tuning language ($synth_finetune_minutes)
+  --corpus-dir DIR                   existing Common Voice release directory
+  --release NAME                     release for lhotse download ($release)
+  --languages \"L1 L2 ...\"            pretraining languages ($languages)
+  --finetune-languages \"L ...\"       fine-tuning / decoding languages ($finetune_languages)
+  --alpha A                          language sampling exponent ($alpha)
+  --size tiny|base|large             model and training config ($size)
+  --pretrain true|false              run the pretraining stage ($pretrain)
+  --init-checkpoint PATH             imported XLSR checkpoint (toolkit import-checkpoint) to start from
+  --finetune-inits \"pretrained scratch\" fine-tune from the pretrained model and/or from scratch ($finetune_inits)
+  --token-type char|bpe              output units ($token_type); --nbpe N word pieces ($nbpe)
+  --lm-order N                       n-gram order of the decoding LM ($lm_order)
+  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
+  --nj N                             decoding jobs per test set ($nj)
+  --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   distributed training through torchrun
+  --pretrain-opts / --finetune-opts  extra '--set key=value' options for the training commands
+Stages: 0 corpus, 1 manifests, 2 lang dirs, 3 LMs and graphs, 4 pretraining,
+        5 fine-tuning, 6 decoding, 7 RESULTS.md"
+
+. "$recipe_dir/../../local/parse_options.sh"
+. "$recipe_dir/path.sh"
+. "$recipe_dir/cmd.sh"
+. "$recipe_dir/../shared/stages.sh"
+
+mkdir -p "$work_dir"
+cd "$work_dir"
+conf=$recipe_dir/conf
+dl_dir=download
+[ -n "$corpus_dir" ] || corpus_dir=$dl_dir/$release
+[ "$synthetic" = true ] && corpus_dir=$dl_dir/synthetic-cv
+all_languages=$(echo $(echo $languages $finetune_languages | tr " " "\n" | awk 'NF && !seen[$0]++'))
+lang_unit=lang_$token_type; [ "$token_type" = bpe ] && lang_unit=lang_bpe_$nbpe
+launcher=$(toolkit_launcher "$ngpus" "$nnodes" "$rdzv_endpoint" "cv$tag")
+pretrain_dir=exp/pretrain_${size}${tag}
+case "$token_type" in char|bpe) ;; *) echo "$0: --token-type must be char or bpe, got '$token_type'" >&2; exit 1 ;; esac
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  if [ "$synthetic" = true ]; then
+    if stage_begin 0 "synthesise a Common Voice-format corpus ($all_languages) in $corpus_dir" "$corpus_dir/.done"; then
+      # Pretraining languages get --synth-minutes each; a fine-tuning language gets enough that
+      # its train split (80 %) holds --synth-finetune-minutes of transcribed audio.
+      pt_only=$(list_minus "$all_languages" "$finetune_languages")
+      if [ -n "$pt_only" ]; then
+        toolkit synth-corpus --format commonvoice --languages "${pt_only// /,}" --out "$corpus_dir" \
+          --minutes-per-language "$synth_minutes" --speakers "$synth_speakers" --nj "$synth_nj"
+      fi
+      toolkit synth-corpus --format commonvoice --languages "$(echo $finetune_languages | tr ' ' ,)" --out "$corpus_dir" \
+        --minutes-per-language "$(awk -v m="$synth_finetune_minutes" 'BEGIN{print m / 0.8}')" \
+        --speakers "$synth_speakers" --nj "$synth_nj"
+      date > "$corpus_dir/.done"
+      stage_end
+    fi
+  elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.done.${all_languages// /_}"; then
+    missing=
+    for lang in $all_languages; do [ -f "$corpus_dir/$lang/train.tsv" ] || missing+=" $lang"; done
+    if [ -n "$missing" ]; then
+      # Mozilla's download needs an accepted licence; lhotse fetches it where the release allows.
+      lhotse download commonvoice --languages "${missing# }" --release "$release" "$dl_dir" || {
+        echo "$0: Common Voice$missing not found in $corpus_dir and could not be downloaded;" \
+             "download the release by hand and pass --corpus-dir DIR" >&2; exit 1; }
+    fi
+    stage_end
+  fi
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  markers=(); for lang in $all_languages; do markers+=(data/manifests/.cv-$lang.done); done
+  if stage_begin 1 "Lhotse manifests for $all_languages (text normalised, cuts validated)" "${markers[@]}"; then
+    for lang in $all_languages; do
+      is_done_file=data/manifests/.cv-$lang.done
+      [ -f "$is_done_file" ] && continue
+      toolkit prepare commonvoice --corpus-dir "$corpus_dir" --language "$lang" --out-dir data/manifests
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.done); done
+  if stage_begin 2 "lang dirs ($token_type) for $finetune_languages" "${markers[@]}"; then
+    for lang in $finetune_languages; do
+      is_done data/$lang/$lang_unit && continue
+      toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" \
+        --cuts data/manifests/cv-${lang}_cuts_train.jsonl.gz --out data/$lang/$lang_unit
+      mark_done data/$lang/$lang_unit
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done); done
+  if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages" "${markers[@]}"; then
+    for lang in $finetune_languages; do
+      [ -f data/$lang/$lang_unit/.graph.done ] && continue
+      mkdir -p data/$lang/lm
+      toolkit lm train --order "$lm_order" --text data/$lang/$lang_unit/transcript_words.txt \
+        --out data/$lang/lm/${lm_order}gram.arpa
+      toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa
+      date > data/$lang/$lang_unit/.graph.done
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ "$pretrain" = true ]; then
+  if stage_begin 4 "pretrain a $size model on $languages (alpha $alpha${init_checkpoint:+, from $init_checkpoint}) in $pretrain_dir" \
+      "$pretrain_dir/.done"; then
+    train_cuts=(); for lang in $languages; do train_cuts+=(data/manifests/cv-${lang}_cuts_train.jsonl.gz); done
+    dev_cuts=(); for lang in $languages; do dev_cuts+=(data/manifests/cv-${lang}_cuts_dev.jsonl.gz); done
+    init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
+    # Resuming a killed run continues from its last checkpoint rather than restarting.
+    resume=(); [ -f "$pretrain_dir/last.pt" ] && resume=(--resume)
+    $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
+      $launcher pretrain --config "$conf/pretrain_$size.yaml" "${resume[@]}" \
+        --set "exp_dir=$pretrain_dir" \
+        --set "data.train_cuts=$(yaml_list "${train_cuts[@]}")" \
+        --set "data.dev_cuts=$(yaml_list "${dev_cuts[@]}")" \
+        --set "data.languages=$(yaml_list $languages)" --set "data.alpha=$alpha" \
+        "${init_opt[@]}" $pretrain_opts
+    toolkit plot --exp-dir "$pretrain_dir" >/dev/null 2>&1 || true  # curves are a convenience
+    mark_done "$pretrain_dir"
+    stage_end
+  fi
+fi
+
+# Which model each fine-tuning starts from.
+init_for() {  # init_for pretrained|scratch
+  case "$1" in
+    pretrained)
+      if [ "$pretrain" = true ]; then echo "$pretrain_dir/last.pt"
+      elif [ -n "$init_checkpoint" ]; then echo "$init_checkpoint"
+      else echo "$0: --finetune-inits pretrained needs --pretrain true or --init-checkpoint" >&2; return 1; fi ;;
+    scratch) echo none ;;
+    *) echo "$0: --finetune-inits takes pretrained and/or scratch, got '$1'" >&2; return 1 ;;
+  esac
+}
+ft_dir_for() { echo "exp/finetune_${size}_${1}_${token_type}_${2}${tag}"; }  # LANG INIT
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  markers=()
+  for lang in $finetune_languages; do for init in $finetune_inits; do markers+=("$(ft_dir_for $lang $init)/.done"); done; done
+  if stage_begin 5 "CTC fine-tuning ($token_type) of $finetune_languages from: $finetune_inits" "${markers[@]}"; then
+    for lang in $finetune_languages; do
+      for init in $finetune_inits; do
+        dir=$(ft_dir_for $lang $init)
+        is_done $dir && continue
+        init_path=$(init_for $init)
+        resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
+        echo "  fine-tuning $lang from $init_path -> $dir (log: $dir/log/finetune.log)"
+        $train_cmd --gpu "$ngpus" $dir/log/finetune.log \
+          $launcher finetune --config "$conf/finetune_$size.yaml" "${resume[@]}" \
+            --set "exp_dir=$dir" --set "train.init=$init_path" \
+            --set "data.train_cuts=[data/manifests/cv-${lang}_cuts_train.jsonl.gz]" \
+            --set "data.dev_cuts=[data/manifests/cv-${lang}_cuts_dev.jsonl.gz]" \
+            --set "data.lang_dir=data/$lang/$lang_unit" $finetune_opts
+        toolkit plot --exp-dir "$dir" >/dev/null 2>&1 || true
+        mark_done $dir
+      done
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  markers=()
+  for lang in $finetune_languages; do for init in $finetune_inits; do for t in $test_sets; do for m in $decode_methods; do
+    markers+=("$(ft_dir_for $lang $init)/decode/cv-${lang}_$t/$m/wer-summary.txt")
+  done; done; done; done
+  if stage_begin 6 "decode $test_sets of $finetune_languages with: $decode_methods" "${markers[@]}"; then
+    for lang in $finetune_languages; do
+      for init in $finetune_inits; do
+        dir=$(ft_dir_for $lang $init)
+        for t in $test_sets; do
+          for m in $decode_methods; do
+            out=$dir/decode/cv-${lang}_$t/$m
+            [ -f $out/wer-summary.txt ] && continue
+            decode_cuts "$(best_checkpoint $dir)" data/manifests/cv-${lang}_cuts_$t.jsonl.gz \
+              data/$lang/$lang_unit "$m" "$out" "$nj"
+          done
+        done
+      done
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  if stage_begin 7 "collect WER/CER per language, test set and method into $work_dir/RESULTS.md"; then
+    dirs=()
+    for lang in $finetune_languages; do for init in $finetune_inits; do dirs+=("$(ft_dir_for $lang $init)"); done; done
+    toolkit results --exp-dir "${dirs[@]}" --out RESULTS.md
+    stage_end
+  fi
+fi
+stage_summary

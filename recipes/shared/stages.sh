@@ -1,0 +1,136 @@
+# Stage helpers shared by the recipes; sourced by a recipe's run.sh after its options are parsed.
+#
+#   if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+#     if stage_begin 3 "lang dirs: characters and word pieces" data/lang_char/.done; then
+#       toolkit lang-dir ...
+#       stage_end
+#     fi
+#   fi
+#
+# stage_begin prints the stage's one line; when every marker given already exists it prints
+# "... already done, skipping" and returns 1. stage_end touches the markers and prints the
+# stage's wall time. Markers live next to the outputs they vouch for, and output directories
+# carry the settings in their names (exp/finetune_tiny_10m), so a rerun with other settings
+# does not trust the markers of a different experiment.
+
+# ESPnet/icefall's log(): time stamp, calling file and line.
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}) $*"
+}
+
+__stage_n=
+__stage_desc=
+__stage_t0=
+__stage_markers=()
+__stage_times=()
+
+stage_begin() {  # stage_begin N "what it does" [marker ...]
+  __stage_n=$1
+  __stage_desc=$2
+  shift 2
+  __stage_markers=("$@")
+  local m all_done=true
+  [ ${#__stage_markers[@]} -gt 0 ] || all_done=false
+  for m in "${__stage_markers[@]}"; do
+    [ -f "$m" ] || { all_done=false; break; }
+  done
+  if $all_done; then
+    echo "stage $__stage_n: $__stage_desc: already done, skipping"
+    return 1
+  fi
+  echo "stage $__stage_n: $__stage_desc"
+  __stage_t0=$(date +%s.%N)
+  return 0
+}
+
+stage_end() {  # marks the stage's outputs as complete and reports its time
+  local m dt
+  for m in "${__stage_markers[@]}"; do
+    mkdir -p "$(dirname "$m")"
+    date '+%Y-%m-%d %H:%M:%S' > "$m"
+  done
+  dt=$(awk -v a="$__stage_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  __stage_times+=("stage $__stage_n ($__stage_desc): ${dt} s")
+  echo "stage $__stage_n: done in ${dt} s"
+}
+
+stage_summary() {  # one line per stage run in this invocation, with its wall time
+  local line
+  [ ${#__stage_times[@]} -gt 0 ] || return 0
+  echo "time per stage:"
+  for line in "${__stage_times[@]}"; do echo "  $line"; done
+}
+
+# Does this directory already hold a finished job? (for per-item skips inside a stage)
+is_done() { [ -f "$1/.done" ]; }
+mark_done() { mkdir -p "$1"; date '+%Y-%m-%d %H:%M:%S' > "$1/.done"; }
+
+# Runs `toolkit ARGS...` in the recipe's environment; a wrapper so that a failing command
+# names itself before set -e stops the recipe.
+tk() {
+  toolkit "$@" || { local rc=$?; echo "$0: 'toolkit $1' failed (exit $rc); see the messages above" >&2; return $rc; }
+}
+
+# The command that runs `toolkit` for training: plain for one process, torchrun for several
+# GPUs on this node (--ngpus N), and a c10d rendezvous across nodes (--nnodes M with
+# --rdzv-endpoint HOST:PORT; run the same recipe stage on every node).
+#   toolkit_launcher NGPUS [NNODES RDZV_ENDPOINT RDZV_ID]
+toolkit_launcher() {
+  local ngpus=${1:-1} nnodes=${2:-1} endpoint=${3:-} rdzv_id=${4:-toolkit}
+  if [ "$nnodes" -gt 1 ]; then
+    [ -n "$endpoint" ] || { echo "$0: --nnodes $nnodes needs --rdzv-endpoint HOST:PORT" >&2; return 1; }
+    echo "torchrun --nnodes $nnodes --nproc_per_node $ngpus --rdzv-backend c10d --rdzv-endpoint $endpoint --rdzv-id $rdzv_id -m toolkit.cli"
+  elif [ "$ngpus" -gt 1 ]; then
+    echo "torchrun --standalone --nproc_per_node $ngpus -m toolkit.cli"
+  else
+    echo "toolkit"
+  fi
+}
+
+# Words of a space-separated list, one per line, minus those of a second list.
+list_minus() {  # list_minus "a b c" "b" -> "a c"
+  local x y keep out=()
+  for x in $1; do
+    keep=true
+    for y in $2; do [ "$x" = "$y" ] && keep=false; done
+    $keep && out+=("$x")
+  done
+  echo "${out[*]}"
+}
+
+# A YAML flow list of the words given: yaml_list a b -> [a, b] (for --set key=[...]).
+yaml_list() { local IFS=,; echo "[$*]"; }
+
+# The checkpoint a fine-tuning run is decoded with: best.pt (best dev WER), else last.pt.
+best_checkpoint() {  # best_checkpoint EXP_DIR
+  local f
+  for f in "$1/best.pt" "$1/last.pt"; do [ -e "$f" ] && { echo "$f"; return 0; }; done
+  echo "$0: no best.pt or last.pt in $1: did fine-tuning finish?" >&2
+  return 1
+}
+
+# Decode one cut set with one method into OUT_DIR (recogs.txt, errs.txt, wer-summary.txt).
+# With NJ > 1 the cuts are split with `lhotse split`, the parts decoded as $decode_cmd jobs,
+# their transcripts joined and scored once, so the numbers equal those of a single job.
+#   decode_cuts CHECKPOINT CUTS LANG_DIR METHOD OUT_DIR NJ [extra toolkit decode options]
+decode_cuts() {
+  local ckpt=$1 cuts=$2 lang_dir=$3 method=$4 out=$5 nj=$6 j
+  shift 6
+  mkdir -p "$out/log"
+  if [ "$nj" -le 1 ]; then
+    $decode_cmd "$out/log/decode.log" toolkit decode --checkpoint "$ckpt" --cuts "$cuts" \
+      --lang-dir "$lang_dir" --method "$method" --out-dir "$out" "$@"
+    return
+  fi
+  local ncuts; ncuts=$(gzip -dc "$cuts" | wc -l)
+  [ "$nj" -le "$ncuts" ] || nj=$ncuts  # lhotse cannot split 5 cuts 12 ways
+  rm -rf "$out/split"
+  lhotse split --no-pad -i 1 "$nj" "$cuts" "$out/split" >/dev/null
+  local base; base=$(basename "$cuts" .jsonl.gz)
+  $decode_cmd JOB=1:$nj "$out/log/decode.JOB.log" toolkit decode --checkpoint "$ckpt" \
+    --cuts "$out/split/$base.JOB.jsonl.gz" --lang-dir "$lang_dir" --method "$method" \
+    --out-dir "$out/split/JOB" "$@"
+  for j in $(seq 1 "$nj"); do cat "$out/split/$j/recogs.txt"; done > "$out/recogs.txt"
+  toolkit score --recogs "$out/recogs.txt" --out-dir "$out" --key "$method"
+}
