@@ -1,0 +1,79 @@
+"""`toolkit average-checkpoints --exp-dir E --last N --out avg.pt` (icefall's habit).
+
+Averages the model weights of the last N `checkpoint-<step>.pt` of an experiment (or of the
+files given with `--checkpoints`). The result is a toolkit checkpoint of the same kind, model
+config and vocabulary, without training state: decode with it, or fine-tune from it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from toolkit.utils import ToolkitError, atomic_torch_save
+
+logger = logging.getLogger("toolkit.train")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exp-dir", help="experiment directory holding checkpoint-<step>.pt files")
+    parser.add_argument("--last", type=int, default=5, help="average the N most recent checkpoints (default 5)")
+    parser.add_argument("--checkpoints", nargs="+", help="explicit checkpoint files instead of --exp-dir/--last")
+    parser.add_argument("--out", required=True, help="output checkpoint, e.g. exp/ft/avg-5.pt")
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating tensors (accumulated in float64); other tensors from the last."""
+    keys = list(states[-1])
+    for i, s in enumerate(states):
+        if list(s) != keys:
+            raise ToolkitError(f"checkpoint {i + 1} of {len(states)} has other weights than the last one; "
+                               "average checkpoints of one run only")
+    out = {}
+    for k in keys:
+        last = states[-1][k]
+        if last.is_floating_point():
+            acc = torch.zeros_like(last, dtype=torch.float64)
+            for s in states:
+                acc += s[k].to(torch.float64)
+            out[k] = (acc / len(states)).to(last.dtype)
+        else:
+            out[k] = last.clone()
+    return out
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> None:
+    from toolkit.model.checkpoint import load_checkpoint
+
+    ckpts = [load_checkpoint(p) for p in paths]
+    kinds = {c["kind"] for c in ckpts}
+    if len(kinds) != 1:
+        raise ToolkitError(f"cannot average checkpoints of different kinds {sorted(kinds)}")
+    last = ckpts[-1]
+    avg = {k: last[k] for k in ("format", "version", "kind", "model_config", "vocab") if k in last}
+    avg["model"] = average_state_dicts([c["model"] for c in ckpts])
+    avg["averaged_from"] = [str(p) for p in paths]
+    atomic_torch_save(avg, out)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.checkpoints:
+        paths = [Path(p) for p in args.checkpoints]
+    else:
+        if not args.exp_dir:
+            raise ToolkitError("give --exp-dir (with --last N) or --checkpoints FILE...")
+        from toolkit.train.engine import list_checkpoints
+
+        found = list_checkpoints(args.exp_dir)
+        if not found:
+            raise ToolkitError(f"--exp-dir {args.exp_dir}: no checkpoint-<step>.pt files; train first")
+        if args.last < 1:
+            raise ToolkitError("--last must be >= 1")
+        if len(found) < args.last:
+            logger.warning("only %d checkpoints in %s (asked for %d); averaging those", len(found), args.exp_dir, args.last)
+        paths = [p for _, p in found[-args.last:]]
+    average_checkpoints(paths, Path(args.out))
+    logger.info("averaged %d checkpoints (%s) into %s", len(paths), ", ".join(p.name for p in paths), args.out)
+    return 0

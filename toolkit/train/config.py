@@ -1,0 +1,237 @@
+"""Training configuration: YAML -> dataclasses, shared by pretraining and CTC fine-tuning.
+
+A config file has the sections `model`, `data`, `optim`, `schedule`, `train` and the key
+`exp_dir`. Unknown keys anywhere are errors naming the key (`dataclass_from_dict`); every
+value can be overridden from the command line with `--set section.key=value`.
+
+Defaults are fairseq's: `pretrain_defaults()` follows `wav2vec2_base_librispeech.yaml`
+(Adam 0.9/0.98, eps 1e-6, wd 0.01, polynomial decay), `finetune_defaults()` follows the
+`base_10h` fine-tuning config (tri-stage schedule, frozen feature encoder, Transformer frozen
+for the first updates, time and channel masking).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from toolkit.utils import ToolkitError, apply_overrides, dataclass_from_dict, load_yaml
+
+
+@dataclass
+class ModelSection:
+    """`preset` names a `toolkit.model.presets` entry; `overrides` sets Wav2Vec2Config fields."""
+
+    preset: str = "tiny"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """Where the cuts are and how batches are formed.
+
+    `train_cuts`: one or more Lhotse cut manifests. With `languages` non-empty the training cuts
+    are split by supervision language and mixed with p_l ∝ (n_l/N)^alpha (XLSR); otherwise
+    they are concatenated. `max_duration` is the audio seconds per batch (per rank).
+    `normalize`: None takes the model config's `normalize`.
+    """
+
+    train_cuts: list = field(default_factory=list)
+    dev_cuts: list = field(default_factory=list)
+    languages: list = field(default_factory=list)
+    alpha: float = 0.5
+    max_duration: float = 60.0
+    max_sample_size: Optional[int] = 250000
+    num_workers: int = 0
+    num_buckets: int = 10
+    normalize: Optional[bool] = None
+    speed_perturb: bool = False
+    lang_dir: Optional[str] = None
+
+
+@dataclass
+class OptimSection:
+    """AdamW (fairseq's Adam is decoupled-weight-decay Adam). `clip_norm` 0 = no clipping."""
+
+    lr: float = 5e-4
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 0.0
+    grad_accum: int = 1
+
+
+@dataclass
+class ScheduleSection:
+    """`name`: polynomial (linear warm-up, then (1-p)^power decay to end_lr), tri_stage
+    (linear warm-up from init_lr_scale*lr, hold, exponential decay to final_lr_scale*lr over
+    `phase_ratio` of max_updates) or constant (warm-up, then flat)."""
+
+    name: str = "polynomial"
+    warmup_updates: int = 0
+    power: float = 1.0
+    end_lr: float = 0.0
+    phase_ratio: tuple = (0.1, 0.4, 0.5)
+    init_lr_scale: float = 0.01
+    final_lr_scale: float = 0.05
+
+
+@dataclass
+class TrainSection:
+    """The loop. `init`: "none" (random) or a checkpoint path (toolkit or imported) to start from.
+
+    `feature_grad_mult`: None keeps the model config's value; 0 freezes the CNN.
+    Non-finite guard: more than `skip_nonfinite_fraction` of the last `skip_nonfinite_window`
+    updates skipped -> stop. `collapse_threshold`: code perplexity (as a fraction of G*V) under
+    which, after `collapse_after` updates, a codebook-collapse warning is logged.
+    `blank_warn_updates`: from this update on, all-blank greedy dev output is warned.
+    """
+
+    max_updates: int = 1000
+    log_interval: int = 50
+    save_interval: int = 500
+    keep_last: int = 5
+    valid_interval: int = 500
+    amp: str = "none"
+    device: str = "auto"
+    seed: int = 1
+    feature_grad_mult: Optional[float] = None
+    freeze_finetune_updates: int = 0
+    init: str = "none"
+    skip_nonfinite_window: int = 100
+    skip_nonfinite_fraction: float = 0.2
+    collapse_threshold: float = 0.02
+    collapse_after: int = 100
+    blank_warn_updates: int = 500
+    max_valid_batches: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. `task` is "pretrain" or "finetune" (set by the command, not the YAML)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    exp_dir: str = "exp/run"
+    task: str = "pretrain"
+
+
+AMP_MODES = ("none", "bf16", "fp16")
+SCHEDULES = ("polynomial", "tri_stage", "constant")
+
+
+def pretrain_defaults() -> dict:
+    """fairseq BASE pretraining defaults (as a nested dict, merged under the user's YAML)."""
+    return {
+        "task": "pretrain",
+        "optim": {"lr": 5e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01, "clip_norm": 0.0},
+        "schedule": {"name": "polynomial", "warmup_updates": 32000, "power": 1.0, "end_lr": 0.0},
+        "train": {"max_updates": 400000},
+    }
+
+
+def finetune_defaults() -> dict:
+    """fairseq `base_10h` fine-tuning defaults: no weight decay, eps 1e-8, tri-stage, frozen CNN."""
+    return {
+        "task": "finetune",
+        "model": {"overrides": {"mask_prob": 0.65, "mask_channel_prob": 0.5, "mask_channel_length": 64,
+                                "encoder_layerdrop": 0.05, "dropout": 0.0, "attention_dropout": 0.0,
+                                "activation_dropout": 0.1, "dropout_input": 0.0}},
+        "optim": {"lr": 5e-5, "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 0.0, "clip_norm": 0.0},
+        "schedule": {"name": "tri_stage", "phase_ratio": [0.1, 0.4, 0.5],
+                     "init_lr_scale": 0.01, "final_lr_scale": 0.05},
+        "train": {"max_updates": 20000, "feature_grad_mult": 0.0, "freeze_finetune_updates": 10000},
+    }
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | Path | None, task: str, overrides: list[str] | None = None,
+                base: dict | None = None) -> TrainConfig:
+    """Read `path` (YAML) over the task defaults, apply `--set` overrides, validate.
+
+    `base` (a dict) sits between the defaults and the file: used on resume to start from the
+    config saved in the experiment directory.
+    """
+    defaults = pretrain_defaults() if task == "pretrain" else finetune_defaults()
+    data = _deep_merge(defaults, base or {})
+    if path is not None:
+        user = load_yaml(path)
+        if "task" in user:
+            raise ToolkitError(f"{path}: key 'task' is set by the command (toolkit pretrain/finetune); remove it")
+        data = _deep_merge(data, user)
+    data = apply_overrides(data, overrides)
+    data["task"] = task
+    where = str(path) if path is not None else "config"
+    cfg = dataclass_from_dict(TrainConfig, data, where)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: TrainConfig, where: str = "config") -> None:
+    """One-line errors for values that would fail later, deep inside the loop."""
+    def bad(key: str, msg: str) -> ToolkitError:
+        return ToolkitError(f"{where}: {key}: {msg}")
+
+    for name in ("model", "data", "optim", "schedule", "train"):
+        if not dataclasses.is_dataclass(getattr(cfg, name)):
+            raise bad(name, "must be a mapping (section), not a scalar")
+    t, o, s, d = cfg.train, cfg.optim, cfg.schedule, cfg.data
+    if t.amp not in AMP_MODES:
+        raise bad("train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
+    if s.name not in SCHEDULES:
+        raise bad("schedule.name", f"{s.name!r} is not one of {', '.join(SCHEDULES)}")
+    if not isinstance(t.max_updates, int) or t.max_updates <= 0:
+        raise bad("train.max_updates", "must be a positive integer")
+    for key in ("log_interval", "save_interval", "valid_interval", "keep_last"):
+        if not isinstance(getattr(t, key), int) or getattr(t, key) <= 0:
+            raise bad(f"train.{key}", "must be a positive integer")
+    if not isinstance(o.grad_accum, int) or o.grad_accum < 1:
+        raise bad("optim.grad_accum", "must be an integer >= 1")
+    if not (isinstance(o.lr, (int, float)) and o.lr > 0):
+        raise bad("optim.lr", f"must be a positive number, got {o.lr!r}")
+    if len(tuple(o.betas)) != 2:
+        raise bad("optim.betas", "must be two numbers, e.g. [0.9, 0.98]")
+    if len(tuple(s.phase_ratio)) != 3 or abs(sum(s.phase_ratio) - 1.0) > 1e-6:
+        raise bad("schedule.phase_ratio", f"must be three ratios summing to 1, got {list(s.phase_ratio)}")
+    if not isinstance(cfg.model.overrides, dict):
+        raise bad("model.overrides", "must be a mapping of Wav2Vec2Config fields")
+    for key in ("train_cuts", "dev_cuts", "languages"):
+        value = getattr(d, key)
+        if isinstance(value, str):
+            setattr(d, key, [value])
+        elif not isinstance(value, list):
+            raise bad(f"data.{key}", "must be a list")
+    if d.max_duration <= 0:
+        raise bad("data.max_duration", "must be positive (audio seconds per batch)")
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain nested dict (tuples as lists) for YAML and checkpoints."""
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,330 @@
+"""The two objectives of the engine: wav2vec 2.0 pretraining and CTC fine-tuning.
+
+Each `Task` builds its model (from a preset, or from a checkpoint given as `train.init`), its
+batches and its loss; `engine.Trainer` does the rest.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from toolkit.train import ddp
+from toolkit.train.config import TrainConfig
+from toolkit.train.engine import BatchStream, StepOutput, Task
+from toolkit.utils import ToolkitError
+
+logger = logging.getLogger("toolkit.train")
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers
+
+def load_cuts(paths: list[str], key: str):  # noqa: ANN201 - lhotse CutSet
+    """Lazily open and concatenate cut manifests; one-line error naming the missing file."""
+    from lhotse import CutSet, combine
+
+    if not paths:
+        raise ToolkitError(f"{key}: no cut manifest given; set it in the config or with --set {key}=[path]")
+    sets = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise ToolkitError(f"{key}: {p} not found; run the data preparation stage (toolkit prepare) first")
+        sets.append(CutSet.from_jsonl_lazy(p) if str(p).endswith((".jsonl", ".jsonl.gz")) else CutSet.from_file(p))
+    return sets[0] if len(sets) == 1 else combine(*sets)
+
+
+def resolve_model_config(cfg: TrainConfig, init_ckpt: Optional[dict]):  # noqa: ANN201
+    """Preset (or the init checkpoint's architecture) + model.overrides + train.feature_grad_mult."""
+    from toolkit.model.config import Wav2Vec2Config
+    from toolkit.model.presets import get_preset
+
+    if init_ckpt is not None:
+        base = Wav2Vec2Config.from_dict(init_ckpt["model_config"], where=f"{cfg.train.init} model_config")
+    else:
+        base = get_preset(cfg.model.preset)
+    changes = dict(cfg.model.overrides)
+    if cfg.train.feature_grad_mult is not None:
+        changes["feature_grad_mult"] = cfg.train.feature_grad_mult
+    merged = base.to_dict()
+    unknown = sorted(set(changes) - set(merged))
+    if unknown:
+        raise ToolkitError(f"model.overrides: unknown key(s) {', '.join(unknown)}; valid keys: "
+                           f"{', '.join(sorted(merged))}")
+    merged.update(changes)
+    return Wav2Vec2Config.from_dict(merged, where="model.overrides")
+
+
+def load_init(cfg: TrainConfig) -> Optional[dict]:
+    if cfg.train.init in (None, "", "none"):
+        return None
+    from toolkit.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(cfg.train.init)
+
+
+def seed_layerdrop(model: torch.nn.Module, seed: int) -> None:
+    """Seed the model's LayerDrop generator identically on every rank (DESIGN §9), if it has one."""
+    for module in model.modules():
+        gen = getattr(module, "layerdrop_generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(seed)
+
+
+def make_stream(cfg: TrainConfig, cuts, dataset, dist: ddp.DistInfo, seed: int, shuffle: bool = True) -> BatchStream:
+    from toolkit.data.loader import make_loader
+
+    loader, sampler = make_loader(cuts, dataset, max_duration=cfg.data.max_duration, shuffle=shuffle, seed=seed,
+                                  world_size=dist.world_size, rank=dist.rank, num_workers=cfg.data.num_workers,
+                                  num_buckets=cfg.data.num_buckets)
+    return BatchStream(loader, sampler)
+
+
+def _training_cuts(cfg: TrainConfig, seed: int):  # noqa: ANN201
+    cuts = load_cuts(cfg.data.train_cuts, "data.train_cuts")
+    langs = list(cfg.data.languages)
+    if len(langs) <= 1:
+        if langs:
+            cuts = cuts.filter(lambda c, lang=langs[0]: c.supervisions[0].language == lang)
+        return cuts
+    from toolkit.data.mix import mix_languages
+
+    by_lang = {lang: cuts.filter(lambda c, lang=lang: c.supervisions[0].language == lang).to_eager()
+               for lang in langs}
+    empty = [lang for lang, cs in by_lang.items() if len(cs) == 0]
+    if empty:
+        raise ToolkitError(f"data.languages: no training cut has language {', '.join(empty)}; "
+                           "check the list against the manifests' supervision languages")
+    return mix_languages(by_lang, alpha=cfg.data.alpha, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Pretraining
+
+class PretrainTask(Task):
+    """Contrastive + diversity + feature-penalty loss on unlabeled cuts (fairseq semantics)."""
+
+    kind = "pretrain"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.init_ckpt = load_init(cfg)
+        if self.init_ckpt is not None and self.init_ckpt["kind"] != "pretrain":
+            raise ToolkitError(f"train.init: {cfg.train.init} is a {self.init_ckpt['kind']!r} checkpoint; "
+                               "continued pretraining needs a pretraining checkpoint (with quantizer)")
+        self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
+        self.num_codes = self.model_cfg.latent_vars * self.model_cfg.latent_groups
+        self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
+
+    def model_config(self):  # noqa: ANN201
+        return self.model_cfg
+
+    def build_model(self) -> torch.nn.Module:
+        from toolkit.model.checkpoint import load_state_dict_strict
+        from toolkit.model.wav2vec2 import Wav2Vec2ForPretraining
+
+        model = Wav2Vec2ForPretraining(self.model_cfg)
+        if self.init_ckpt is not None:
+            load_state_dict_strict(model, self.init_ckpt["model"], where=f"train.init {self.cfg.train.init}")
+            logger.info("continued pretraining from %s", self.cfg.train.init)
+        seed_layerdrop(model, self.cfg.train.seed)
+        self.init_ckpt = None  # free the weights
+        return model
+
+    def _dataset(self, seed: int):  # noqa: ANN201
+        from toolkit.data.dataset import AudioDataset
+
+        return AudioDataset(normalize=self.normalize, crop_to_shortest=True,
+                            max_sample_size=self.cfg.data.max_sample_size,
+                            speed_perturb=self.cfg.data.speed_perturb, seed=seed)
+
+    def train_batches(self, dist: ddp.DistInfo, seed: int) -> BatchStream:
+        return make_stream(self.cfg, _training_cuts(self.cfg, seed), self._dataset(seed), dist, seed)
+
+    def on_update(self, model: torch.nn.Module, num_updates: int) -> None:
+        model.set_num_updates(num_updates)
+
+    def step(self, model: torch.nn.Module, batch: dict, num_updates: int) -> StepOutput:
+        out = model(batch["audio"], batch["lengths"])
+        metrics = {k: float(v) for k, v in out.metrics.items() if k != "sample_size"}
+        return StepOutput(loss=out.loss, sample_size=float(out.sample_size),
+                          audio_seconds=float(batch["lengths"].sum()) / 16000.0, metrics=metrics)
+
+    def validate(self, model: torch.nn.Module, num_updates: int) -> dict[str, float]:
+        if not self.cfg.data.dev_cuts:
+            return {}
+        from toolkit.data.dataset import AudioDataset
+
+        cuts = load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts")
+        ds = AudioDataset(normalize=self.normalize, crop_to_shortest=True,
+                          max_sample_size=self.cfg.data.max_sample_size, seed=0)
+        stream = make_stream(self.cfg, cuts, ds, ddp.DistInfo(), seed=0, shuffle=False)
+        device = next(model.parameters()).device
+        loss = ss = acc = 0.0
+        n = 0
+        for batch in _one_epoch(stream, self.cfg.train.max_valid_batches):
+            out = model(batch["audio"].to(device), batch["lengths"].to(device))
+            loss += float(out.loss)
+            ss += float(out.sample_size)
+            acc += float(out.metrics["accuracy"]) * float(out.sample_size)
+            n += 1
+        if ss == 0:
+            return {}
+        return {"loss": loss / ss, "accuracy": acc / ss, "batches": float(n)}
+
+    def best_metric(self) -> Optional[str]:
+        return "loss"
+
+
+def _one_epoch(stream: BatchStream, limit: int = 0):  # noqa: ANN202
+    it = iter(stream.loader)
+    for i, batch in enumerate(it):
+        if limit and i >= limit:
+            break
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------
+# CTC fine-tuning
+
+def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Frames a CTC path needs per utterance: labels plus one blank between each equal pair."""
+    t = targets.clamp(min=0)
+    repeats = (t[:, 1:] == t[:, :-1]) & (torch.arange(1, t.shape[1], device=t.device)[None] < target_lengths[:, None])
+    return target_lengths + repeats.sum(1)
+
+
+class CTCTask(Task):
+    """CTC fine-tuning: pretrained (or random) wav2vec2 + a new linear head over the vocabulary."""
+
+    kind = "ctc"
+
+    def __init__(self, cfg: TrainConfig):
+        from toolkit.text.tokenizer import Tokenizer
+
+        self.cfg = cfg
+        if not cfg.data.lang_dir:
+            raise ToolkitError("data.lang_dir: fine-tuning needs a lang dir (tokens.txt); build one with "
+                               "`toolkit lang-dir` and set data.lang_dir")
+        self.tokenizer = Tokenizer.from_lang_dir(cfg.data.lang_dir)
+        self.init_ckpt = load_init(cfg)
+        self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
+        self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
+        self._frozen: Optional[bool] = None
+
+    def model_config(self):  # noqa: ANN201
+        return self.model_cfg
+
+    def vocab(self) -> dict:
+        return self.tokenizer.to_dict()
+
+    def build_model(self) -> torch.nn.Module:
+        from toolkit.model.wav2vec2 import Wav2Vec2ForCTC
+
+        model = Wav2Vec2ForCTC(self.model_cfg, self.tokenizer.vocab_size)
+        if self.init_ckpt is not None:
+            self._init_from(model, self.init_ckpt)
+        if self.model_cfg.feature_grad_mult == 0:
+            model.freeze_feature_encoder()
+        seed_layerdrop(model, self.cfg.train.seed)
+        self.init_ckpt = None
+        return model
+
+    def _init_from(self, model: torch.nn.Module, ckpt: dict) -> None:
+        """Copy the `wav2vec2.*` weights; the head too when the vocabulary is the same."""
+        own = model.state_dict()
+        src = {k: v for k, v in ckpt["model"].items() if k.startswith("wav2vec2.")}
+        missing = sorted(k for k in own if k.startswith("wav2vec2.") and k not in src)
+        bad = sorted(k for k in src if k not in own or own[k].shape != src[k].shape)
+        if missing or bad:
+            from toolkit.model.checkpoint import describe_mismatch
+
+            raise ToolkitError(f"train.init {self.cfg.train.init}: encoder weights do not fit: "
+                               f"{describe_mismatch(missing, bad, [])}")
+        same_vocab = ckpt["kind"] == "ctc" and (ckpt.get("vocab") or {}).get("tokens") == self.tokenizer.tokens
+        if same_vocab:
+            src.update({k: v for k, v in ckpt["model"].items() if k.startswith("proj.")})
+        model.load_state_dict(src, strict=False)
+        logger.info("initialised the encoder from %s (%d tensors; %s head)", self.cfg.train.init, len(src),
+                    "its" if same_vocab else "new")
+
+    def _dataset(self, seed: int, train: bool = True):  # noqa: ANN201
+        from toolkit.data.dataset import AudioDataset
+
+        return AudioDataset(tokenizer=self.tokenizer, normalize=self.normalize,
+                            speed_perturb=self.cfg.data.speed_perturb and train, seed=seed)
+
+    def train_batches(self, dist: ddp.DistInfo, seed: int) -> BatchStream:
+        return make_stream(self.cfg, _training_cuts(self.cfg, seed), self._dataset(seed), dist, seed)
+
+    def on_update(self, model: torch.nn.Module, num_updates: int) -> None:
+        """Only the head trains for the first `freeze_finetune_updates` updates (fairseq)."""
+        frozen = num_updates < self.cfg.train.freeze_finetune_updates
+        if frozen == self._frozen:
+            return
+        cnn_frozen = self.model_cfg.feature_grad_mult == 0
+        for name, p in model.named_parameters():
+            if name.startswith("wav2vec2."):
+                in_cnn = name.startswith("wav2vec2.feature_extractor.")
+                p.requires_grad_(not frozen and not (in_cnn and cnn_frozen))
+        self._frozen = frozen
+        if not frozen and num_updates > 0:
+            logger.info("update %d: the Transformer is unfrozen", num_updates)
+
+    def ctc_loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lengths: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Summed CTC loss over the utterances that fit; returns (loss, kept, dropped)."""
+        fits = out_lengths >= ctc_min_frames(targets, target_lengths)
+        kept = int(fits.sum())
+        if kept == 0:
+            return log_probs.sum() * 0.0, 0, int(fits.numel())
+        lp = log_probs[fits].float().transpose(0, 1)
+        loss = torch.nn.functional.ctc_loss(lp, targets[fits].clamp(min=0), out_lengths[fits],
+                                            target_lengths[fits], blank=0, reduction="sum", zero_infinity=True)
+        return loss, kept, int(fits.numel()) - kept
+
+    def step(self, model: torch.nn.Module, batch: dict, num_updates: int) -> StepOutput:
+        log_probs, out_lengths = model(batch["audio"], batch["lengths"])
+        loss, kept, dropped = self.ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        if dropped:
+            logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
+        return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=float(batch["lengths"].sum()) / 16000.0,
+                          metrics={"dropped_too_short": float(dropped)}, sums=("dropped_too_short",))
+
+    def validate(self, model: torch.nn.Module, num_updates: int) -> dict[str, float]:
+        if not self.cfg.data.dev_cuts:
+            return {}
+        import jiwer
+
+        from toolkit.decode.greedy import greedy_ids
+
+        cuts = load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts")
+        stream = make_stream(self.cfg, cuts, self._dataset(0, train=False), ddp.DistInfo(), seed=0, shuffle=False)
+        device = next(model.parameters()).device
+        refs, hyps = [], []
+        loss = 0.0
+        kept = blank_only = 0
+        for batch in _one_epoch(stream, self.cfg.train.max_valid_batches):
+            log_probs, out_lengths = model(batch["audio"].to(device), batch["lengths"].to(device))
+            l, k, _ = self.ctc_loss(log_probs, out_lengths, batch["targets"].to(device),
+                                    batch["target_lengths"].to(device))
+            loss, kept = loss + float(l), kept + k
+            for ref, ids in zip(batch["texts"], greedy_ids(log_probs.float(), out_lengths)):
+                blank_only += not ids
+                if ref.strip():
+                    refs.append(ref)
+                    hyps.append(self.tokenizer.decode(ids))
+        if not refs:
+            return {}
+        if blank_only == len(hyps) and num_updates >= self.cfg.train.blank_warn_updates:
+            logger.warning("greedy dev output is all blank after %d updates: check lr, the vocabulary's case "
+                           "against the text, and train.freeze_finetune_updates", num_updates)
+        return {"ctc_loss": loss / max(kept, 1), "wer": 100.0 * jiwer.wer(refs, hyps),
+                "cer": 100.0 * jiwer.cer(refs, hyps), "blank_only": blank_only / len(hyps),
+                "utterances": float(len(refs))}
+
+    def best_metric(self) -> Optional[str]:
+        return "wer"
