@@ -1,0 +1,82 @@
+"""Hand-made lang dirs, ARPA LMs and CTC log-probs for the graph and decoder tests.
+
+Nothing here comes from the toolkit's own text or LM code, so graph and decoder tests do not
+depend on it: the files are written exactly as icefall's formats and the ARPA standard say.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_lang(d: Path, tokens: list[str], lexicon: list[tuple[str, list[str]]],
+               extra_words: tuple[str, ...] = ()) -> Path:
+    """tokens.txt (given order), words.txt (<eps>, sorted words, #0, <s>, </s>), lexicon.txt."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tokens.txt").write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)), encoding="utf-8")
+    words = sorted({w for w, _ in lexicon} | set(extra_words))
+    table = ["<eps>", *words, "#0", "<s>", "</s>"]
+    (d / "words.txt").write_text("".join(f"{w} {i}\n" for i, w in enumerate(table)), encoding="utf-8")
+    (d / "lexicon.txt").write_text("".join(f"{w} {' '.join(s)}\n" for w, s in lexicon), encoding="utf-8")
+    return d
+
+
+def char_lang(d: Path, words: list[str]) -> Path:
+    """Character lang dir: <blk>, |, the letters, <unk>; each spelling ends with |."""
+    letters = sorted({c for w in words for c in w})
+    return write_lang(d, ["<blk>", "|", *letters, "<unk>"], [(w, [*w, "|"]) for w in words])
+
+
+def write_arpa(path: Path, unigrams: dict[str, tuple[float, float | None]],
+               bigrams: dict[tuple[str, str], float] | None = None) -> Path:
+    """An ARPA file from log10 probabilities (and back-off weights) given by hand."""
+    bigrams = bigrams or {}
+    lines = ["", "\\data\\", f"ngram 1={len(unigrams)}"]
+    if bigrams:
+        lines.append(f"ngram 2={len(bigrams)}")
+    lines += ["", "\\1-grams:"]
+    for w, (p, bow) in unigrams.items():
+        # back-off weights exist only below the highest order
+        has_bow = bow is not None and bigrams
+        lines.append(f"{p:.4f}\t{w}" + (f"\t{bow:.4f}" if has_bow else ""))
+    if bigrams:
+        lines += ["", "\\2-grams:"]
+        lines += [f"{p:.4f}\t{a} {b}" for (a, b), p in bigrams.items()]
+    lines += ["", "\\end\\", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def ctc_frames(token_ids: list[int], vocab_size: int, frames_per_token: int = 2, peak: float = 6.0,
+               noise: float = 0.5, seed: int = 0, ambiguous: dict[int, list[int]] | None = None) -> np.ndarray:
+    """(T, V) log-probs whose best path spells ``token_ids`` (blank between tokens, blank at both ends).
+
+    ``ambiguous`` maps a position in ``token_ids`` to alternative token ids that get the same
+    (plus a hair more) score on that token's frames, so acoustics alone cannot decide.
+    """
+    rng = np.random.default_rng(seed)
+    labels: list[tuple[int, list[int]]] = [(0, [])]
+    for pos, t in enumerate(token_ids):
+        alts = (ambiguous or {}).get(pos, [])
+        labels += [(t, alts)] * frames_per_token + [(0, [])]
+    logits = rng.normal(0.0, noise, size=(len(labels), vocab_size)).astype(np.float32)
+    for f, (t, alts) in enumerate(labels):
+        logits[f, t] += peak
+        for a in alts:
+            logits[f, a] = logits[f, t] + 0.01  # the wrong spelling wins greedily, barely
+    logits -= logits.max(axis=1, keepdims=True)
+    return (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+def spell_ids(lang_dir: Path, sentence: str) -> list[int]:
+    """Token ids of a sentence through the lang dir's own lexicon (first spelling of each word)."""
+    tokens = {}
+    for line in (lang_dir / "tokens.txt").read_text(encoding="utf-8").splitlines():
+        s, i = line.split()
+        tokens[s] = int(i)
+    lex = {}
+    for line in (lang_dir / "lexicon.txt").read_text(encoding="utf-8").splitlines():
+        w, *toks = line.split()
+        lex.setdefault(w, toks)
+    return [tokens[t] for w in sentence.split() for t in lex[w]]

@@ -1,0 +1,213 @@
+"""Decoding graphs (toolkit.lm.graph, `toolkit compile-graph`) checked by the paths they accept.
+
+References: CTC's collapsing rule written out independently, kenlm's sentence scores for G,
+Kaldi's add_lex_disambig rules for L, and decoding a known path through HLG with kaldi-decoder.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import kaldifst
+import kenlm
+import numpy as np
+import pytest
+
+from graph_fixtures import char_lang, ctc_frames, spell_ids, write_arpa, write_lang
+from toolkit.lm.graph import (
+    TOKEN_OFFSET, Lang, add_disambig, build_ctc_topo, build_grammar_fst, build_lexicon_fst,
+    compile_graphs, read_fst, remove_backoff_disambig,
+)
+from toolkit.utils import ToolkitError
+
+WORDS = ["ab", "ba", "cab", "cob"]
+
+
+def collapse(frames: list[int]) -> list[int]:
+    """CTC's rule, independently: merge runs, then drop blanks (0)."""
+    return [k for k, _ in itertools.groupby(frames) if k != 0]
+
+
+def linear(labels: list[int]) -> kaldifst.StdVectorFst:
+    fst = kaldifst.make_linear_acceptor(labels)
+    kaldifst.arcsort(fst, sort_type="olabel")
+    return fst
+
+
+def accepts(frames: list[int], H: kaldifst.StdVectorFst, tokens: list[int]) -> bool:
+    """Does H map this frame-label sequence to this token sequence (labels unshifted)?"""
+    a = linear([f + TOKEN_OFFSET for f in frames])
+    b = kaldifst.make_linear_acceptor([t + TOKEN_OFFSET for t in tokens])
+    kaldifst.arcsort(b, sort_type="ilabel")
+    out = kaldifst.compose(kaldifst.compose(a, H), b)
+    return out.num_states > 0
+
+
+@pytest.fixture
+def lang(tmp_path):
+    d = char_lang(tmp_path / "lang", WORDS)
+    write_arpa(d / "lm.arpa",
+               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
+                "cab": (-1.50, -0.20), "cob": (-0.60, -0.20)},
+               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
+                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
+    return d
+
+
+# ---------------------------------------------------------------------------------------- H
+
+def test_standard_ctc_topo_maps_frames_to_collapsed_tokens():
+    V = 4
+    H = build_ctc_topo(V)
+    assert sum(H.num_arcs(s) for s in range(H.num_states)) == V * V
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        frames = rng.integers(0, V, size=int(rng.integers(1, 8))).tolist()
+        want = collapse(frames)
+        assert accepts(frames, H, want), (frames, want)
+        # exactly one output: the frame sequence maps to nothing else
+        out = kaldifst.compose(linear([f + TOKEN_OFFSET for f in frames]), H)
+        ok, _, olabels, _ = kaldifst.get_linear_symbol_sequence(kaldifst.shortest_path(out))
+        assert ok and [o - TOKEN_OFFSET for o in olabels] == want
+    # a token repeated without blank in between is one token for the standard topology
+    assert not accepts([1, 1], H, [1, 1]) and accepts([1, 0, 1], H, [1, 1])
+
+
+def test_compact_ctc_topo_is_linear_size_and_accepts_ctc_paths():
+    V = 5
+    H = build_ctc_topo(V, compact=True)
+    assert sum(H.num_arcs(s) for s in range(H.num_states)) == 1 + 3 * (V - 1)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        frames = rng.integers(0, V, size=int(rng.integers(1, 8))).tolist()
+        assert accepts(frames, H, collapse(frames)), frames
+    assert accepts([2, 2], H, [2, 2])  # the extra paths of the compact topology
+    assert not accepts([2, 3], H, [3])  # but never drops a non-blank token
+
+
+# ---------------------------------------------------------------------------------------- L
+
+def test_disambig_follows_kaldi_rules():
+    lex = [("he", ["▁he"]), ("hello", ["▁he", "llo"]), ("hi", ["▁hi"]), ("hy", ["▁hi"]), ("x", ["▁x"])]
+    out, max_k = add_disambig(lex)
+    assert dict((w, s) for w, s in out) == {
+        "he": ["▁he", "#1"], "hello": ["▁he", "llo"], "hi": ["▁hi", "#1"], "hy": ["▁hi", "#2"], "x": ["▁x"]}
+    assert max_k == 2
+
+
+def test_lexicon_fst_maps_each_spelling_to_its_word(lang):
+    L_fst, first_disambig = build_lexicon_fst(Lang.load(lang))
+    lg = Lang.load(lang)
+    assert first_disambig == lg.num_tokens + TOKEN_OFFSET
+    for word in WORDS:
+        ids = spell_ids(lang, word)
+        out = kaldifst.compose(linear([i + TOKEN_OFFSET for i in ids]), L_fst)
+        ok, _, olabels, _ = kaldifst.get_linear_symbol_sequence(kaldifst.shortest_path(out))
+        assert ok and lg.words_of(olabels) == [word]
+
+
+# ---------------------------------------------------------------------------------------- G
+
+def g_cost(G, lang: Lang, sentence: str) -> float:
+    ids = [lang.words[w] for w in sentence.split()]
+    a = kaldifst.make_linear_acceptor(ids)
+    kaldifst.arcsort(a, sort_type="olabel")
+    best = kaldifst.shortest_path(kaldifst.compose(a, G))
+    ok, _, _, w = kaldifst.get_linear_symbol_sequence(best)
+    assert ok and best.num_states > 0
+    return float(w.value)
+
+
+def test_grammar_fst_scores_sentences_like_kenlm(lang):
+    lg = Lang.load(lang)
+    G = remove_backoff_disambig(build_grammar_fst(lang / "lm.arpa", lang / "words.txt"), lg.words["#0"])
+    model = kenlm.Model(str(lang / "lm.arpa"))
+    for sentence in ["ab cab", "ab ba", "cob", "ba ab cob", "cab cab"]:
+        want = -model.score(sentence, bos=True, eos=True) * math.log(10)
+        assert g_cost(G, lg, sentence) == pytest.approx(want, abs=2e-3), sentence
+
+
+def test_arpa_words_missing_from_words_txt_are_skipped(lang, tmp_path):
+    arpa = write_arpa(tmp_path / "oov.arpa", {"<s>": (-99, -0.3), "</s>": (-0.5, None), "ab": (-0.5, -0.1),
+                                              "zzz": (-0.5, -0.1)}, {("ab", "zzz"): -0.1, ("<s>", "ab"): -0.1})
+    lg = Lang.load(lang)
+    G = remove_backoff_disambig(build_grammar_fst(arpa, lang / "words.txt"), lg.words["#0"])
+    assert g_cost(G, lg, "ab") > 0
+
+
+def test_bad_arpa_and_bad_lang_dir_raise_one_line_errors(lang, tmp_path):
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("this is not an LM\n")
+    with pytest.raises(ToolkitError, match="bad.arpa.*not an ARPA"):
+        build_grammar_fst(bad, lang / "words.txt")
+    with pytest.raises(ToolkitError, match="missing.arpa.*not found"):
+        compile_graphs(lang, tmp_path / "missing.arpa")
+    with pytest.raises(ToolkitError, match="lang dir not found"):
+        Lang.load(tmp_path / "nowhere")
+    (lang / "lexicon.txt").write_text("ab a b | Q\n")
+    with pytest.raises(ToolkitError, match="lexicon.txt.*Q"):
+        Lang.load(lang)
+
+
+# ---------------------------------------------------------------------------------------- HLG
+
+def best_words(hlg_path, lang_dir, log_probs) -> list[str]:
+    from toolkit.decode.wfst import HlgDecoder, WfstOptions
+
+    return Lang.load(lang_dir).words_of(HlgDecoder(hlg_path, WfstOptions()).decode(log_probs))
+
+
+def test_hlg_decodes_a_known_path(lang):
+    paths = compile_graphs(lang, lang / "lm.arpa")
+    V = Lang.load(lang).num_tokens
+    for sentence in ["ab cab", "ba ab cob", "cob cob ba"]:
+        lp = ctc_frames(spell_ids(lang, sentence), V, seed=len(sentence))
+        assert best_words(paths.HLG, lang, lp) == sentence.split()
+
+
+def test_words_absent_from_the_lm_are_never_hypothesised(lang):
+    (lang / "lm.arpa").write_text((lang / "lm.arpa").read_text().replace("-0.6000\tcob\t-0.2000\n", "")
+                                  .replace("ngram 1=6", "ngram 1=5").replace("-0.3000\tcob </s>\n", "")
+                                  .replace("ngram 2=6", "ngram 2=5"))
+    paths = compile_graphs(lang, lang / "lm.arpa")
+    lp = ctc_frames(spell_ids(lang, "ab cob"), Lang.load(lang).num_tokens)
+    hyp = best_words(paths.HLG, lang, lp)
+    assert "cob" not in hyp and hyp[0] == "ab"
+
+
+def test_bpe_lexicon_with_prefix_spellings(tmp_path):
+    tokens = ["<blk>", "▁he", "llo", "▁hel", "p", "▁wor", "ld", "<unk>"]
+    lex = [("he", ["▁he"]), ("hello", ["▁he", "llo"]), ("help", ["▁hel", "p"]), ("world", ["▁wor", "ld"])]
+    d = write_lang(tmp_path / "bpe", tokens, lex)
+    write_arpa(d / "lm.arpa", {"<s>": (-99, -0.3), "</s>": (-0.7, None), "he": (-0.8, -0.1),
+                               "hello": (-0.8, -0.1), "help": (-0.8, -0.1), "world": (-0.8, -0.1)})
+    paths = compile_graphs(d, d / "lm.arpa")
+    for sentence in ["he hello world", "hello he", "help world he"]:
+        lp = ctc_frames(spell_ids(d, sentence), len(tokens), seed=3)
+        assert best_words(paths.HLG, d, lp) == sentence.split()
+
+
+def test_graphs_are_rebuilt_only_when_an_input_changes(lang):
+    first = compile_graphs(lang, lang / "lm.arpa")
+    assert first.rebuilt == ["H.fst", "L_disambig.fst", "G_2.fst", "HLG.fst"]
+    mtimes = {p: os.stat(lang / p).st_mtime_ns for p in first.rebuilt}
+    assert compile_graphs(lang, lang / "lm.arpa").rebuilt == []
+    assert {p: os.stat(lang / p).st_mtime_ns for p in first.rebuilt} == mtimes
+    os.utime(lang / "lexicon.txt")  # touched, same content: still up to date
+    assert compile_graphs(lang, lang / "lm.arpa").rebuilt == []
+    with open(lang / "lexicon.txt", "a", encoding="utf-8") as f:
+        f.write("cab c a a b |\n")  # a second spelling
+    assert compile_graphs(lang, lang / "lm.arpa").rebuilt == ["L_disambig.fst", "HLG.fst"]
+    assert compile_graphs(lang, lang / "lm.arpa", order=1).rebuilt == ["G_1.fst", "HLG.fst"]
+    assert compile_graphs(lang, lang / "lm.arpa", compact=True).rebuilt == ["H.fst", "HLG.fst"]
+
+
+def test_compile_graph_command(lang, tmp_path):
+    from toolkit.cli import main
+
+    assert main(["compile-graph", "--lang-dir", str(lang), "--lm", str(lang / "lm.arpa")]) == 0
+    assert all((lang / f).is_file() for f in ["H.fst", "L_disambig.fst", "G_2.fst", "HLG.fst", "graphs.json"])
+    HLG = read_fst(lang / "HLG.fst")
+    assert HLG.num_states > 0
+    assert main(["compile-graph", "--lang-dir", str(tmp_path / "none"), "--lm", str(lang / "lm.arpa")]) == 1
