@@ -113,11 +113,9 @@ fi
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   markers=(); for lang in $all_languages; do markers+=(data/manifests/.cv-$lang.done); done
   if stage_begin 1 "Lhotse manifests for $all_languages (text normalised, cuts validated)" "${markers[@]}"; then
-    for lang in $all_languages; do
-      is_done_file=data/manifests/.cv-$lang.done
-      [ -f "$is_done_file" ] && continue
-      toolkit prepare commonvoice --corpus-dir "$corpus_dir" --language "$lang" --out-dir data/manifests
-    done
+    todo=; for lang in $all_languages; do [ -f data/manifests/.cv-$lang.done ] || todo+=",$lang"; done
+    toolkit prepare commonvoice --corpus-dir "$corpus_dir" --languages "${todo#,}" --out data/manifests
+    for lang in $all_languages; do date > data/manifests/.cv-$lang.done; done
     stage_end
   fi
 fi
@@ -156,16 +154,14 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ "$pretrain" = true ]; then
     train_cuts=(); for lang in $languages; do train_cuts+=(data/manifests/cv-${lang}_cuts_train.jsonl.gz); done
     dev_cuts=(); for lang in $languages; do dev_cuts+=(data/manifests/cv-${lang}_cuts_dev.jsonl.gz); done
     init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
-    # Resuming a killed run continues from its last checkpoint rather than restarting.
-    resume=(); [ -f "$pretrain_dir/last.pt" ] && resume=(--resume)
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
-      $launcher pretrain --config "$conf/pretrain_$size.yaml" "${resume[@]}" \
+      $launcher pretrain --config "$conf/pretrain_$size.yaml" \
         --set "exp_dir=$pretrain_dir" \
         --set "data.train_cuts=$(yaml_list "${train_cuts[@]}")" \
         --set "data.dev_cuts=$(yaml_list "${dev_cuts[@]}")" \
         --set "data.languages=$(yaml_list $languages)" --set "data.alpha=$alpha" \
         "${init_opt[@]}" $pretrain_opts
-    toolkit plot --exp-dir "$pretrain_dir" >/dev/null 2>&1 || true  # curves are a convenience
+    toolkit plot "$pretrain_dir" >/dev/null 2>&1 || true  # curves are a convenience
     mark_done "$pretrain_dir"
     stage_end
   fi
@@ -193,15 +189,14 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
         dir=$(ft_dir_for $lang $init)
         is_done $dir && continue
         init_path=$(init_for $init)
-        resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
         echo "  fine-tuning $lang from $init_path -> $dir (log: $dir/log/finetune.log)"
         $train_cmd --gpu "$ngpus" $dir/log/finetune.log \
-          $launcher finetune --config "$conf/finetune_$size.yaml" "${resume[@]}" \
+          $launcher finetune --config "$conf/finetune_$size.yaml" \
             --set "exp_dir=$dir" --set "train.init=$init_path" \
             --set "data.train_cuts=[data/manifests/cv-${lang}_cuts_train.jsonl.gz]" \
             --set "data.dev_cuts=[data/manifests/cv-${lang}_cuts_dev.jsonl.gz]" \
             --set "data.lang_dir=data/$lang/$lang_unit" $finetune_opts
-        toolkit plot --exp-dir "$dir" >/dev/null 2>&1 || true
+        toolkit plot "$dir" >/dev/null 2>&1 || true
         mark_done $dir
       done
     done

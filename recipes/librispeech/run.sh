@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# LibriSpeech: wav2vec 2.0 pretraining on the untranscribed training audio, CTC fine-tuning on
+# a Libri-light subset (10m, 1h, 10h) or a LibriSpeech training set (100h, 960h), decoding of
+# the dev/test sets with greedy CTC and an n-gram HLG graph, and RESULTS.md.
+# Read top to bottom: each stage prints one line; a stage whose outputs exist is skipped.
+set -euo pipefail
+
+recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+stage=0
+stop_stage=100
+work_dir=$recipe_dir           # download/, data/, exp/ and RESULTS.md go here
+corpus_dir=                    # existing copy holding LibriSpeech/ (and librispeech_finetuning/)
+synthetic=false                # true: synthesise a LibriSpeech-format tree (toolkit synth-corpus)
+synth_minutes=20               # synthetic: minutes of audio
+synth_subset_scale=0.1         # synthetic: scale of the Libri-light folds (1.0 = real 10 min / 1 h / 10 h)
+download_lm=true               # real data: fetch the official 3-gram/4-gram ARPA from openslr when online
+size=base                      # conf/pretrain_<size>.yaml, conf/finetune_<size>.yaml
+finetune_set=10m               # 10m | 1h | 10h (Libri-light) | 100h | 960h
+token_type=char                # char (the paper) | bpe
+nbpe=500
+lm_order=3                     # order of the LM trained on the transcripts when no official LM
+decode_methods="greedy hlg"
+test_sets="dev-clean dev-other test-clean test-other"   # those absent from the corpus are skipped
+nj=4                           # decoding jobs per test set (through $decode_cmd)
+ngpus=1                        # >1: torchrun --nproc_per_node
+nnodes=1                       # >1: multi-node torchrun rendezvous (see docs/recipes.md)
+rdzv_endpoint=
+init_checkpoint=               # fine-tune this (imported) checkpoint instead of pretraining
+pretrain_opts=                 # extra "--set key=value ..." for toolkit pretrain
+finetune_opts=                 # extra "--set key=value ..." for toolkit finetune
+tag=
+
+help_message="Usage: $0 [options]
+LibriSpeech recipe: pretraining, fine-tuning on a labelled subset, decoding, RESULTS.md.
+Options (default):
+  --stage N / --stop-stage N         run stages N..M (0..7)
+  --work-dir DIR                     where download/, data/, exp/ go ($work_dir)
+  --corpus-dir DIR                   existing copy containing LibriSpeech/ (skips the download)
+  --synthetic true|false             synthesise a LibriSpeech-format corpus instead ($synthetic)
+  --synth-minutes M / --synth-subset-scale S   size of the synthetic corpus ($synth_minutes, $synth_subset_scale)
+  --download-lm true|false           official openslr ARPA LMs on real data ($download_lm)
+  --size tiny|base|large             model and training config ($size)
+  --finetune-set 10m|1h|10h|100h|960h  labelled data for fine-tuning ($finetune_set)
+  --token-type char|bpe / --nbpe N   output units ($token_type, $nbpe)
+  --lm-order N                       order of the transcript LM when no official LM ($lm_order)
+  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
+  --test-sets \"...\"                  dev/test sets ($test_sets)
+  --nj N                             decoding jobs per test set ($nj)
+  --init-checkpoint PATH             fine-tune an imported checkpoint; skips pretraining
+  --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   distributed training through torchrun
+  --pretrain-opts / --finetune-opts  extra '--set key=value' options for the training commands
+Stages: 0 corpus (and LMs), 1 manifests, 2 lang dirs, 3 LMs and graphs, 4 pretraining,
+        5 fine-tuning, 6 decoding, 7 RESULTS.md"
+
+. "$recipe_dir/../../local/parse_options.sh"
+. "$recipe_dir/path.sh"
+. "$recipe_dir/cmd.sh"
+. "$recipe_dir/../shared/stages.sh"
+
+mkdir -p "$work_dir"
+cd "$work_dir"
+conf=$recipe_dir/conf
+dl_dir=download
+[ "$synthetic" = true ] && corpus_dir=$dl_dir/synthetic-librispeech
+[ -n "$corpus_dir" ] || corpus_dir=$dl_dir
+case "$finetune_set" in 10m|1h|10h|100h|960h) ;; *) echo "$0: --finetune-set must be 10m, 1h, 10h, 100h or 960h" >&2; exit 1 ;; esac
+case "$token_type" in char) lang_dir=data/lang_char ;; bpe) lang_dir=data/lang_bpe_$nbpe ;;
+  *) echo "$0: --token-type must be char or bpe, got '$token_type'" >&2; exit 1 ;; esac
+launcher=$(toolkit_launcher "$ngpus" "$nnodes" "$rdzv_endpoint" "librispeech$tag")
+pretrain_dir=exp/pretrain_${size}${tag}
+ft_dir=exp/finetune_${size}_${finetune_set}_${token_type}${tag}
+[ -n "$init_checkpoint" ] && ft_dir=exp/finetune_$(basename "${init_checkpoint%.*}")_${finetune_set}_${token_type}${tag}
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  if stage_begin 0 "LibriSpeech corpus and Libri-light subsets in $corpus_dir" "$corpus_dir/.corpus.done"; then
+    if [ "$synthetic" = true ]; then
+      toolkit synth-corpus --format librispeech --languages en --minutes-per-language "$synth_minutes" \
+        --subset-scale "$synth_subset_scale" --out "$corpus_dir"
+    else
+      [ -d "$corpus_dir/LibriSpeech/train-clean-100" ] || lhotse download librispeech --full "$corpus_dir"
+      if [ ! -d "$corpus_dir/librispeech_finetuning" ] && [[ $finetune_set =~ ^(10m|1h|10h)$ ]]; then
+        wget -q -c -P "$corpus_dir" https://dl.fbaipublicfiles.com/librilight/data/librispeech_finetuning.tgz
+        tar -xzf "$corpus_dir/librispeech_finetuning.tgz" -C "$corpus_dir"
+      fi
+      if [ "$download_lm" = true ] && [ ! -f "$dl_dir/lm/4-gram.arpa.gz" ]; then
+        # The official LMs (openslr SLR11); offline runs fall back to an LM on the transcripts.
+        mkdir -p "$dl_dir/lm"
+        for f in 3-gram.pruned.1e-7.arpa.gz 4-gram.arpa.gz; do
+          wget -q -c -P "$dl_dir/lm" "https://www.openslr.org/resources/11/$f" || { rm -f "$dl_dir/lm/$f"; break; }
+        done
+      fi
+    fi
+    date > "$corpus_dir/.corpus.done"
+    stage_end
+  fi
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  if stage_begin 1 "Lhotse manifests of every split found in $corpus_dir" data/manifests/.librispeech.done; then
+    toolkit prepare librispeech --corpus-dir "$corpus_dir" --out data/manifests
+    date > data/manifests/.librispeech.done
+    stage_end
+  fi
+fi
+
+# Splits present, from the manifests written by stage 1.
+split_cuts() { echo data/manifests/librispeech_cuts_$1.jsonl.gz; }
+train_splits=(); for s in train-clean-100 train-clean-360 train-other-500; do [ -f "$(split_cuts $s)" ] && train_splits+=("$(split_cuts $s)"); done
+case "$finetune_set" in
+  100h) ft_list=("$(split_cuts train-clean-100)") ;;
+  960h) ft_list=("${train_splits[@]}") ;;
+  *) ft_list=("$(split_cuts train-$finetune_set)") ;;  # Libri-light subsets
+esac
+ft_cuts=$(yaml_list "${ft_list[@]}")
+dev_cuts=$(split_cuts dev-clean)
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  if stage_begin 2 "lang dirs: characters (data/lang_char) and word pieces (data/lang_bpe_$nbpe)" \
+      data/lang_char/.done data/lang_bpe_$nbpe/.done; then
+    is_done data/lang_char || { toolkit lang-dir --type char --cuts "${train_splits[@]}" --out data/lang_char; mark_done data/lang_char; }
+    is_done data/lang_bpe_$nbpe || { toolkit lang-dir --type bpe --vocab-size "$nbpe" --cuts "${train_splits[@]}" --out data/lang_bpe_$nbpe; mark_done data/lang_bpe_$nbpe; }
+    stage_end
+  fi
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  if stage_begin 3 "n-gram LM and H/L/G/HLG graphs in $lang_dir" "$lang_dir/.graph.done"; then
+    mkdir -p data/lm
+    rescore=()
+    if [ -f "$dl_dir/lm/3-gram.pruned.1e-7.arpa.gz" ]; then
+      lm=$dl_dir/lm/3-gram.pruned.1e-7.arpa.gz
+      [ -f "$dl_dir/lm/4-gram.arpa.gz" ] && rescore=(--rescore-lm "$dl_dir/lm/4-gram.arpa.gz")
+    else
+      lm=data/lm/${lm_order}gram.arpa
+      [ -f "$lm" ] || toolkit lm train --order "$lm_order" --text data/lang_char/transcript_words.txt --out "$lm"
+    fi
+    toolkit compile-graph --lang-dir "$lang_dir" --lm "$lm" "${rescore[@]}"
+    date > "$lang_dir/.graph.done"
+    stage_end
+  fi
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ -z "$init_checkpoint" ]; then
+  if stage_begin 4 "pretrain a $size model on the untranscribed train audio in $pretrain_dir" "$pretrain_dir/.done"; then
+    echo "  log: $pretrain_dir/log/pretrain.log"
+    $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
+      $launcher pretrain --config "$conf/pretrain_$size.yaml" \
+        --set "exp_dir=$pretrain_dir" --set "data.train_cuts=$(yaml_list "${train_splits[@]}")" \
+        --set "data.dev_cuts=[$dev_cuts]" $pretrain_opts
+    toolkit plot "$pretrain_dir" >/dev/null 2>&1 || true  # curves are a convenience
+    mark_done "$pretrain_dir"
+    stage_end
+  fi
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  init=${init_checkpoint:-$pretrain_dir/last.pt}
+  if stage_begin 5 "CTC fine-tuning ($token_type) on $finetune_set from $init in $ft_dir" "$ft_dir/.done"; then
+    echo "  log: $ft_dir/log/finetune.log"
+    $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
+      $launcher finetune --config "$conf/finetune_$size.yaml" \
+        --set "exp_dir=$ft_dir" --set "train.init=$init" --set "data.train_cuts=$ft_cuts" \
+        --set "data.dev_cuts=[$dev_cuts]" --set "data.lang_dir=$lang_dir" $finetune_opts
+    toolkit plot "$ft_dir" >/dev/null 2>&1 || true
+    mark_done "$ft_dir"
+    stage_end
+  fi
+fi
+
+present_tests=(); for t in $test_sets; do [ -f "$(split_cuts $t)" ] && present_tests+=("$t"); done
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  markers=(); for t in "${present_tests[@]}"; do for m in $decode_methods; do markers+=("$ft_dir/decode/$t/$m/wer-summary.txt"); done; done
+  if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each)" "${markers[@]}"; then
+    ckpt=$(best_checkpoint "$ft_dir")
+    for t in "${present_tests[@]}"; do
+      for m in $decode_methods; do
+        [ -f "$ft_dir/decode/$t/$m/wer-summary.txt" ] && continue
+        decode_cuts "$ckpt" "$(split_cuts $t)" "$lang_dir" "$m" "$ft_dir/decode/$t/$m" "$nj"
+      done
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  if stage_begin 7 "collect WER/CER per test set and method into $work_dir/RESULTS.md"; then
+    toolkit results --exp-dir "$ft_dir" --out RESULTS.md
+    stage_end
+  fi
+fi
+stage_summary
