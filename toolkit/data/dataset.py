@@ -1,0 +1,205 @@
+"""`AudioDataset`: raw-waveform batches for wav2vec 2.0 pretraining and CTC fine-tuning.
+
+Lhotse-sampler style: the sampler yields a `CutSet` per batch and `dataset[cuts]` turns it
+into tensors, so it is used with `DataLoader(dataset, sampler=..., batch_size=None)`
+(see `toolkit.data.loader.make_loader`).
+
+Batch contract (ARCHITECTURE.md, "Data"), B cuts, S samples at 16 kHz:
+- `audio` (B, S) float32, zero after each utterance's end; `lengths` (B,) long;
+  `padding_mask` (B, S) bool, True = padding.
+- with a tokenizer: `targets` (B, L) long padded with -1, `target_lengths` (B,) long,
+  `num_oov` (int, `<unk>` tokens in this batch's targets).
+- `texts`, `cut_ids` (the manifest ids, also under speed perturbation), `languages`.
+- `num_dropped` (int): cuts dropped from this batch, each with a warning naming the cut and
+  its file: audio that fails to load or is shorter than one model frame (400 samples), and,
+  with a tokenizer, utterances whose frame count cannot fit their labels under CTC
+  (labels + repeated neighbours; DESIGN §9: such cuts drive CTC to blank-only output).
+
+Semantics follow fairseq's RawAudioDataset:
+- `normalize=True` (LARGE / XLSR checkpoints): each utterance is normalised to zero mean and
+  unit variance over its own samples, `F.layer_norm(wav, wav.shape)`, before cropping or
+  padding, so padding stays exactly 0 and never enters the statistics.
+- `crop_to_shortest=True` (pretraining): every utterance is randomly cropped to
+  min(shortest in the batch, max_sample_size); the batch then has no padding.
+  Otherwise utterances are padded to the longest; `max_sample_size` then crops longer
+  utterances (fairseq's pad mode), which is refused with targets (it would cut transcripts).
+- `speed_perturb=True`: each cut is resampled by a factor drawn from 0.9 / 1.0 / 1.1.
+
+Randomness (perturbation factors, crop offsets) is drawn from a generator seeded by
+`seed` and the batch's cut ids, so a batch is the same whatever the number of workers,
+and a resumed run reproduces it; different epochs batch cuts differently and so differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toolkit.utils import ToolkitError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SPEED_FACTORS = (0.9, 1.0, 1.1)
+# wav2vec 2.0 feature encoder (every preset): kernels 10,3,3,3,3,2,2 / strides 5,2,2,2,2,2,2
+_CONV = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2))
+MIN_SAMPLES = 400  # receptive field of one frame
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames the wav2vec 2.0 feature encoder outputs for `num_samples` samples."""
+    n = num_samples
+    for kernel, stride in _CONV:
+        n = (n - kernel) // stride + 1
+        if n <= 0:
+            return 0
+    return n
+
+
+def ctc_min_frames(ids: list[int]) -> int:
+    """Frames CTC needs for a label sequence: one per label plus a blank between repeats."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+
+def audio_source(cut: Any) -> str:
+    """The file (or URL / command) a cut's audio comes from, for error messages."""
+    rec = getattr(cut, "recording", None)
+    if rec is None or not rec.sources:
+        return "<no recording>"
+    return str(rec.sources[0].source)
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Turns a `CutSet` (one batch from a lhotse sampler) into a padded waveform batch.
+
+    Args:
+        tokenizer: a `toolkit.text.Tokenizer`; when given, the batch carries CTC targets.
+        normalize: per-utterance zero-mean unit-variance waveform (cfg.normalize).
+        crop_to_shortest: pretraining crop (see module docstring).
+        max_sample_size: longest utterance in samples after cropping; None = no limit.
+        speed_perturb: random 0.9 / 1.0 / 1.1 speed per cut (training only).
+        seed: base of the per-batch random generator.
+        drop_unfit: drop cuts that cannot yield a CTC alignment (with a tokenizer) or a
+            single frame; False keeps them (e.g. for inference, where nothing is dropped
+            silently: too-short audio then raises).
+    """
+
+    def __init__(self, tokenizer: Any = None, normalize: bool = False, crop_to_shortest: bool = False,
+                 max_sample_size: int | None = None, speed_perturb: bool = False, seed: int = 0,
+                 drop_unfit: bool = True) -> None:
+        super().__init__()
+        if max_sample_size is not None and max_sample_size < MIN_SAMPLES:
+            raise ToolkitError(f"max_sample_size={max_sample_size} is below one model frame ({MIN_SAMPLES} samples)")
+        if tokenizer is not None and max_sample_size is not None and not crop_to_shortest:
+            raise ToolkitError("max_sample_size with transcripts would crop audio but not its text; "
+                               "filter long cuts (e.g. cuts.filter(lambda c: c.duration <= X)) instead")
+        if tokenizer is not None and crop_to_shortest:
+            raise ToolkitError("crop_to_shortest is for pretraining; it would cut audio away from its transcript")
+        self.tokenizer = tokenizer
+        self.normalize = normalize
+        self.crop_to_shortest = crop_to_shortest
+        self.max_sample_size = max_sample_size
+        self.speed_perturb = speed_perturb
+        self.seed = seed
+        self.drop_unfit = drop_unfit
+
+    # ------------------------------------------------------------------ helpers
+    def _rng(self, cut_ids: list[str]) -> random.Random:
+        key = f"{self.seed}\n" + "\n".join(cut_ids)
+        return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+    def _load(self, cut: Any, factor: float) -> torch.Tensor:
+        """Mono float32 16 kHz waveform of one cut, speed-perturbed by `factor`."""
+        if cut.sampling_rate != SAMPLE_RATE:
+            cut = cut.resample(SAMPLE_RATE)
+        if factor != 1.0:
+            cut = cut.perturb_speed(factor)
+        audio = cut.load_audio()
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 2:  # (channels, samples): downmix
+            audio = audio.mean(axis=0)
+        wav = torch.from_numpy(np.ascontiguousarray(audio))
+        if not torch.isfinite(wav).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        return wav
+
+    def _drop(self, cut: Any, why: str) -> None:
+        if not self.drop_unfit and "fails to load" not in why:
+            raise ToolkitError(f"cut {cut.id} ({audio_source(cut)}): {why}")
+        log.warning("dropping cut %s (%s): %s", cut.id, audio_source(cut), why)
+
+    # ------------------------------------------------------------------ the batch
+    def __getitem__(self, cuts: Any) -> dict[str, Any]:
+        cut_list = list(cuts)
+        if not cut_list:
+            raise ToolkitError("the sampler produced an empty batch; check max_duration and the cut durations")
+        rng = self._rng([c.id for c in cut_list])
+        kept: list[tuple[Any, torch.Tensor, list[int] | None]] = []
+        for cut in cut_list:
+            factor = rng.choice(SPEED_FACTORS) if self.speed_perturb else 1.0
+            try:
+                wav = self._load(cut, factor)
+            except Exception as e:  # noqa: BLE001 - any backend error means this file is unusable
+                self._drop(cut, f"audio fails to load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                continue
+            if wav.numel() < MIN_SAMPLES:
+                self._drop(cut, f"{wav.numel()} samples is shorter than one model frame ({MIN_SAMPLES})")
+                continue
+            ids = None
+            if self.tokenizer is not None:
+                ids = self.tokenizer.encode(_text(cut))
+                need, have = ctc_min_frames(ids), num_frames(wav.numel())
+                if need > have:
+                    self._drop(cut, f"{len(ids)} labels need {need} CTC frames but the audio gives {have}")
+                    continue
+            if self.normalize:
+                wav = F.layer_norm(wav, wav.shape)
+            kept.append((cut, wav, ids))
+        if not kept:
+            raise ToolkitError(f"every cut of a batch was dropped (first: {cut_list[0].id}, {audio_source(cut_list[0])}); "
+                               f"check the audio files and transcripts (see the warnings above)")
+        batch = self._collate([w for _, w, _ in kept], rng)
+        batch["texts"] = [_text(c) for c, _, _ in kept]
+        batch["cut_ids"] = [c.id for c, _, _ in kept]
+        batch["languages"] = [_language(c) for c, _, _ in kept]
+        batch["num_dropped"] = len(cut_list) - len(kept)
+        if self.tokenizer is not None:
+            batch.update(_pad_targets([ids for _, _, ids in kept]))
+            batch["num_oov"] = sum(ids.count(self.tokenizer.unk_id) for _, _, ids in kept)
+        return batch
+
+    def _collate(self, wavs: list[torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
+        sizes = [w.numel() for w in wavs]
+        limit = self.max_sample_size or max(sizes)
+        target = min(min(sizes) if self.crop_to_shortest else max(sizes), limit)
+        audio = torch.zeros(len(wavs), target, dtype=torch.float32)
+        lengths = torch.zeros(len(wavs), dtype=torch.long)
+        for i, wav in enumerate(wavs):
+            if wav.numel() > target:  # random crop, as fairseq's crop_to_max_size
+                start = rng.randint(0, wav.numel() - target)
+                wav = wav[start:start + target]
+            audio[i, : wav.numel()] = wav
+            lengths[i] = wav.numel()
+        padding_mask = torch.arange(target)[None, :] >= lengths[:, None]
+        return {"audio": audio, "lengths": lengths, "padding_mask": padding_mask}
+
+
+def _text(cut: Any) -> str:
+    return " ".join((s.text or "") for s in cut.supervisions).strip()
+
+
+def _language(cut: Any) -> str | None:
+    return next((s.language for s in cut.supervisions if s.language), None)
+
+
+def _pad_targets(seqs: list[list[int]]) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    targets = torch.full((len(seqs), max(1, int(lengths.max()))), -1, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return {"targets": targets, "target_lengths": lengths}
