@@ -60,16 +60,17 @@ class HlgDecoder:
     def __init__(self, hlg: str | os.PathLike, opts: WfstOptions):
         opts.check()
         self.opts = opts
-        self.graph = read_fst(hlg)
+        self.graph = read_fst(hlg)  # the decoder keeps a pointer to it: it must live as long
         self.decoder = kaldi_decoder.FasterDecoder(
             self.graph,
             kaldi_decoder.FasterDecoderOptions(beam=opts.beam, max_active=opts.max_active, min_active=opts.min_active),
         )
 
     def decode(self, mat: np.ndarray) -> list[int]:
+        """Word ids of the best path for (T, V) log-probs (acoustic scale applied here)."""
         if mat.shape[0] == 0:
             return []
-        self.decoder.decode(kaldi_decoder.DecodableCtc(mat))
+        self.decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
         # Without a final state in the beam (truncated audio), the best partial path is still a hypothesis.
         ok, best = self.decoder.get_best_path(use_final_probs=self.decoder.reached_final())
         if not ok:
@@ -112,9 +113,10 @@ class LatticeRescorer:
         )
 
     def decode(self, mat: np.ndarray) -> list[int]:
+        """Word ids of the best rescored path for (T, V) log-probs (acoustic scale applied here)."""
         if mat.shape[0] == 0:
             return []
-        self.decoder.decode(kaldi_decoder.DecodableCtc(mat))
+        self.decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
         ok, lat = self.decoder.get_raw_lattice(use_final_probs=True)
         if ok and lat.num_states > 0:
             # total = acoustic + lm_scale * LM  ==  acoustic / lm_scale + LM  (same arg-min)
@@ -156,7 +158,7 @@ def _work(mat: np.ndarray) -> tuple[list[int], float]:
 def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathLike, opts: WfstOptions,
                     nj: int = 1, rescore_g: str | os.PathLike | None = None,
                     backoff_id: int | None = None) -> Iterator[tuple[list[int], float]]:
-    """Decode (T, V) acoustically scaled log-prob matrices; yield (word ids, seconds) in input order.
+    """Decode (T, V) log-prob matrices (float32 numpy); yield (word ids, seconds) in input order.
 
     ``nj`` > 1 decodes in that many worker processes (each holds its own copy of the graphs).
     """

@@ -1,0 +1,121 @@
+"""CTC decoders: greedy against the collapsing rule, HLG (kaldi-decoder) on known paths, the LM
+fixing what acoustics alone get wrong, lattice rescoring with a larger LM, parallel workers."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from graph_fixtures import char_lang, ctc_frames, spell_ids, write_arpa
+from toolkit.decode.greedy import greedy_decode, greedy_ids
+from toolkit.decode.wfst import WfstOptions, decode_matrices
+from toolkit.lm.graph import Lang, compile_graphs
+from toolkit.utils import ToolkitError
+
+WORDS = ["ab", "ba", "cab", "cob"]
+
+
+@pytest.fixture
+def lang(tmp_path):
+    d = char_lang(tmp_path / "lang", WORDS)
+    # "cob" is the more frequent word alone, but "cab" is what follows "ab".
+    write_arpa(d / "lm.arpa",
+               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
+                "cab": (-1.50, -0.50), "cob": (-0.60, -0.50)},
+               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
+                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
+    return d
+
+
+class CharDetok:
+    """Independent detokeniser for the hand-made char lang dir: | is a space."""
+
+    def __init__(self, lang_dir):
+        self.tokens = [ln.split()[0] for ln in (lang_dir / "tokens.txt").read_text().splitlines()]
+
+    def decode(self, ids):
+        return " ".join("".join(self.tokens[i] for i in ids).replace("|", " ").split())
+
+
+def test_greedy_matches_the_collapsing_rule_on_padded_batches():
+    rng = np.random.default_rng(0)
+    B, T, V = 5, 30, 6
+    lp = torch.from_numpy(rng.normal(size=(B, T, V)).astype(np.float32)).log_softmax(-1)
+    lengths = torch.tensor([30, 1, 17, 0, 29])
+    got = greedy_ids(lp, lengths)
+    for b in range(B):
+        frames = lp[b, : lengths[b]].argmax(-1).tolist()
+        assert got[b] == [k for k, _ in itertools.groupby(frames) if k != 0]
+    assert got[3] == []
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        greedy_ids(lp[0])
+
+
+def test_greedy_text_uses_the_tokenizer(lang):
+    from toolkit.text.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_lang_dir(lang)
+    lp = torch.from_numpy(ctc_frames(spell_ids(lang, "ab cab"), tok.vocab_size))[None]
+    assert greedy_decode(lp, None, tok) == ["ab cab"]
+    assert greedy_decode(lp, None, CharDetok(lang)) == ["ab cab"]
+
+
+def hlg_words(lang_dir, mats, method="hlg", nj=1, **kw):
+    lg = Lang.load(lang_dir)
+    out = decode_matrices(mats, method, lang_dir / "HLG.fst", WfstOptions(**kw.pop("opts", {})), nj=nj,
+                          backoff_id=lg.words["#0"], **kw)
+    return [" ".join(lg.words_of(ids)) for ids, _ in out]
+
+
+def test_lm_fixes_what_greedy_misspells(lang):
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    ids = spell_ids(lang, "ab cab")
+    # the 'a' of "cab" (position 4) sounds just like an 'o': greedy writes "cob"
+    lp = ctc_frames(ids, lg.num_tokens, ambiguous={4: [lg.tokens["o"]]})
+    assert greedy_decode(torch.from_numpy(lp)[None], None, CharDetok(lang)) == ["ab cob"]
+    assert hlg_words(lang, [lp]) == ["ab cab"]
+    # ...and where the context says "cob" is fine, the LM keeps it
+    lp2 = ctc_frames(spell_ids(lang, "cob"), lg.num_tokens, ambiguous={1: [lg.tokens["a"]]})
+    assert hlg_words(lang, [lp2]) == ["cob"]
+
+
+def test_lattice_rescoring_with_a_larger_lm(lang):
+    # First pass with the unigram part only: alone, "cob" is likelier than "cab".
+    compile_graphs(lang, lang / "lm.arpa", order=1)
+    lg = Lang.load(lang)
+    lp = ctc_frames(spell_ids(lang, "ab cab"), lg.num_tokens, ambiguous={4: [lg.tokens["o"]]})
+    lp[:, lg.tokens["a"]] = np.maximum(lp[:, lg.tokens["a"]], lp[:, lg.tokens["o"]])  # a tie
+    assert hlg_words(lang, [lp]) == ["ab cob"]
+    from toolkit.lm.compile import rescore_grammar
+
+    g2 = rescore_grammar(lang, lang / "lm.arpa")
+    assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2) == ["ab cab"]
+    # a clear acoustic signal is not overruled by the rescoring LM
+    clear = ctc_frames(spell_ids(lang, "ab cob"), lg.num_tokens, peak=12.0)
+    assert hlg_words(lang, [clear], method="hlg-rescore", rescore_g=g2) == ["ab cob"]
+    with pytest.raises(ToolkitError, match="--rescore-lm"):
+        hlg_words(lang, [lp], method="hlg-rescore")
+
+
+def test_parallel_workers_give_the_same_results_in_order(lang):
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    sentences = ["ab cab", "ba", "cob cob", "ab ba", "cab", "ba ab cob"] * 2
+    mats = [ctc_frames(spell_ids(lang, s), lg.num_tokens, seed=i) for i, s in enumerate(sentences)]
+    serial = hlg_words(lang, mats)
+    assert serial == sentences
+    assert hlg_words(lang, mats, nj=2) == serial
+
+
+def test_acoustic_scale_trades_acoustics_against_the_lm(lang):
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    # "ab cob" said clearly (but not overwhelmingly): the LM wants "cab" after "ab"
+    lp = ctc_frames(spell_ids(lang, "ab cob"), lg.num_tokens, peak=3.0, noise=0.0)
+    assert hlg_words(lang, [lp], opts={"acoustic_scale": 5.0}) == ["ab cob"]
+    assert hlg_words(lang, [lp], opts={"acoustic_scale": 0.05}) == ["ab cab"]
+    with pytest.raises(ToolkitError, match="positive"):
+        hlg_words(lang, [lp], opts={"beam": -1.0})
