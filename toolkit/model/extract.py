@@ -2,9 +2,10 @@
 
 Layer numbering follows the model's `hidden_states` (docs/ARCHITECTURE.md): 0 is the Transformer
 input (projected CNN features plus the convolutional position embedding), L is the output of
-layer L; the last layer of a pre-LN model is taken after the encoder's final layer norm, as
-Hugging Face's `hidden_states[-1]` and `last_hidden_state`. Without `--layer` the encoder's final
-output is written (the same as `--layer <number of layers>`). The result is float32, frames x dim.
+layer L as torchaudio's `extract_features` returns it. Without `--layer` the encoder's final
+output is written: after the final layer norm in pre-LN (LARGE/XLSR) models, like Hugging Face's
+`last_hidden_state` and torchaudio's `forward`; for post-LN (BASE) models this equals the last
+layer's output. The result is float32, frames x dim.
 
 Audio is read with soundfile (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, ...), with ffmpeg as a
 fallback for other formats; channels are averaged and other sample rates resampled to 16 kHz
