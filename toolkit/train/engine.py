@@ -257,7 +257,10 @@ class Trainer:
         (self.exp_dir / "log").mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.exp_dir / "log" / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S"))
-        logging.getLogger("toolkit").addHandler(handler)
+        root = logging.getLogger("toolkit")
+        root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:  # the file log is INFO even when the console is quieter
+            root.setLevel(logging.INFO)
         self._log_handler = handler
         atomic_write_text(self.exp_dir / "config.yaml", config_to_yaml(self.cfg))
         try:
@@ -282,13 +285,24 @@ class Trainer:
         seed_everything(seed + 1000 * self.dist.rank)
 
     # -- checkpoints ---------------------------------------------------------------------
+    def _model_generators(self) -> dict[str, torch.Generator]:
+        """Private generators of the model (LayerDrop, masks, negatives): saved for exact resume."""
+        gens = {}
+        for name, module in self.model.named_modules():
+            for attr, value in vars(module).items():
+                if isinstance(value, torch.Generator):
+                    gens[f"{name}.{attr}"] = value
+        return gens
+
     def _checkpoint_state(self) -> dict:
+        rng = get_rng_state()
+        rng["generators"] = {k: g.get_state() for k, g in self._model_generators().items()}
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "sampler": self.batches.state_dict(),
-            "rng": get_rng_state(),
+            "rng": rng,
             "step": self.num_updates,
             "train_config": config_to_dict(self.cfg),
             "counters": dict(self.counters),
@@ -520,6 +534,10 @@ class Trainer:
         if self._resume_rng is not None:
             # Restored last: building the model and the batch stream consumed random numbers.
             set_rng_state(self._resume_rng)
+            gens = self._model_generators()
+            for k, state in self._resume_rng.get("generators", {}).items():
+                if k in gens:
+                    gens[k].set_state(state)
         last: dict = {}
         if self.num_updates >= t.max_updates:
             logger.info("already at update %d >= train.max_updates; nothing to do", self.num_updates)

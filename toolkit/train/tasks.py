@@ -69,9 +69,8 @@ def load_init(cfg: TrainConfig) -> Optional[dict]:
 def seed_layerdrop(model: torch.nn.Module, seed: int) -> None:
     """Seed the model's LayerDrop generator identically on every rank (DESIGN §9), if it has one."""
     for module in model.modules():
-        gen = getattr(module, "layerdrop_generator", None)
-        if isinstance(gen, torch.Generator):
-            gen.manual_seed(seed)
+        if hasattr(module, "seed_layerdrop"):
+            module.seed_layerdrop(seed)
 
 
 def make_stream(cfg: TrainConfig, cuts, dataset, dist: ddp.DistInfo, seed: int, shuffle: bool = True) -> BatchStream:
@@ -148,6 +147,8 @@ class PretrainTask(Task):
         model.set_num_updates(num_updates)
 
     def step(self, model: torch.nn.Module, batch: dict, num_updates: int) -> StepOutput:
+        if batch["audio"].shape[0] == 0:  # every cut of the batch was unloadable
+            return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0)
         out = model(batch["audio"], batch["lengths"])
         metrics = {k: float(v) for k, v in out.metrics.items() if k != "sample_size"}
         return StepOutput(loss=out.loss, sample_size=float(out.sample_size),
@@ -287,12 +288,17 @@ class CTCTask(Task):
         return loss, kept, int(fits.numel()) - kept
 
     def step(self, model: torch.nn.Module, batch: dict, num_updates: int) -> StepOutput:
+        pre_dropped = float(batch.get("num_dropped", 0))  # unloadable / too short, dropped by the dataset
+        if batch["audio"].shape[0] == 0:
+            return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0,
+                              metrics={"dropped_utterances": pre_dropped}, sums=("dropped_utterances",))
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
         loss, kept, dropped = self.ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        dropped += pre_dropped
         if dropped:
             logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
         return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=float(batch["lengths"].sum()) / 16000.0,
-                          metrics={"dropped_too_short": float(dropped)}, sums=("dropped_too_short",))
+                          metrics={"dropped_utterances": float(dropped)}, sums=("dropped_utterances",))
 
     def validate(self, model: torch.nn.Module, num_updates: int) -> dict[str, float]:
         if not self.cfg.data.dev_cuts:

@@ -1,0 +1,114 @@
+"""Training configs (YAML -> dataclasses, one-line errors) and learning-rate schedules."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolkit.train.config import ScheduleSection, load_config
+from toolkit.train.optim import Scheduler, build_optimizer, lr_at
+from toolkit.utils import ToolkitError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "toolkit" / "train" / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "exp_dir: e\noptim:\n  lr: 0.001\n")
+    cfg = load_config(p, "pretrain", ["train.max_updates=7", "optim.betas=[0.9, 0.99]"])
+    assert cfg.optim.lr == 0.001 and cfg.train.max_updates == 7
+    assert cfg.optim.betas == (0.9, 0.99) and cfg.optim.eps == 1e-6 and cfg.schedule.name == "polynomial"
+    ft = load_config(p, "finetune")
+    # fairseq fine-tuning: tri-stage, frozen CNN, no weight decay, eps 1e-8
+    assert ft.schedule.name == "tri_stage" and ft.train.feature_grad_mult == 0.0
+    assert ft.optim.weight_decay == 0.0 and ft.optim.eps == 1e-8 and ft.model.overrides["mask_channel_prob"] == 0.5
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("optim:\n  lrr: 1\n", "lrr"),
+    ("bogus: 1\n", "bogus"),
+    ("train:\n  amp: fp8\n", "train.amp"),
+    ("schedule:\n  name: cosine\n", "schedule.name"),
+    ("schedule:\n  phase_ratio: [0.5, 0.5, 0.5]\n", "schedule.phase_ratio"),
+    ("optim: 3\n", "optim"),
+    ("train:\n  max_updates: 0\n", "train.max_updates"),
+    ("optim:\n  lr: [1\n", "invalid YAML"),
+])
+def test_bad_config_one_line_error(tmp_path, text, needle):
+    with pytest.raises(ToolkitError) as e:
+        load_config(write(tmp_path, text), "pretrain")
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_bad_override_key_is_named(tmp_path):
+    with pytest.raises(ToolkitError, match="nosuch"):
+        load_config(write(tmp_path, "exp_dir: e\n"), "pretrain", ["train.nosuch=1"])
+
+
+def test_cli_bad_key_prints_one_line(tmp_path):
+    p = write(tmp_path, "train:\n  max_update: 5\n")
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "pretrain", "--config", str(p)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "max_update" in lines[0] and lines[0].startswith("toolkit pretrain: error:")
+
+
+@pytest.mark.parametrize("name", ["pretrain_tiny.yaml", "finetune_tiny.yaml"])
+def test_example_configs_load(name):
+    cfg = load_config(CONFIGS / name, "pretrain" if name.startswith("pre") else "finetune")
+    assert cfg.model.preset == "tiny"
+
+
+def test_polynomial_matches_transformers():
+    from transformers import get_polynomial_decay_schedule_with_warmup
+
+    lr, warm, total, end = 5e-4, 10, 100, 1e-5
+    sched = ScheduleSection(name="polynomial", warmup_updates=warm, power=2.0, end_lr=end)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    ref = get_polynomial_decay_schedule_with_warmup(opt, warm, total, lr_end=end, power=2.0)
+    for n in range(0, 120):
+        assert lr_at(n, lr, total, sched) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15), n
+        opt.step()
+        ref.step()
+
+
+def test_tri_stage_key_steps():
+    lr, total = 1e-3, 1000
+    s = ScheduleSection(name="tri_stage", phase_ratio=(0.1, 0.4, 0.5), init_lr_scale=0.01, final_lr_scale=0.05)
+    assert lr_at(0, lr, total, s) == pytest.approx(0.01 * lr)
+    assert lr_at(50, lr, total, s) == pytest.approx((0.01 + 0.99 * 0.5) * lr)  # linear warm-up
+    assert lr_at(100, lr, total, s) == pytest.approx(lr)  # peak at the end of warm-up
+    assert lr_at(499, lr, total, s) == pytest.approx(lr)  # hold
+    # exponential decay: half-way the geometric mean of peak and final
+    assert lr_at(750, lr, total, s) == pytest.approx(lr * math.sqrt(0.05))
+    assert lr_at(1000, lr, total, s) == pytest.approx(0.05 * lr)
+    assert lr_at(5000, lr, total, s) == pytest.approx(0.05 * lr)
+    vals = [lr_at(n, lr, total, s) for n in range(500, 1001)]
+    assert all(a > b for a, b in zip(vals, vals[1:]))
+
+
+def test_scheduler_state_and_param_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    from toolkit.train.config import OptimSection
+
+    opt = build_optimizer(model, OptimSection(lr=1e-3, weight_decay=0.01))
+    decays = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert decays == [0.0, 0.01]  # biases and norm gains are not decayed
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+    sched = Scheduler(opt, 1e-3, 100, ScheduleSection(name="polynomial", warmup_updates=10))
+    sched.step_update(5)
+    state = sched.state_dict()
+    other = Scheduler(opt, 1e-3, 100, ScheduleSection(name="polynomial", warmup_updates=10))
+    other.load_state_dict(state)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)

@@ -1,0 +1,177 @@
+"""The training engine on a small regression task: NaN skipping, exact resume, gradient
+accumulation, checkpoint averaging, plots. (The wav2vec 2.0 objectives: test_train_e2e.py.)"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolkit.train.config import TrainConfig, load_config
+from toolkit.train.engine import BatchStream, StepOutput, Task, Trainer, list_checkpoints
+from toolkit.utils import ToolkitError
+
+
+def make_batches(n: int, size: int = 8, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    out = []
+    for _ in range(n):
+        x = torch.randn(size, 4, generator=g)
+        out.append({"x": x, "y": x @ w + 0.1 * torch.randn(size, generator=g)})
+    return out
+
+
+class ToyTask(Task):
+    """Regression with dropout (so the RNG streams matter for exact resume)."""
+
+    kind = "pretrain"
+
+    def __init__(self, batches: list[dict], nan_batches: set[int] = frozenset(), dropout: float = 0.2):
+        self.batches, self.nan_batches, self.dropout = batches, set(nan_batches), dropout
+
+    def model_config(self):
+        from toolkit.model.presets import get_preset
+
+        return get_preset("tiny")  # only stored in the checkpoint
+
+    def build_model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(self.dropout), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, 1))
+
+    def train_batches(self, dist, seed) -> BatchStream:
+        tagged = [dict(b, index=i) for i, b in enumerate(self.batches)]
+        return BatchStream(tagged)
+
+    def step(self, model, batch, num_updates) -> StepOutput:
+        pred = model(batch["x"]).squeeze(-1)
+        loss = ((pred - batch["y"]) ** 2).sum()
+        if batch["index"] in self.nan_batches:
+            loss = loss * float("nan")
+        return StepOutput(loss=loss, sample_size=float(len(batch["x"])), audio_seconds=1.0,
+                          metrics={"mse": float(loss.detach()) / len(batch["x"])})
+
+
+def config(tmp_path: Path, name: str = "exp", **train) -> TrainConfig:
+    sets = [f"exp_dir={tmp_path / name}", "train.device=cpu", "train.log_interval=1", "schedule.warmup_updates=3",
+            "optim.lr=0.01"] + [f"train.{k}={v}" for k, v in train.items()]
+    return load_config(None, "pretrain", sets)
+
+
+def losses(exp_dir: Path) -> dict[int, float]:
+    rows = [json.loads(l) for l in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def test_training_lowers_loss_and_writes_outputs(tmp_path):
+    cfg = config(tmp_path, max_updates=30, save_interval=10, keep_last=2, valid_interval=100)
+    Trainer(cfg, ToyTask(make_batches(12)), resume=False).run()
+    exp = tmp_path / "exp"
+    curve = losses(exp)
+    assert curve[30] < 0.5 * curve[1]
+    assert [s for s, _ in list_checkpoints(exp)] == [20, 30]  # keep_last=2
+    assert (exp / "last.pt").resolve().name == "checkpoint-30.pt"
+    assert (exp / "config.yaml").is_file() and (exp / "log" / "train.log").read_text().count("train update") >= 30
+    assert any((exp / "tensorboard").iterdir())
+    from toolkit.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(exp / "checkpoint-30.pt")  # weights_only=True load
+    assert ckpt["step"] == 30 and ckpt["train_config"]["train"]["max_updates"] == 30
+    assert {"optimizer", "scheduler", "sampler", "rng"} <= set(ckpt)
+
+
+def test_nan_batch_is_skipped_weights_untouched(tmp_path):
+    batches = make_batches(6)
+    cfg = config(tmp_path, max_updates=8)
+    trainer = Trainer(cfg, ToyTask(batches, nan_batches={2}), resume=False)
+    trainer._setup_output()
+    trainer._build()
+    assert trainer.train_step() is not None and trainer.train_step() is not None
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    opt_before = trainer.optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    assert trainer.train_step() is None  # batch 2: NaN loss
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(trainer.optimizer.state_dict()["state"][0]["exp_avg"], opt_before)
+    assert trainer.counters["skipped_nonfinite"] == 1 and trainer.num_updates == 2
+    assert trainer.train_step() is not None and trainer.num_updates == 3
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    trainer._close()
+
+
+def test_persistent_nans_stop_with_clear_message(tmp_path):
+    cfg = config(tmp_path, max_updates=50, skip_nonfinite_window=10, skip_nonfinite_fraction=0.3)
+    with pytest.raises(ToolkitError, match="non-finite.*skip_nonfinite_fraction"):
+        Trainer(cfg, ToyTask(make_batches(5), nan_batches={0, 1, 2, 3, 4}), resume=False).run()
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    batches = make_batches(7)  # 7 batches: resume lands mid-epoch
+    full = config(tmp_path, "full", max_updates=24, save_interval=10)
+    Trainer(full, ToyTask(batches), resume=False).run()
+    part = config(tmp_path, "part", max_updates=24, save_interval=10)
+    _run_until(part, ToyTask(batches), stop_at=10)  # a run "killed" after update 10
+    Trainer(part, ToyTask(batches), resume=True).run()
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    for step in range(11, 25):
+        assert b[step] == a[step], step  # bit-exact on CPU
+    from toolkit.model.checkpoint import load_checkpoint
+
+    wa = load_checkpoint(tmp_path / "full" / "checkpoint-24.pt")["model"]
+    wb = load_checkpoint(tmp_path / "part" / "checkpoint-24.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _run_until(cfg: TrainConfig, task: Task, stop_at: int) -> None:
+    """Train with the full schedule horizon but stop after `stop_at` updates (a 'killed' run)."""
+    trainer = Trainer(cfg, task, resume=False)
+    trainer._setup_output()
+    trainer._build()
+    while trainer.num_updates < stop_at:
+        if trainer.train_step() is not None:
+            trainer._log("train", {"loss": 0.0})  # placeholder rows are overwritten by the resumed run
+    trainer.save_step()
+    trainer._close()
+    path = Path(cfg.exp_dir) / "metrics.jsonl"
+    path.unlink()
+
+
+def test_grad_accumulation_equals_big_batch(tmp_path):
+    big = make_batches(1, size=8)
+    halves = [{"x": big[0]["x"][:3], "y": big[0]["y"][:3]}, {"x": big[0]["x"][3:], "y": big[0]["y"][3:]}]
+    grads = []
+    for name, batches, accum in (("one", big, 1), ("two", halves, 2)):
+        cfg = config(tmp_path, name, max_updates=1)
+        cfg.optim.grad_accum = accum
+        trainer = Trainer(cfg, ToyTask(batches, dropout=0.0), resume=False)
+        trainer._setup_output()
+        trainer._build()
+        trainer.train_step()
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+        trainer._close()
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_average_checkpoints_and_plot(tmp_path):
+    from toolkit.cli import main
+    from toolkit.model.checkpoint import load_checkpoint
+
+    cfg = config(tmp_path, max_updates=6, save_interval=2, keep_last=5)
+    Trainer(cfg, ToyTask(make_batches(4)), resume=False).run()
+    exp = tmp_path / "exp"
+    assert main(["average-checkpoints", "--exp-dir", str(exp), "--last", "2", "--out", str(tmp_path / "avg.pt")]) == 0
+    avg = load_checkpoint(tmp_path / "avg.pt")
+    c4, c6 = (load_checkpoint(exp / f"checkpoint-{s}.pt")["model"] for s in (4, 6))
+    for k in c6:
+        torch.testing.assert_close(avg["model"][k], (c4[k] + c6[k]) / 2)
+    assert "optimizer" not in avg and avg["kind"] == "pretrain"
+    assert main(["plot", str(exp)]) == 0
+    import matplotlib.image
+
+    img = matplotlib.image.imread(exp / "plots" / "loss.png")
+    assert img.ndim == 3 and img.shape[0] > 100
+    assert (exp / "plots" / "overview.png").is_file()
+    assert main(["average-checkpoints", "--exp-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 1
