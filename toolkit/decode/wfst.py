@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import kaldi_decoder
 import kaldifst
@@ -155,28 +155,58 @@ def _work(mat: np.ndarray) -> tuple[list[int], float]:
     return _WORKER.decode(mat), time.perf_counter() - t0
 
 
+class WfstRunner:
+    """Decodes batches of (T, V) log-prob matrices with one decoder per worker process.
+
+    The workers (``nj`` > 1) live as long as the runner, so each loads the graphs once for a whole
+    test set; use it as a context manager. ``nj`` = 1 decodes in this process.
+    """
+
+    def __init__(self, method: str, hlg: str | os.PathLike, opts: WfstOptions, nj: int = 1,
+                 rescore_g: str | os.PathLike | None = None, backoff_id: int | None = None):
+        if method == "hlg-rescore" and (rescore_g is None or backoff_id is None):
+            raise ToolkitError("--method hlg-rescore needs --rescore-lm (a larger ARPA LM)")
+        self.spec = {"method": method, "hlg": str(hlg), "opts": opts,
+                     "rescore_g": rescore_g and str(rescore_g), "backoff_id": backoff_id}
+        self.nj = max(1, nj)
+        self._local = _make_decoder(self.spec) if self.nj == 1 else None
+        self._pool = None
+        if self.nj > 1:
+            _make_decoder(self.spec)  # fail here, with a clear message, rather than inside a worker
+            # fork: workers inherit the imported modules and start at once; they use only numpy and kaldi.
+            start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(start)
+            self._pool = ctx.Pool(processes=self.nj, initializer=_init_worker, initargs=(self.spec,))
+
+    def decode(self, mats: Sequence[np.ndarray]) -> list[tuple[list[int], float]]:
+        """(word ids, seconds) per matrix, in input order."""
+        if self._pool is None:
+            out = []
+            for mat in mats:
+                t0 = time.perf_counter()
+                out.append((self._local.decode(mat), time.perf_counter() - t0))
+            return out
+        return self._pool.map(_work, mats, chunksize=max(1, len(mats) // (4 * self.nj)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> "WfstRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathLike, opts: WfstOptions,
                     nj: int = 1, rescore_g: str | os.PathLike | None = None,
-                    backoff_id: int | None = None) -> Iterator[tuple[list[int], float]]:
-    """Decode (T, V) log-prob matrices (float32 numpy); yield (word ids, seconds) in input order.
-
-    ``nj`` > 1 decodes in that many worker processes (each holds its own copy of the graphs).
-    """
-    if method == "hlg-rescore" and (rescore_g is None or backoff_id is None):
-        raise ToolkitError("--method hlg-rescore needs --rescore-lm (a larger ARPA LM)")
-    spec = {"method": method, "hlg": str(hlg), "opts": opts, "rescore_g": rescore_g and str(rescore_g),
-            "backoff_id": backoff_id}
-    if nj <= 1 or len(mats) <= 1:
-        decoder = _make_decoder(spec)
-        for mat in mats:
-            t0 = time.perf_counter()
-            yield decoder.decode(mat), time.perf_counter() - t0
-        return
-    # fork: workers inherit the imported modules and start at once; they only use numpy and kaldi.
-    method_name = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method_name)
-    with ctx.Pool(processes=min(nj, len(mats)), initializer=_init_worker, initargs=(spec,)) as pool:
-        yield from pool.imap(_work, mats, chunksize=max(1, len(mats) // (8 * nj)))
+                    backoff_id: int | None = None) -> list[tuple[list[int], float]]:
+    """Decode (T, V) log-prob matrices (float32 numpy); (word ids, seconds) per matrix, in order."""
+    with WfstRunner(method, hlg, opts, min(nj, max(1, len(mats))), rescore_g, backoff_id) as runner:
+        return runner.decode(mats)
 
 
 def check_graph(path: Path, what: str) -> Path:

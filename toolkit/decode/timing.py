@@ -1,0 +1,60 @@
+"""Per-utterance decoding times and the real-time factor (processing seconds / audio seconds)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from toolkit.utils import atomic_write_text
+
+
+@dataclass
+class UttTime:
+    duration: float  # audio seconds
+    forward: float = 0.0  # this utterance's share of its batch's model forward (by duration)
+    search: float = 0.0  # decoding of its log-probs
+
+
+@dataclass
+class Timing:
+    """Times of one decoding method over a test set."""
+
+    method: str
+    utts: dict[str, UttTime] = field(default_factory=dict)
+
+    def add(self, cut_id: str, duration: float, forward: float, search: float) -> None:
+        self.utts[cut_id] = UttTime(duration, forward, search)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(u.duration for u in self.utts.values())
+
+    @property
+    def forward_seconds(self) -> float:
+        return sum(u.forward for u in self.utts.values())
+
+    @property
+    def search_seconds(self) -> float:
+        return sum(u.search for u in self.utts.values())
+
+    def rtf(self, include_forward: bool = True) -> float:
+        """Real-time factor: < 1 means faster than real time."""
+        audio = self.audio_seconds
+        spent = self.search_seconds + (self.forward_seconds if include_forward else 0.0)
+        return spent / audio if audio > 0 else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        """The figures handed to the score reports (``write_reports(timing=...)``)."""
+        return {
+            "audio_seconds": round(self.audio_seconds, 3),
+            "forward_seconds": round(self.forward_seconds, 3),
+            "search_seconds": round(self.search_seconds, 3),
+            "rtf": round(self.rtf(), 5),
+            "search_rtf": round(self.rtf(include_forward=False), 5),
+        }
+
+    def write(self, path: str | os.PathLike) -> None:
+        """``timing.txt``: one ``cut_id duration forward search`` line per utterance, then the totals."""
+        lines = ["# cut_id\tduration_s\tforward_s\tsearch_s"]
+        lines += [f"{k}\t{u.duration:.3f}\t{u.forward:.4f}\t{u.search:.4f}" for k, u in sorted(self.utts.items())]
+        lines += [f"# {k}={v}" for k, v in self.summary().items()]
+        atomic_write_text(path, "\n".join(lines) + "\n")
