@@ -336,6 +336,7 @@ def write_librilight_subsets(out: Path, utts: list[Utterance], durations: dict[s
     folds = _fill_folds(train, durations, FOLD_MINUTES * 60.0 * scale)
     root = out / "librispeech_finetuning"
     for fold, items in folds.items():
+        (root / fold / "clean").mkdir(parents=True, exist_ok=True)  # an empty (capped) fold still exists
         chapters: dict[Path, list[Utterance]] = {}
         for u in items:
             dst = root / fold / "clean" / u.speaker.speaker_id / u.chapter / u.path.name

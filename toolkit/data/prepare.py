@@ -1,0 +1,384 @@
+"""`toolkit prepare {librispeech,commonvoice}`: validated, normalised Lhotse cut manifests.
+
+For every split this
+
+1. reads the corpus index itself (LibriSpeech `*.trans.txt`, Common Voice `<split>.tsv`)
+   and validates each utterance (`toolkit.data.validate`): one warning line per
+   dropped file, counted in the summary printed at the end;
+2. stages the usable utterances (symlinks + filtered index) in a temporary directory
+   and runs lhotse's own recipe on it (`prepare_librispeech` / `prepare_commonvoice`),
+   so lhotse never sees a file that would make it crash, and lhotse's (quirky) manifest
+   cache is never consulted; recording paths are pointed back at the real corpus;
+3. builds cuts (`CutSet.from_manifests`) whose supervision has the text normalised per
+   language (`toolkit.text.normalize.normalize_text`, original in `custom["orig_text"]`),
+   `language` = ISO code and `speaker`; resamples to 16 kHz (`cut.resample`), decodes
+   every cut once to catch corrupt audio;
+4. writes `<out>/<prefix>_cuts_<split>.jsonl.gz` atomically (prefix `librispeech` or
+   `cv-<lang>`); an existing output is kept unless `--overwrite`.
+
+Finally it reports dev/test sentences that also occur in train (DESIGN §9).
+
+LibriSpeech language: LibriSpeech is English; a corpus from `toolkit synth-corpus` has
+`LibriSpeech/speaker_languages.txt` (`<spk> <lang>`), which wins over `--language`.
+Libri-light subsets (`librispeech_finetuning/` beside `LibriSpeech/`) become the splits
+`train-10m` (1h/0), `train-1h` (1h/0..5) and `train-10h` (1h + 9h).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from toolkit.data import validate as V
+from toolkit.utils import ToolkitError, atomic_path
+
+log = logging.getLogger("toolkit.data.prepare")
+
+LIBRISPEECH_PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100",
+                     "train-clean-360", "train-other-500", "dev-clean-2", "train-clean-5")
+LIBRILIGHT_PARTS = {"train-10m": ["1h/0"], "train-1h": [f"1h/{i}" for i in range(6)],
+                    "train-10h": [f"1h/{i}" for i in range(6)] + ["9h"]}
+CV_DEFAULT_SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class Entry:
+    """One utterance as the corpus index lists it."""
+
+    utt_id: str
+    audio: Path
+    text: str            # original transcript
+    speaker: str
+    language: str
+    row: str | dict      # the index line (LibriSpeech) or TSV row (Common Voice), restaged as is
+    chapter_dir: tuple[str, str] = ("", "")  # LibriSpeech (speaker, chapter)
+    norm_text: str = ""
+    duration: float = 0.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", choices=["librispeech", "commonvoice"])
+    parser.add_argument("--corpus-dir", type=Path, required=True,
+                        help="LibriSpeech: the folder holding LibriSpeech/ (or LibriSpeech/ itself); "
+                             "Common Voice: the folder holding <lang>/")
+    parser.add_argument("--out", type=Path, default=Path("data/manifests"))
+    parser.add_argument("--languages", default=None, help="comma-separated codes (default: all found)")
+    parser.add_argument("--language", default="en", help="LibriSpeech without speaker_languages.txt: its language")
+    parser.add_argument("--splits", default=None, help="comma-separated split names (default: all found)")
+    parser.add_argument("--min-duration", default="auto", help=f"seconds or auto (= {V.AUTO_MIN_DURATION} s)")
+    parser.add_argument("--max-duration", type=float, default=20.0)
+    parser.add_argument("--check-audio", choices=["decode", "header"], default="decode",
+                        help="decode every file (catches corrupt audio) or only read headers")
+    parser.add_argument("--overwrite", action="store_true", help="redo splits whose manifest exists")
+    parser.add_argument("--nj", type=int, default=2)
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def run(args: argparse.Namespace) -> int:
+    report = prepare(args.corpus, args.corpus_dir, args.out, languages=_csv_list(args.languages),
+                     splits=_csv_list(args.splits), default_language=args.language,
+                     min_duration=args.min_duration, max_duration=args.max_duration,
+                     check_audio=args.check_audio, overwrite=args.overwrite, nj=args.nj)
+    print(report.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Reading corpus indexes
+
+def _librispeech_root(corpus_dir: Path) -> Path:
+    if (corpus_dir / "LibriSpeech").is_dir():
+        return corpus_dir / "LibriSpeech"
+    if any((corpus_dir / p).is_dir() for p in LIBRISPEECH_PARTS):
+        return corpus_dir
+    raise ToolkitError(f"--corpus-dir {corpus_dir}: no LibriSpeech/ folder and no split folder "
+                       f"({', '.join(LIBRISPEECH_PARTS[:5])}) in it; point it at the corpus")
+
+
+def _speaker_languages(root: Path, default: str) -> dict[str, str]:
+    path = root / "speaker_languages.txt"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            spk, lang = line.split()[:2]
+            out[spk] = lang
+    return out
+
+
+def scan_librispeech(part_dirs: list[Path], spk_lang: dict[str, str], default_language: str) -> list[Entry]:
+    """Entries of every `*.trans.txt` under the given folders (audio path as lhotse derives it)."""
+    entries = []
+    for part_dir in part_dirs:
+        for trans in sorted(part_dir.rglob("*.trans.txt")):
+            for line in trans.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                fields = line.strip().split(maxsplit=1)
+                utt_id, text = fields[0], fields[1] if len(fields) > 1 else ""
+                spk, chap = (utt_id.split("-") + ["", ""])[:2]
+                audio = part_dir / spk / chap / f"{utt_id}.flac"
+                entries.append(Entry(utt_id, audio, text, spk, spk_lang.get(spk, default_language), line.strip(),
+                                     (spk, chap)))
+    return entries
+
+
+def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
+    tsv = lang_dir / f"{split}.tsv"
+    if not tsv.is_file():
+        raise ToolkitError(f"{tsv}: not found; choose splits that exist with --splits")
+    with open(tsv, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = {"path", "client_id", "sentence", "gender", "age", "accents", "variant"} - set(reader.fieldnames or [])
+        if missing:
+            raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))} that lhotse's recipe reads")
+        return [Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
+                      language, r) for r in reader]
+
+
+# ---------------------------------------------------------------------------------------
+# Validation, staging and lhotse's recipes
+
+def validate_entries(entries: list[Entry], manifest: str, report: V.DropReport, min_dur: float, max_dur: float,
+                     nj: int) -> list[Entry]:
+    from toolkit.text.normalize import normalize_text
+
+    headers = V.headers_in_parallel([e.audio for e in entries], nj, f"{manifest}: headers")
+    good = []
+    for e, (duration, why) in zip(entries, headers):
+        if duration is None:
+            report.drop(manifest, why, e.audio)
+            continue
+        e.duration = duration
+        e.norm_text = normalize_text(e.text, e.language)
+        why = V.check_text_and_duration(e.norm_text, duration, min_dur, max_dur)
+        if why:
+            report.drop(manifest, why, e.audio)
+            continue
+        good.append(e)
+    return good
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.abspath(src), dst)
+
+
+def lhotse_librispeech(entries: list[Entry], split: str, staging: Path, nj: int):
+    """Stage entries as `<split>/<spk>/<chap>/` and run lhotse's prepare_librispeech on them."""
+    from lhotse.recipes import prepare_librispeech
+
+    chapters: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        chapters.setdefault(e.chapter_dir, []).append(e)
+        _link(e.audio, staging / split / e.chapter_dir[0] / e.chapter_dir[1] / e.audio.name)
+    for (spk, chap), items in chapters.items():
+        (staging / split / spk / chap / f"{spk}-{chap}.trans.txt").write_text(
+            "".join(f"{e.row}\n" for e in items), encoding="utf-8")
+    manifests = prepare_librispeech(staging, dataset_parts=[split], output_dir=None, num_jobs=nj)
+    return manifests[split]["recordings"], manifests[split]["supervisions"]
+
+
+@contextlib.contextmanager
+def _threads_instead_of_spawned_processes():
+    """Run lhotse's Common Voice recipe with a thread pool instead of spawned processes.
+
+    The recipe reads audio headers in a `ProcessPoolExecutor` with the "spawn" context;
+    every spawned worker re-imports lhotse and torch (5-10 s on a small machine) for
+    every split of every language, while the work itself is a few ms of header I/O per
+    file. The recipe's logic (TSV parsing, Recording/Supervision creation, fixing and
+    validation) is unchanged; only its executor is swapped for the duration of the call.
+    """
+    import lhotse.recipes.commonvoice as cv
+
+    def thread_pool(max_workers=None, mp_context=None, **_):
+        return ThreadPoolExecutor(max_workers=max_workers)
+
+    original = cv.ProcessPoolExecutor
+    cv.ProcessPoolExecutor = thread_pool
+    try:
+        yield
+    finally:
+        cv.ProcessPoolExecutor = original
+
+
+def lhotse_commonvoice(entries: list[Entry], lang: str, split: str, staging: Path, nj: int):
+    """Stage entries as `<lang>/clips/` + `<split>.tsv` and run lhotse's prepare_commonvoice."""
+    from lhotse.recipes import prepare_commonvoice
+
+    lang_dir = staging / lang
+    for e in entries:
+        _link(e.audio, lang_dir / "clips" / e.row["path"])
+    lang_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(entries[0].row.keys())
+    with open(lang_dir / f"{split}.tsv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\",
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(e.row for e in entries)
+    out = staging / "lhotse-out"  # a fresh dir: lhotse's cache lookup can never hit
+    with _threads_instead_of_spawned_processes():
+        manifests = prepare_commonvoice(staging, out, languages=[lang], splits=[split], num_jobs=nj)
+    return manifests[lang][split]["recordings"], manifests[lang][split]["supervisions"]
+
+
+def build_cuts(recordings, supervisions, entries: list[Entry]):
+    """Cuts with real audio paths, normalised text, ISO language, orig_text; resampled to 16 kHz."""
+    from lhotse import CutSet, RecordingSet, SupervisionSet
+    from lhotse.utils import fastcopy
+
+    by_id = {e.utt_id: e for e in entries}
+    recs = []
+    for rec in recordings:
+        src = [replace(s, source=os.path.abspath(by_id[rec.id].audio)) for s in rec.sources]
+        recs.append(replace(rec, sources=src))
+    sups = []
+    for sup in supervisions:
+        e = by_id[sup.recording_id]
+        custom = dict(sup.custom or {}, orig_text=e.text)
+        sups.append(replace(sup, text=e.norm_text, language=e.language, speaker=e.speaker, custom=custom))
+    cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(recs),
+                                 supervisions=SupervisionSet.from_segments(sups))
+    # Cut id = utterance id (lhotse appends a position index), so a cut keeps its id in
+    # every manifest that holds it (train-clean-100 and its Libri-light subsets).
+    cuts = CutSet.from_cuts(fastcopy(c, id=c.supervisions[0].id) for c in cuts)
+    return cuts.resample(V.SAMPLE_RATE).to_eager()
+
+
+def prepare_split(manifest: str, entries: list[Entry], stage_fn, out_path: Path, report: V.DropReport,
+                  min_dur: float, max_dur: float, check_audio: str, nj: int) -> bool:
+    """Validate, stage, run lhotse, build and write one manifest; False if nothing usable."""
+    good = validate_entries(entries, manifest, report, min_dur, max_dur, nj)
+    if not good:
+        log.warning("%s: no usable utterance (%d listed); %s not written", manifest, len(entries), out_path)
+        return False
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest}-", dir=out_path.parent))
+    try:
+        recordings, supervisions = stage_fn(good, staging)
+        cuts = build_cuts(recordings, supervisions, good)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if check_audio == "decode":
+        bad = V.decode_errors(list(cuts), nj, f"{manifest}: decoding")
+        by_id = {e.utt_id: e for e in good}
+        for cid, why in bad.items():
+            report.drop(manifest, why, by_id[cid].audio)
+        cuts = cuts.filter(lambda c: c.id not in bad).to_eager()
+    for cut in cuts:
+        report.keep(manifest, cut.duration)
+    if len(cuts) == 0:
+        log.warning("%s: no usable utterance left after decoding; %s not written", manifest, out_path)
+        return False
+    with atomic_path(out_path) as tmp:
+        cuts.to_file(tmp)
+    log.info("%s: wrote %d cuts (%.2f h) to %s", manifest, len(cuts), report.kept_seconds[manifest] / 3600, out_path)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Driver
+
+def _librispeech_jobs(corpus_dir: Path, splits: list[str] | None, languages: list[str] | None,
+                      default_language: str) -> list[tuple[str, str, list[Entry]]]:
+    """(prefix, split, entries) for every LibriSpeech / Libri-light split to prepare."""
+    root = _librispeech_root(corpus_dir)
+    finetune = root.parent / "librispeech_finetuning"
+    available: dict[str, list[Path]] = {p: [root / p] for p in LIBRISPEECH_PARTS if (root / p).is_dir()}
+    for name, folds in LIBRILIGHT_PARTS.items():
+        if all((finetune / f).is_dir() for f in folds):
+            available[name] = [finetune / f / kind for f in folds for kind in ("clean", "other")
+                               if (finetune / f / kind).is_dir()]
+    wanted = splits or sorted(available)
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise ToolkitError(f"--splits: {', '.join(unknown)} not found in {root} (available: {', '.join(sorted(available))})")
+    spk_lang = _speaker_languages(root, default_language)
+    jobs = []
+    for split in wanted:
+        entries = scan_librispeech(available[split], spk_lang, default_language)
+        if languages:
+            entries = [e for e in entries if e.language in languages]
+        jobs.append(("librispeech", split, entries))
+    return jobs
+
+
+def _commonvoice_jobs(corpus_dir: Path, splits: list[str] | None,
+                      languages: list[str] | None) -> list[tuple[str, str, list[Entry], str]]:
+    if not corpus_dir.is_dir():
+        raise ToolkitError(f"--corpus-dir {corpus_dir}: not a directory")
+    langs = languages or sorted(p.name for p in corpus_dir.iterdir() if (p / "train.tsv").is_file())
+    if not langs:
+        raise ToolkitError(f"--corpus-dir {corpus_dir}: no <lang>/train.tsv found; point it at the Common Voice "
+                           "folder that holds one folder per language")
+    jobs = []
+    for lang in langs:
+        if not (corpus_dir / lang).is_dir():
+            raise ToolkitError(f"--languages {lang}: {corpus_dir / lang} does not exist")
+        for split in splits or CV_DEFAULT_SPLITS:
+            jobs.append((f"cv-{lang}", split, scan_commonvoice(corpus_dir / lang, split, lang), lang))
+    return jobs
+
+
+def report_overlap(out: Path, prefixes: list[str], report: V.DropReport) -> None:
+    """Note dev/test sentences that also occur in the train split(s) of the same prefix."""
+    from lhotse import CutSet
+
+    for prefix in sorted(set(prefixes)):
+        files = sorted(out.glob(f"{prefix}_cuts_*.jsonl.gz"))
+        texts = {f.name[len(prefix) + 6:-len(".jsonl.gz")]: [s.text for c in CutSet.from_file(f) for s in c.supervisions]
+                 for f in files}
+        train = {t for split, ts in texts.items() if split.startswith("train") and split not in LIBRILIGHT_PARTS
+                 for t in ts}
+        for split, ts in sorted(texts.items()):
+            if split.startswith(("dev", "test")):
+                n, total = V.sentence_overlap(train, ts)
+                line = f"overlap: {prefix} {split}: {n} of {total} sentences also in train ({100 * n / max(total, 1):.1f}%)"
+                report.notes.append(line)
+                (log.warning if n else log.info)(line)
+
+
+def prepare(corpus: str, corpus_dir: Path, out: Path, languages: list[str] | None = None,
+            splits: list[str] | None = None, default_language: str = "en", min_duration: str | float = "auto",
+            max_duration: float = 20.0, check_audio: str = "decode", overwrite: bool = False,
+            nj: int = 2) -> V.DropReport:
+    """Prepare every requested split; ToolkitError when nothing usable remains at all."""
+    min_dur = V.resolve_min_duration(min_duration)
+    if max_duration <= min_dur:
+        raise ToolkitError(f"--max-duration {max_duration} must exceed --min-duration {min_dur}")
+    corpus_dir = Path(corpus_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = V.DropReport()
+    if corpus == "librispeech":
+        jobs = [(p, s, e, lambda good, st, s=s: lhotse_librispeech(good, s, st, nj))
+                for p, s, e in _librispeech_jobs(corpus_dir, splits, languages, default_language)]
+    elif corpus == "commonvoice":
+        jobs = [(p, s, e, lambda good, st, s=s, lang=lang: lhotse_commonvoice(good, lang, s, st, nj))
+                for p, s, e, lang in _commonvoice_jobs(corpus_dir, splits, languages)]
+    else:
+        raise ToolkitError(f"corpus {corpus!r}: use librispeech or commonvoice")
+    usable = 0
+    for prefix, split, entries, stage_fn in jobs:
+        out_path = out / f"{prefix}_cuts_{split}.jsonl.gz"
+        if out_path.is_file() and not overwrite:
+            log.info("%s exists; skipping %s %s (use --overwrite to redo it)", out_path, prefix, split)
+            usable += 1
+            continue
+        usable += prepare_split(f"{prefix}_{split}", entries, stage_fn, out_path, report, min_dur, max_duration,
+                                check_audio, nj)
+    if usable == 0:
+        raise ToolkitError(f"{corpus_dir}: no usable utterance in any split ({report.total_dropped()} dropped, "
+                           "see the warnings above); check the corpus and --min-duration/--max-duration")
+    report_overlap(out, [j[0] for j in jobs], report)
+    return report
