@@ -261,6 +261,8 @@ def from_torchaudio(state_dict: Mapping[str, torch.Tensor], num_heads: int | Non
     fields.update(overrides)
     cfg = Wav2Vec2Config.from_dict(fields, where="torchaudio config")
     sd = _rename(sd, _TA_RULES)
+    # torchaudio never stores the mask embedding (it is a pretraining-only parameter).
+    sd.setdefault("wav2vec2.mask_emb", torch.empty(dim).uniform_())
     check_state_dict(cfg, sd, source)
     return cfg, sd
 
