@@ -1,0 +1,286 @@
+"""WER/CER scoring, icefall-style reports, `toolkit score` and `toolkit results`.
+
+References: kaldialign.edit_distance (independent per-utterance counts), jiwer (wer/cer),
+hand-written errs.txt lines, and RESULTS.md / recogs.txt parsed back.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import kaldialign
+import pytest
+
+from toolkit.score import score_pairs, write_reports
+from toolkit.score.report import merge_error_runs
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+VOCAB = ["the", "cat", "sat", "on", "mat", "кот", "сидит", "नमस्ते", "दुनिया", "你好", "世界", "a", "b"]
+
+
+def random_pairs(n: int, seed: int = 0, err: float = 0.2) -> tuple[dict, dict]:
+    """References and corrupted hypotheses (substitutions, deletions, insertions, some empties)."""
+    rng = random.Random(seed)
+    refs, hyps = {}, {}
+    for i in range(n):
+        ref = [rng.choice(VOCAB) for _ in range(rng.randint(0, 10))]
+        hyp = []
+        for w in ref:
+            r = rng.random()
+            if r < err / 3:
+                continue  # deletion
+            hyp.append(rng.choice(VOCAB) if r < 2 * err / 3 else w)
+            if rng.random() < err / 3:
+                hyp.append(rng.choice(VOCAB))
+        refs[f"utt{i:04d}"], hyps[f"utt{i:04d}"] = " ".join(ref), " ".join(hyp)
+    return refs, hyps
+
+
+def independent_counts(refs: dict, hyps: dict, unit: str) -> dict:
+    total = {"sub": 0, "del": 0, "ins": 0, "total": 0, "ref_len": 0}
+    for u in refs:
+        r, h = refs[u].split(), hyps.get(u, "").split()
+        if unit == "char":
+            r, h = list("".join(r)), list("".join(h))
+        d = kaldialign.edit_distance(r, h)
+        for k in total:
+            total[k] += d[k]
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_counts_match_kaldialign_and_jiwer(seed):
+    refs, hyps = random_pairs(200, seed)
+    report = score_pairs(refs, hyps)
+    for stats, unit in ((report.wer, "word"), (report.cer, "char")):
+        ref = independent_counts(refs, hyps, unit)
+        assert (stats.sub, stats.dele, stats.ins, stats.err, stats.num_ref) == (
+            ref["sub"], ref["del"], ref["ins"], ref["total"], ref["ref_len"])
+        assert stats.corr == stats.num_ref - stats.sub - stats.dele
+    ids = sorted(refs)
+    assert report.wer.rate == pytest.approx(100 * jiwer.wer([refs[u] for u in ids], [hyps[u] for u in ids]))
+    joined = lambda d: ["".join(d[u].split()) for u in ids]  # noqa: E731 (CER without spaces)
+    assert report.cer.rate == pytest.approx(100 * jiwer.cer(joined(refs), joined(hyps)))
+    ser = sum(refs[u].split() != hyps[u].split() for u in ids)
+    assert report.wer.sentence_errors == ser and report.num_sentences == 200
+
+
+def test_bootstrap_interval_contains_estimate_and_narrows():
+    widths = []
+    for n in (40, 1500):
+        refs, hyps = random_pairs(n, seed=7)
+        report = score_pairs(refs, hyps)
+        for stats in (report.wer, report.cer):
+            lo, hi = stats.ci95
+            assert lo - 1e-6 <= stats.rate <= hi + 1e-6 and lo < hi
+        widths.append(report.wer.ci95[1] - report.wer.ci95[0])
+    assert widths[1] < widths[0] / 3  # ~ 1/sqrt(n): 6x narrower expected
+
+
+def test_edge_cases_empty_and_missing(caplog):
+    refs = {"ins": "", "del": "a b", "both": "", "missing": "x y z", "ok": "a"}
+    hyps = {"ins": "p q", "del": "", "both": "", "ok": "a", "extra": "zzz"}
+    with caplog.at_level(logging.WARNING):
+        report = score_pairs(refs, hyps)
+    assert "no hypothesis" in caplog.text and "no reference" in caplog.text
+    w = report.wer
+    assert (w.num_ref, w.ins, w.dele, w.sub, w.corr) == (6, 2, 5, 0, 1)
+    assert w.sentence_errors == 3 and report.missing == ["missing"]
+    assert w.rate == pytest.approx(100 * 7 / 6)
+    lo, hi = w.ci95
+    assert lo <= w.rate <= hi and hi < float("inf")
+    # Nothing to score at all: 0 errors over 0 words is 0%, insertions over nothing are infinite.
+    assert score_pairs({"a": ""}, {"a": ""}).wer.rate == 0.0
+    empty_ins = score_pairs({"a": ""}, {"a": "x"})
+    assert empty_ins.wer.rate == float("inf") and empty_ins.wer.ci95 is None
+    assert empty_ins.to_dict()["wer"]["err_rate"] is None  # JSON-safe
+
+
+@pytest.mark.parametrize("ref,hyp,cer", [
+    ("привет мир", "привет мор", 100 / 9),          # Cyrillic: 9 letters, 1 substituted
+    ("नमस्ते दुनिया", "नमस्ते", 100 * 6 / 12),        # Devanagari code points, virama and matras included
+    ("你好 世界", "你好世", 25.0),                    # CJK: spaces do not matter
+    ("你好世界", "你 好 世 界", 0.0),
+])
+def test_cer_unicode(ref, hyp, cer):
+    report = score_pairs({"u": ref}, {"u": hyp})
+    assert report.cer.rate == pytest.approx(cer)
+    assert report.cer.rate == pytest.approx(100 * jiwer.cer("".join(ref.split()), "".join(hyp.split())))
+
+
+def test_per_language_reports_add_up():
+    refs, hyps = random_pairs(120, seed=3)
+    langs = {u: ("en", "ru", "hi")[i % 3] for i, u in enumerate(sorted(refs))}
+    del langs["utt0000"]
+    report = score_pairs(refs, hyps, langs)
+    assert sorted(report.by_language) == ["en", "hi", "ru", "und"]
+    for field in ("num_ref", "sub", "dele", "ins", "corr", "sentence_errors", "num_sentences"):
+        assert sum(getattr(r.wer, field) for r in report.by_language.values()) == getattr(report.wer, field)
+    sub_refs = {u: refs[u] for u in refs if langs.get(u) == "ru"}
+    assert report.by_language["ru"].wer.err == independent_counts(sub_refs, hyps, "word")["total"]
+
+
+def test_merge_error_runs():
+    ali = [("a", "a"), ("b", " "), ("c", "x"), ("d", "d"), (" ", "y"), ("e", "e")]
+    assert merge_error_runs(ali) == [("a", "a"), ("b c", "x"), ("d", "d"), ("*", "y"), ("e", "e")]
+
+
+def test_write_reports_layouts(tmp_path, caplog):
+    refs = {"u2": "the cat sat on the mat", "u1": "привет мир", "u3": "", "u4": "a b c"}
+    hyps = {"u2": "the cat sit on mat", "u1": "привет", "u3": "oops"}
+    langs = {"u1": "ru", "u2": "en", "u3": "en", "u4": "en"}
+    with caplog.at_level(logging.INFO):
+        report = write_reports(tmp_path, refs, hyps, "greedy", langs, {"decode_seconds": 3.0, "audio_seconds": 12.0})
+    assert "[greedy] %WER 63.64% [7 / 11, 1 ins, 5 del, 1 sub ]" in caplog.text
+    errs = (tmp_path / "errs.txt").read_text(encoding="utf-8").splitlines()
+    assert errs[0] == "%WER = 63.64"
+    assert errs[1] == "Errors: 1 insertions, 5 deletions, 1 substitutions, over 11 reference words (5 correct)"
+    start = errs.index("PER-UTT DETAILS: corr or (ref->hyp)  ")
+    assert errs[start + 1: start + 5] == [
+        "u1:\tпривет (мир->*)",
+        "u2:\tthe cat (sat->sit) on (the->*) mat",
+        "u3:\t(*->oops)",
+        "u4:\t(a b c->*)",
+    ]
+    sub = errs.index("SUBSTITUTIONS: count ref -> hyp")
+    assert errs[sub + 1] == "1   sat -> sit" and errs[sub + 2] == ""
+    dels = errs.index("DELETIONS: count ref")
+    assert errs[dels + 1: dels + 6] == ["1   a", "1   b", "1   c", "1   the", "1   мир"]
+    assert errs[errs.index("INSERTIONS: count hyp") + 1] == "1   oops"
+    per_word = errs[errs.index("PER-WORD STATS: word  corr tot_errs count_in_ref count_in_hyp") + 1:]
+    assert "the   1 1 2 1" in per_word and "cat   1 0 1 1" in per_word
+    cer = (tmp_path / "errs-cer.txt").read_text(encoding="utf-8").splitlines()
+    assert cer[0] == f"%CER = {report.cer.rate:.2f}" and "reference characters" in cer[1]
+    assert "u1:\tп р и в е т (м и р->*)" in cer
+    # recogs.txt: icefall's ref=[...] / hyp=[...] lines, sorted by id, readable back.
+    recogs = (tmp_path / "recogs.txt").read_text(encoding="utf-8").splitlines()
+    assert recogs[0] == "u1:\tref=['привет', 'мир']" and recogs[1] == "u1:\thyp=['привет']"
+    back = {}
+    for line in recogs:
+        utt, rest = line.split(":\t", 1)
+        side, value = rest.split("=", 1)
+        back[(utt, side)] = ast.literal_eval(value)
+    assert back[("u4", "hyp")] == [] and back[("u2", "ref")] == refs["u2"].split()
+    summary = (tmp_path / "wer-summary.txt").read_text().splitlines()
+    assert summary[0].split("\t")[:2] == ["settings", "WER"]
+    assert summary[1].split("\t")[:3] == ["greedy", "63.64", f"{report.cer.rate:.2f}"]
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert results["key"] == "greedy" and results["rtf"] == pytest.approx(0.25)
+    assert results["wer"]["err"] == 7 and results["wer"]["del"] == 5 and results["num_words"] == 11
+    assert results["by_language"]["ru"]["wer"]["err_rate"] == pytest.approx(50.0)
+    assert results["missing_hyps"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------------------
+# CLIs
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOOLKIT, *args], capture_output=True, text=True, cwd=REPO)
+
+
+def write_kaldi(path: Path, texts: dict) -> Path:
+    path.write_text("".join(f"{u} {t}\n" for u, t in texts.items()), encoding="utf-8")
+    return path
+
+
+def parse_table(lines: list[str], header_start: str) -> list[list[str]]:
+    """The rows of the markdown table whose header row begins with `header_start`."""
+    i = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.strip("|").split("|"))
+    return rows
+
+
+def test_score_cli(tmp_path):
+    refs, hyps = random_pairs(50, seed=11)
+    hyps.pop("utt0003")
+    ref = write_kaldi(tmp_path / "ref", refs)
+    hyp = write_kaldi(tmp_path / "hyp", hyps)
+    proc = run_cli("score", "--ref", str(ref), "--hyp", str(hyp), "--cer", "--markdown",
+                   "--out-dir", str(tmp_path / "out"), "--key", "k")
+    assert proc.returncode == 0, proc.stderr
+    report = score_pairs(refs, hyps)
+    out = proc.stdout.splitlines()
+    assert out[0].startswith(report.wer.kaldi_line("k")) and out[1].startswith(report.cer.kaldi_line("k"))
+    row = parse_table(out, "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|WER 95% CI|")[0]
+    assert row[:3] == ["k", "50", str(report.wer.num_ref)]
+    assert float(row[7]) == pytest.approx(report.wer.rate, abs=0.05)
+    assert float(row[4]) == pytest.approx(100 * report.wer.sub / report.wer.num_ref, abs=0.05)
+    assert (tmp_path / "out" / "errs.txt").read_text(encoding="utf-8").startswith(f"%WER = {report.wer.rate:.2f}")
+
+
+@pytest.mark.parametrize("ref_text,msg", [
+    (None, "--ref"),
+    ("u1 a\nu1 b\n", ":2: utterance id 'u1' appears twice"),
+    ("\n", "no utterances"),
+])
+def test_score_cli_errors(tmp_path, ref_text, msg):
+    ref = tmp_path / "ref"
+    if ref_text is not None:
+        ref.write_text(ref_text, encoding="utf-8")
+    hyp = write_kaldi(tmp_path / "hyp", {"u1": "a"})
+    proc = run_cli("score", "--ref", str(ref), "--hyp", str(hyp))
+    assert proc.returncode == 1 and msg in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_results_cli_roundtrip(tmp_path):
+    expected = {}
+    for model, seed in (("zmodel", 1), ("amodel", 2)):
+        for test_set in ("test", "dev"):
+            for method in ("greedy", "hlg"):
+                refs, hyps = random_pairs(30, seed=seed * 100 + len(test_set) + len(method))
+                langs = {u: ("en", "ru")[i % 2] for i, u in enumerate(sorted(refs))}
+                out = tmp_path / model / "decode" / test_set / method
+                expected[f"{model}/{test_set}/{method}"] = write_reports(
+                    out, refs, hyps, method, langs, {"decode_seconds": 1.0, "audio_seconds": 8.0})
+    md = tmp_path / "RESULTS.md"
+    proc = run_cli("results", "--exp-dir", str(tmp_path / "zmodel"), "--exp-dir", str(tmp_path / "amodel"),
+                   "--out", str(md), "--title", "Tiny")
+    assert proc.returncode == 0, proc.stderr
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "# Tiny"
+    for unit in ("wer", "cer"):
+        section = lines[lines.index(f"## {unit.upper()}"):]
+        rows = parse_table(section, "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|")
+        # --exp-dir order, then test set and method sorted.
+        assert [r[0] for r in rows] == [f"{m}/{t}/{k}" for m in ("zmodel", "amodel")
+                                        for t in ("dev", "test") for k in ("greedy", "hlg")]
+        for r in rows:
+            stats = getattr(expected[r[0]], unit)
+            assert int(r[1]) == stats.num_sentences and int(r[2]) == stats.num_ref
+            assert float(r[7]) == pytest.approx(stats.rate, abs=0.05)
+            assert float(r[8]) == pytest.approx(stats.sentence_error_rate, abs=0.05)
+            lo, hi = (float(x) for x in r[9].split("-"))
+            assert lo == pytest.approx(stats.ci95[0], abs=0.005) and r[10] == "0.125"
+        lang_rows = parse_table(section, "|dataset|lang|")
+        assert len(lang_rows) == 16 and {r[1] for r in lang_rows} == {"en", "ru"}
+        r = lang_rows[0]
+        stats = getattr(expected[r[0]].by_language[r[1]], unit)
+        assert float(r[8]) == pytest.approx(stats.rate, abs=0.05)
+    # Deterministic: a second run writes the same file.
+    first = md.read_text(encoding="utf-8")
+    assert run_cli("results", "--exp-dir", str(tmp_path / "zmodel"), "--exp-dir", str(tmp_path / "amodel"),
+                   "--out", str(md), "--title", "Tiny").returncode == 0
+    assert md.read_text(encoding="utf-8") == first
+
+
+def test_results_cli_errors(tmp_path):
+    (tmp_path / "exp" / "decode" / "test" / "greedy").mkdir(parents=True)
+    proc = run_cli("results", "--exp-dir", str(tmp_path / "exp"), "--out", str(tmp_path / "R.md"))
+    assert proc.returncode == 1 and "decode first" in proc.stderr
+    (tmp_path / "exp" / "decode" / "test" / "greedy" / "results.json").write_text("{broken")
+    proc = run_cli("results", "--exp-dir", str(tmp_path / "exp"), "--out", str(tmp_path / "R.md"))
+    assert proc.returncode == 1 and "results.json" in proc.stderr and "re-run scoring" in proc.stderr
+    assert not (tmp_path / "R.md").exists()

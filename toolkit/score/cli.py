@@ -1,0 +1,86 @@
+"""`toolkit score`: WER/CER of Kaldi text files (`uttid word word ...`).
+
+    toolkit score --ref data/test/text --hyp exp/x/decode/test/greedy/text
+    toolkit score --ref REF --hyp HYP --cer --markdown --out-dir D --utt2lang data/test/utt2lang
+
+Prints Kaldi-style %WER (and with --cer %CER) lines with the sentence error rate and the 95%
+bootstrap interval; --markdown prints ESPnet-style RESULTS.md rows; --out-dir writes
+recogs.txt, errs.txt, errs-cer.txt, wer-summary.txt and results.json there.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from toolkit.score.compute import Report, score_pairs
+from toolkit.score.report import espnet_header, espnet_row, fmt_ci, write_reports
+from toolkit.utils import ToolkitError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ref", type=Path, required=True, help="reference Kaldi text file: uttid word word ...")
+    parser.add_argument("--hyp", type=Path, required=True, help="hypothesis Kaldi text file: uttid word word ...")
+    parser.add_argument("--out-dir", type=Path, default=None, help="write recogs/errs/wer-summary/results.json here")
+    parser.add_argument("--key", default="score", help="setting name in wer-summary.txt and the log lines")
+    parser.add_argument("--utt2lang", type=Path, default=None, help="optional `uttid lang` file: per-language scores")
+    parser.add_argument("--cer", action="store_true", help="also print the character error rate")
+    parser.add_argument("--markdown", action="store_true", help="print ESPnet-style RESULTS.md table rows")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def read_kaldi_text(path: Path, option: str) -> dict[str, str]:
+    """`uttid text...` lines into a dict; a line with only an id is an empty transcript."""
+    if not path.is_file():
+        raise ToolkitError(f"{option} {path}: file not found; give a Kaldi text file (uttid word word ...)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ToolkitError(f"{option} {path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(lines, start=1):
+        parts = line.strip().split(maxsplit=1)
+        if not parts:
+            continue
+        if parts[0] in out:
+            raise ToolkitError(f"{option} {path}:{n}: utterance id {parts[0]!r} appears twice; ids must be unique")
+        out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+def summary_lines(report: Report, key: str, cer: bool) -> list[str]:
+    lines = []
+    for stats in [report.wer] + ([report.cer] if cer else []):
+        lines.append(f"{stats.kaldi_line(key)}  %SER {stats.sentence_error_rate:.2f} "
+                     f"[{stats.sentence_errors} / {stats.num_sentences}]  95% CI {fmt_ci(stats.ci95)}")
+    for lang, sub in report.by_language.items():
+        lines.append(f"  {lang}: " + sub.wer.kaldi_line(key) + (f"  %CER {sub.cer.rate:.2f}" if cer else ""))
+    if report.missing:
+        lines.append(f"  {len(report.missing)} utterances had no hypothesis (counted as deletions)")
+    return lines
+
+
+def markdown_lines(report: Report, name: str, cer: bool) -> list[str]:
+    extra = ["WER 95% CI"]
+    lines = ["### WER", "", espnet_header(extra), espnet_row(name, report.wer, [fmt_ci(report.wer.ci95)])]
+    if cer:
+        lines += ["", "### CER", "", espnet_header(["CER 95% CI"]),
+                  espnet_row(name, report.cer, [fmt_ci(report.cer.ci95)])]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    refs = read_kaldi_text(args.ref, "--ref")
+    if not refs:
+        raise ToolkitError(f"--ref {args.ref}: no utterances; the reference file is empty")
+    hyps = read_kaldi_text(args.hyp, "--hyp")
+    languages = None
+    if args.utt2lang is not None:
+        languages = {u: t.split()[0] for u, t in read_kaldi_text(args.utt2lang, "--utt2lang").items() if t.split()}
+    if args.out_dir is not None:
+        report = write_reports(args.out_dir, refs, hyps, args.key, languages)
+    else:
+        report = score_pairs(refs, hyps, languages)
+    print("\n".join(summary_lines(report, args.key, args.cer)))
+    if args.markdown:
+        print("\n".join(markdown_lines(report, args.key, args.cer)))
+    return 0
