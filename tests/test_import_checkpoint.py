@@ -28,6 +28,7 @@ TOL = 1e-4
 
 
 def _import(capsys, source: str, src: Path, out: Path, *extra: str) -> tuple[int, str]:
+    capsys.readouterr()  # drop earlier output (save_pretrained progress bars)
     rc = main(["import-checkpoint", "--from", source, str(src), str(out), *extra])
     cap = capsys.readouterr()
     return rc, (cap.out + cap.err).strip()
@@ -186,3 +187,165 @@ def test_fairseq_truncated_and_foreign(tmp_path, capsys):
     assert len(msg.splitlines()) == 1 and not (tmp_path / "o.pt").exists()
     rc, msg = _import(capsys, "fairseq", tmp_path / "nope.pt", tmp_path / "o.pt")
     assert rc == 1 and "nope.pt" in msg and "not found" in msg
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face
+
+
+def _hf_model(cls_name: str, stable: bool, seed: int, **kw):
+    import transformers
+
+    cfg = H.hf_tiny_config(feat_extract_norm="layer" if stable else "group", do_stable_layer_norm=stable,
+                           conv_bias=stable, **kw)
+    torch.manual_seed(seed)
+    return H.randomize_(getattr(transformers, cls_name)(cfg), seed)
+
+
+def _compare_hidden(ours_out, hf_out) -> None:
+    """Our hidden_states vs HF's (transformers 5: input of layer 1, then each layer's raw output;
+    the final layer norm of pre-LN models only in last_hidden_state)."""
+    assert len(hf_out.hidden_states) == H.LAYERS + 1
+    assert H.rel_err(ours_out.x, hf_out.last_hidden_state) < TOL
+    for i, ref in enumerate(hf_out.hidden_states):
+        assert H.rel_err(ours_out.hidden_states[i], ref) < TOL, f"hidden state {i}"
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_hf_pretraining_parity(tmp_path, capsys, stable):
+    hf = _hf_model("Wav2Vec2ForPreTraining", stable, seed=11)
+    hf.save_pretrained(tmp_path / "hf")
+    rc, msg = _import(capsys, "hf", tmp_path / "hf", tmp_path / "ours.pt")
+    assert rc == 0, msg
+    model, saved = _our_backbone(tmp_path / "ours.pt")
+    assert saved["kind"] == "pretrain"
+    cfg = config_of(saved)
+    assert cfg.layer_norm_first == stable and cfg.extractor_mode == ("layer_norm" if stable else "default")
+    assert torch.equal(saved["model"]["quantizer.vars"], hf.quantizer.codevectors.detach())
+    wav = H.waveforms()
+    with torch.no_grad():
+        ref = hf.wav2vec2(wav, output_hidden_states=True)
+        ours = model.wav2vec2(wav, output_hidden_states=True)
+    _compare_hidden(ours, ref)
+
+
+def test_hf_ctc_parity_with_pad_last(tmp_path, capsys):
+    """Community XLSR fine-tunes put [PAD] (the blank) and [UNK] last: the head is reordered."""
+    letters = ["a", "b", "c", "d", "e", "|", "'"]
+    vocab = {t: i for i, t in enumerate(letters + ["[UNK]", "[PAD]"])}
+    hf = _hf_model("Wav2Vec2ForCTC", True, seed=13, vocab_size=len(vocab), pad_token_id=vocab["[PAD]"])
+    hf.save_pretrained(tmp_path / "hf")
+    rc, msg = _import(capsys, "hf", tmp_path / "hf", tmp_path / "ctc.pt")
+    assert rc == 1 and "vocab" in msg and len(msg.splitlines()) == 1
+    H.write_json(tmp_path / "hf" / "vocab.json", vocab)
+    rc, msg = _import(capsys, "hf", tmp_path / "hf", tmp_path / "ctc.pt")
+    assert rc == 0, msg
+    model, saved = _our_backbone(tmp_path / "ctc.pt")
+    tokens = saved["vocab"]["tokens"]
+    assert tokens[0] == "<blk>" and tokens[1:] == letters + ["<unk>"]
+    from toolkit.text.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dict(saved["vocab"])
+    assert tok.decode(tok.encode("bad cab")) == "bad cab"
+    order = [vocab["[PAD]"]] + list(range(len(letters) + 1))
+    wav = H.waveforms()
+    with torch.no_grad():
+        ref = hf(wav).logits.log_softmax(-1)[..., order]
+        log_probs, lengths = model(wav)
+    assert H.rel_err(log_probs, ref) < TOL
+    assert (log_probs.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_hf_bare_backbone_and_bad_folders(tmp_path, capsys):
+    import transformers
+
+    cfg = H.hf_tiny_config()
+    torch.manual_seed(0)
+    bare = H.randomize_(transformers.Wav2Vec2Model(cfg), 17)
+    bare.save_pretrained(tmp_path / "bare")
+    rc, msg = _import(capsys, "hf", tmp_path / "bare", tmp_path / "b.pt")
+    assert rc == 0, msg
+    model, saved = _our_backbone(tmp_path / "b.pt")
+    wav = H.waveforms(n=1)
+    with torch.no_grad():
+        assert H.rel_err(model.wav2vec2(wav).x, bare(wav).last_hidden_state) < TOL
+    # weights missing, truncated weights, not a folder
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((tmp_path / "bare" / "config.json").read_text())
+    rc, msg = _import(capsys, "hf", tmp_path / "empty", tmp_path / "x.pt")
+    assert rc == 1 and "model.safetensors" in msg and len(msg.splitlines()) == 1
+    weights = tmp_path / "bare" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    rc, msg = _import(capsys, "hf", tmp_path / "bare", tmp_path / "x.pt")
+    assert rc == 1 and "model.safetensors" in msg and len(msg.splitlines()) == 1
+    rc, msg = _import(capsys, "hf", weights, tmp_path / "x.pt")
+    assert rc == 1 and "not a folder" in msg
+
+
+def test_hf_wrong_architecture(tmp_path, capsys):
+    """A checkpoint of another config (fewer layers in the weights than config.json says)."""
+    hf = _hf_model("Wav2Vec2ForPreTraining", False, seed=19)
+    hf.save_pretrained(tmp_path / "hf")
+    import json
+
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    H.write_json(tmp_path / "hf" / "config.json", cfg)
+    rc, msg = _import(capsys, "hf", tmp_path / "hf", tmp_path / "x.pt")
+    assert rc == 1 and "missing" in msg and "layers.2" in msg and len(msg.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# torchaudio
+
+
+@pytest.mark.parametrize("mode", ["default", "layer_norm"])
+def test_torchaudio_parity(tmp_path, capsys, mode):
+    ta = H.tiny_torchaudio(mode, seed=23)
+    torch.save(ta.state_dict(), tmp_path / "ta.pt")
+    # 64 dims / 4 heads is not a torchaudio factory size: the head count must be given
+    H.write_json(tmp_path / "cfg.json", {"num_heads": H.HEADS, "normalize": True})
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "ours.pt",
+                      "--config-json", str(tmp_path / "cfg.json"))
+    assert rc == 0, msg
+    model, saved = _our_backbone(tmp_path / "ours.pt")
+    cfg = config_of(saved)
+    assert cfg.encoder_attention_heads == H.HEADS and cfg.normalize
+    assert cfg.layer_norm_first == (mode == "layer_norm")
+    wav = H.waveforms()
+    with torch.no_grad():
+        ref, _ = ta(wav)
+        ref_layers, _ = ta.extract_features(wav)
+        ours = model.wav2vec2(wav, output_hidden_states=True)
+    assert H.rel_err(ours.x, ref) < TOL
+    for i, r in enumerate(ref_layers, 1):
+        assert H.rel_err(ours.hidden_states[i], r) < TOL, f"layer {i}"
+
+
+def test_torchaudio_ctc_and_errors(tmp_path, capsys):
+    tokens = ["<blk>", "|", "e", "t", "a", "<unk>"]
+    ta = H.tiny_torchaudio("layer_norm", seed=29, aux=len(tokens))
+    torch.save(ta.state_dict(), tmp_path / "ta.pt")
+    H.write_json(tmp_path / "cfg.json", {"num_heads": H.HEADS})
+    args = ["--config-json", str(tmp_path / "cfg.json")]
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "ctc.pt", *args)
+    assert rc == 1 and "--vocab" in msg
+    (tmp_path / "tokens.txt").write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "ctc.pt", *args,
+                      "--vocab", str(tmp_path / "tokens.txt"))
+    assert rc == 0, msg
+    model, saved = _our_backbone(tmp_path / "ctc.pt")
+    assert saved["kind"] == "ctc" and saved["vocab"]["tokens"] == tokens
+    wav = H.waveforms()
+    with torch.no_grad():
+        logits, _ = ta(wav)
+        log_probs, _ = model(wav)
+    assert H.rel_err(log_probs, logits.log_softmax(-1)) < TOL
+    # a fairseq checkpoint given as torchaudio: the error names the file and the keys found
+    torch.save(H.fairseq_checkpoint("default", "pretrain", "cfg", H.tiny_torchaudio("default")), tmp_path / "fs.pt")
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "fs.pt", tmp_path / "x.pt")
+    assert rc == 1 and "fs.pt" in msg and "'model'" in msg and len(msg.splitlines()) == 1
+    # an unknown --config-json key
+    H.write_json(tmp_path / "bad.json", {"num_heads": 4, "heads_typo": 3})
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "x.pt", "--config-json", str(tmp_path / "bad.json"))
+    assert rc == 1 and "heads_typo" in msg and len(msg.splitlines()) == 1

@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="fairseq .pt file, Hugging Face model folder, or torchaudio state-dict file")
     parser.add_argument("out", help="toolkit checkpoint to write (.pt)")
     parser.add_argument("--config-json", default=None,
-                        help="model configuration (JSON) for torchaudio state dicts whose shapes are ambiguous")
+                        help="torchaudio only: JSON object with what shapes cannot show, e.g. "
+                             '{"num_heads": 16, "layer_norm_first": true, "conv_strides": [5,2,2,2,2,2,2]}, '
+                             "plus any model config field (dropouts, normalize, ...)")
     parser.add_argument("--vocab", default=None,
                         help="CTC vocabulary: fairseq dict.ltr.txt, Hugging Face vocab.json (default: SRC/vocab.json), "
                              "or an icefall tokens.txt (torchaudio)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         cfg, state, kind, vocab = import_hf(src, args.vocab)
     else:
         cfg, state, kind, vocab = import_torchaudio(src, args.config_json, args.vocab)
-    model = build_and_load(cfg, state, kind, where=f"{src}")
+    model, kind = build_and_load(cfg, state, kind, where=f"{src}")
     from toolkit.model.checkpoint import save_checkpoint
 
     save_checkpoint(out, model, cfg, kind, vocab=vocab,
@@ -73,8 +75,14 @@ def run(args: argparse.Namespace) -> int:
 # Building and checking
 
 
-def build_and_load(cfg: Any, state: dict, kind: str, where: str) -> torch.nn.Module:
-    """The toolkit model for `kind`, with `state` loaded strictly (one-line error on mismatch)."""
+def build_and_load(cfg: Any, state: dict, kind: str, where: str) -> tuple[torch.nn.Module, str]:
+    """The toolkit model for `kind` with `state` loaded strictly (one-line error on mismatch).
+
+    kind "backbone" (a source without pretraining heads: HF `Wav2Vec2Model`, torchaudio without
+    `aux`) gives a pretraining model whose quantizer and projections keep their fresh
+    initialisation; it is returned with kind "pretrain" (usable for fine-tuning, feature
+    extraction and continued pretraining).
+    """
     from toolkit.model.checkpoint import load_state_dict_strict
     from toolkit.model.wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
 
@@ -82,10 +90,16 @@ def build_and_load(cfg: Any, state: dict, kind: str, where: str) -> torch.nn.Mod
         if "proj.weight" not in state:
             raise ToolkitError(f"{where}: no CTC head found; import it as a pretraining model")
         model: torch.nn.Module = Wav2Vec2ForCTC(cfg, int(state["proj.weight"].shape[0]))
-    else:
-        model = Wav2Vec2ForPretraining(cfg)
+        load_state_dict_strict(model, state, where=where)
+        return model.eval(), kind
+    model = Wav2Vec2ForPretraining(cfg)
+    if kind == "backbone":
+        log.warning("%s: no quantizer/projection heads in the source; they are freshly initialised", where)
+        prefix = "wav2vec2."
+        load_state_dict_strict(model.wav2vec2, {k[len(prefix):]: v for k, v in state.items()}, where=where)
+        return model.eval(), "pretrain"
     load_state_dict_strict(model, state, where=where)
-    return model.eval()
+    return model.eval(), kind
 
 
 def _key_list(keys: list[str], limit: int = 5) -> str:
@@ -275,14 +289,14 @@ def _hf_weight_files(src: Path) -> list[Path]:
 
 def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
     """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a Hugging Face wav2vec 2.0 folder."""
-    from toolkit.model.convert import from_hf
+    from toolkit.model.convert import from_hf, infer_kind
 
     config, state = read_hf_folder(src)
     if config.get("model_type") not in (None, "wav2vec2"):
         raise ToolkitError(f"{src}: model_type {config.get('model_type')!r} is not wav2vec2; "
                            "only Wav2Vec2ForPreTraining / Wav2Vec2ForCTC / Wav2Vec2Model can be imported")
-    cfg, sd = from_hf(state, config)
-    kind = "ctc" if "proj.weight" in sd else "pretrain"
+    cfg, sd = from_hf(state, config, source=str(src))
+    kind = infer_kind(sd)
     vocab = None
     if kind == "ctc":
         path = Path(vocab_path) if vocab_path else src / "vocab.json"
@@ -317,7 +331,7 @@ def _read_vocab_json(path: Path) -> list[str]:
 
 def import_torchaudio(src: Path, config_json: str | None, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
     """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a torchaudio Wav2Vec2Model state dict."""
-    from toolkit.model.convert import from_torchaudio
+    from toolkit.model.convert import from_torchaudio, infer_kind
 
     if not src.is_file():
         raise ToolkitError(f"{src}: state-dict file not found; check the SRC path")
@@ -331,14 +345,20 @@ def import_torchaudio(src: Path, config_json: str | None, vocab_path: str | None
         keys = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
         raise ToolkitError(f"{src}: expected torch.save(model.state_dict()) of a torchaudio Wav2Vec2Model, "
                            f"found {keys}; use --from fairseq / --from hf for other formats")
-    overrides = None
+    overrides: dict = {}
     if config_json:
         try:
             overrides = json.loads(Path(config_json).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ToolkitError(f"{config_json}: cannot read the --config-json file ({e})") from None
-    cfg, sd = from_torchaudio(state, overrides)
-    kind = "ctc" if "proj.weight" in sd else "pretrain"
+        if not isinstance(overrides, dict):
+            raise ToolkitError(f"{config_json}: expected a JSON object such as "
+                               '{"num_heads": 16, "layer_norm_first": true}')
+    try:
+        cfg, sd = from_torchaudio(state, source=str(src), **overrides)
+    except TypeError as e:  # a key that is neither a from_torchaudio option nor a config field
+        raise ToolkitError(f"{config_json}: {e}") from None
+    kind = infer_kind(sd)
     vocab = None
     if kind == "ctc":
         if vocab_path is None:
