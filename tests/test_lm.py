@@ -127,6 +127,21 @@ def test_pruned_model_still_normalised_and_smaller():
     for k in (1, 2):
         for g in pruned.ngrams[k]:
             assert g[1:] in pruned.ngrams[k - 1] and g[:-1] in pruned.ngrams[k - 1]
+    # lmplz semantics: n-grams occurring more than once in the text stay; those seen once stay
+    # only as the prefix or suffix of a kept trigram. Occurrences recounted from the text.
+    occ: dict[tuple, int] = defaultdict(int)
+    for s in corpus:
+        padded = [BOS, *s.split(), EOS]
+        for n in (2, 3):
+            for i in range(len(padded) - n + 1):
+                occ[tuple(padded[i:i + n])] += 1
+    trigram_parts = {g[1:] for g in pruned.ngrams[2]} | {g[:-1] for g in pruned.ngrams[2]}
+    for k in (1, 2):
+        for g in full.ngrams[k]:
+            if occ[g] > 1:
+                assert g in pruned.ngrams[k], g
+            elif g in pruned.ngrams[k]:
+                assert k == 1 and g in trigram_parts, g
     assert_normalised(pruned)
 
 
@@ -272,3 +287,18 @@ def test_cli_uses_lmplz_when_on_path(tmp_path):
                    "--engine", "toolkit", env=env)
     assert proc.returncode == 0 and "toolkit estimator" in proc.stderr
     assert not (tmp_path / "argv").exists()  # --engine toolkit did not call lmplz
+
+
+def test_cli_perplexity_matches_kenlm(tmp_path):
+    model, _ = train_kneser_ney(make_corpus(300, seed=8), order=3)
+    arpa = tmp_path / "lm.arpa"
+    write_arpa(model, arpa)
+    dev = make_corpus(40, seed=9) + ["unseen words here"]
+    (tmp_path / "dev.txt").write_text("\n".join(dev) + "\n", encoding="utf-8")
+    proc = run_cli("lm", "perplexity", "--lm", str(arpa), "--text", str(tmp_path / "dev.txt"))
+    assert proc.returncode == 0, proc.stderr
+    ken = kenlm.Model(str(arpa))
+    expect = 10 ** (-sum(ken.score(s) for s in dev) / sum(len(s.split()) + 1 for s in dev))
+    reported = float(proc.stdout.rsplit("perplexity", 1)[1])
+    assert reported == pytest.approx(expect, rel=1e-3)
+    assert " 3 OOVs" in proc.stdout

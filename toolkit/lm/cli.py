@@ -1,12 +1,16 @@
 """`toolkit lm <subcommand>`: n-gram language models.
 
     toolkit lm train --order 3 --text data/lang_char/transcript_words.txt --out data/lm/lm_3.arpa
-    toolkit lm train --order 4 --text T --out lm.arpa --prune 0 1 1      # drop singleton 3/4-grams
+    toolkit lm train --order 4 --text T --out lm.arpa --prune 0 1 1      # drop n-grams (order >= 2) seen once
 
 The text holds one normalised sentence a line. When KenLM's `lmplz` is on PATH (and
 `--engine` is `auto` or `lmplz`) it estimates the model with the same options; otherwise the
 toolkit's own interpolated modified Kneser-Ney (`toolkit.lm.kneser_ney`) does. Either way the
-ARPA file is written atomically and validated by reading it back.
+ARPA file is written atomically and validated by reading it back. The toolkit's estimator
+holds all n-gram counts in memory (a few seconds for ~100k sentences); for corpora of
+millions of sentences install KenLM.
+
+    toolkit lm perplexity --lm lm.arpa --text dev.txt   # per-token perplexity, </s> counted
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit.lm.arpa import validate_arpa, write_arpa
+from toolkit.lm.arpa import read_arpa, validate_arpa, write_arpa
 from toolkit.lm.kneser_ney import DEFAULT_FALLBACK, prune_thresholds, train_kneser_ney
 from toolkit.utils import ToolkitError, atomic_path
 
@@ -28,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="subcommand", metavar="{train}", required=True)
+    sub = parser.add_subparsers(dest="subcommand", metavar="{train,perplexity}", required=True)
     train = sub.add_parser("train", help="estimate a modified Kneser-Ney n-gram model and write ARPA",
                            description="Estimate an interpolated modified Kneser-Ney n-gram LM (ARPA).")
     train.add_argument("--order", type=int, required=True, help="n-gram order (e.g. 3)")
@@ -43,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--engine", choices=["auto", "toolkit", "lmplz"], default="auto",
                        help="auto: KenLM's lmplz when it is on PATH, else the toolkit's estimator")
     train.add_argument("--verbose", action="store_true", help="debug logging")
+    ppl = sub.add_parser("perplexity", help="perplexity of an ARPA model on a text",
+                         description="Per-token perplexity (</s> counted) of an ARPA LM on a text.")
+    ppl.add_argument("--lm", type=Path, required=True, help="ARPA file (plain or gzipped)")
+    ppl.add_argument("--text", type=Path, required=True, help="one normalised sentence a line")
+    ppl.add_argument("--verbose", action="store_true", help="debug logging")
 
 
 def read_text(path: Path) -> list[str]:
@@ -110,7 +119,21 @@ def run_train(args: argparse.Namespace) -> None:
              time.perf_counter() - start, "lmplz" if lmplz else "toolkit estimator")
 
 
+def run_perplexity(args: argparse.Namespace) -> None:
+    model = read_arpa(args.lm)
+    sentences = [s for s in read_text(args.text) if s.split()]
+    vocab = model.ngrams[0]
+    oov = sum(1 for s in sentences for w in s.split() if (w,) not in vocab)
+    tokens = sum(len(s.split()) + 1 for s in sentences)
+    logprob = sum(model.score(s) for s in sentences)
+    ppl = 10.0 ** (-logprob / tokens) if tokens else float("nan")
+    print(f"{args.text}: {len(sentences)} sentences, {tokens} tokens (incl. </s>), {oov} OOVs, "
+          f"log10 prob {logprob:.2f}, perplexity {ppl:.2f}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.subcommand == "train":
         run_train(args)
+    elif args.subcommand == "perplexity":
+        run_perplexity(args)
     return 0

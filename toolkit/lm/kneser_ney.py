@@ -18,9 +18,11 @@ The recipe, as KenLM's `lmplz` does it:
    bottoming out in the uniform distribution over the vocabulary (words, </s>, <unk>).
    Because every listed n-gram stores its interpolated probability, the ARPA back-off of a
    history is exactly gamma(h), and each distribution sums to one.
-5. Optional count pruning (`lmplz --prune` semantics: drop order-k n-grams whose adjusted count
-   is <= threshold k, keeping any that another kept n-gram needs as prefix or suffix); the
-   back-off weights of affected histories are renormalised so distributions still sum to one.
+5. Optional count pruning (`lmplz --prune` semantics: drop order-k n-grams, k >= 2, that occur
+   in the text at most threshold-k times (raw occurrences, as lmplz compares), keeping any that
+   a kept longer n-gram needs as prefix or suffix). Discounts and probabilities come from the
+   unpruned counts; the back-off weights of affected histories are renormalised so every
+   distribution still sums to one.
 """
 from __future__ import annotations
 
@@ -51,13 +53,19 @@ class KneserNeyInfo:
     num_tokens: int = 0
 
 
-def adjusted_counts(sentences: Iterable[Sequence[int]], order: int) -> list[Counter]:
-    """Adjusted counts per order (index k-1 for order k) of id-sentences without padding."""
+def full_ngram_counts(sentences: Iterable[Sequence[int]], order: int) -> Counter:
+    """Raw counts of the full n-grams: order-N ones and the shorter ones starting with <s>."""
     full: Counter = Counter()
     for ids in sentences:
         padded = (BOS_ID, *ids, EOS_ID)
         for i in range(1, len(padded)):
             full[padded[max(0, i - order + 1): i + 1]] += 1
+    return full
+
+
+def adjusted_counts(sentences: Iterable[Sequence[int]], order: int, full: Counter | None = None) -> list[Counter]:
+    """Adjusted counts per order (index k-1 for order k) of id-sentences without padding."""
+    full = full_ngram_counts(sentences, order) if full is None else full
     counts: list[Counter] = [Counter() for _ in range(order)]
     for gram, c in full.items():
         counts[len(gram) - 1][gram] = c
@@ -68,6 +76,18 @@ def adjusted_counts(sentences: Iterable[Sequence[int]], order: int) -> list[Coun
         for gram in counts[k]:
             lower[gram[1:]] += 1
     return counts
+
+
+def occurrence_counts(full: Counter, order: int) -> list[Counter]:
+    """How often each n-gram occurs in the padded text (what lmplz's --prune compares).
+
+    Every occurrence of a k-gram ends where exactly one full n-gram ends, and is its suffix.
+    """
+    occ: list[Counter] = [Counter() for _ in range(order)]
+    for gram, c in full.items():
+        for k in range(1, len(gram) + 1):
+            occ[k - 1][gram[-k:]] += c
+    return occ
 
 
 def compute_discounts(counts: Counter, fallback: Sequence[float] = DEFAULT_FALLBACK) -> tuple[tuple[float, float, float], bool]:
@@ -132,18 +152,18 @@ def prune_thresholds(prune: Sequence[int] | None, order: int) -> list[int] | Non
     return (values + [values[-1]] * order)[:order]
 
 
-def prune_ngrams(counts: list[Counter], thresholds: Sequence[int]) -> list[set[IdGram]]:
-    """The n-grams kept per order: adjusted count above threshold, or needed by a kept longer one.
+def prune_ngrams(occurrences: list[Counter], thresholds: Sequence[int]) -> list[set[IdGram]]:
+    """The n-grams kept per order: occurring more than the threshold, or needed by a kept longer one.
 
     A kept (k+1)-gram needs its k-suffix (the back-off target) and its k-prefix (which
     carries the back-off weight), so pruning goes from the top order down.
     """
-    order = len(counts)
+    order = len(occurrences)
     keep: list[set[IdGram]] = [set() for _ in range(order)]
-    keep[0] = set(counts[0])  # unigrams are never pruned
+    keep[0] = set(occurrences[0])  # unigrams are never pruned
     for k in range(order, 1, -1):
         t = thresholds[k - 1]
-        kept = {g for g, c in counts[k - 1].items() if c > t}
+        kept = {g for g, c in occurrences[k - 1].items() if c > t}
         if k < order:
             for g in keep[k]:
                 kept.add(g[1:])
@@ -214,7 +234,8 @@ def train_kneser_ney(
     ids = _to_ids(sentences, vocab, info)
     if not ids:
         raise ToolkitError("the LM training text has no words; check the --text file")
-    counts = adjusted_counts(ids, order)
+    full = full_ngram_counts(ids, order)
+    counts = adjusted_counts(ids, order, full)
     discounts = []
     for k, table in enumerate(counts, start=1):
         d, fell_back = compute_discounts(table, discount_fallback)
@@ -226,7 +247,7 @@ def train_kneser_ney(
                     info.fallback_orders, tuple(discount_fallback))
     info.discounts = [tuple(d) for d in discounts]
     probs, gammas = interpolate(counts, discounts, vocab_size=len(vocab) - 1)  # <s> is never predicted
-    keep = prune_ngrams(counts, thresholds) if thresholds else None
+    keep = prune_ngrams(occurrence_counts(full, order), thresholds) if thresholds else None
     bows = backoff_weights(counts, discounts, probs, gammas, keep)
     model = _build_model(probs, bows, keep, vocab)
     info.ngram_counts = [len(t) for t in model.ngrams]
