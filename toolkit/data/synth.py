@@ -51,7 +51,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from toolkit.data.textgen import SentenceGenerator
+from toolkit.data.textgen import SentenceGenerator, load_lexicon
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -310,22 +310,35 @@ def write_commonvoice_metadata(out: Path, language: str, utts: list[Utterance]) 
 
 def _fill_folds(utts: list[Utterance], durations: dict[str, float], fold_sec: float
                 ) -> dict[str, list[Utterance]]:
-    """Deal utterances into folds 1h/0..5 (fold_sec each) and 9h (54 x fold_sec), in order.
+    """Deal utterances into folds 1h/0..5 (fold_sec each) and 9h (54 x fold_sec).
 
-    A fold stops when one more utterance would overshoot its target by more than the
-    fold currently undershoots it, so each fold is within half an utterance of target.
+    Each fold takes, in the given order, every utterance that still fits under its
+    target, then the one remaining utterance that brings it closest to the target; an
+    utterance that does not fit waits for the next fold. With utterances of a few
+    seconds this lands within a fraction of a second of the target.
     """
     targets = [(f"1h/{i}", fold_sec) for i in range(6)] + [("9h", 54 * fold_sec)]
-    folds: dict[str, list[Utterance]] = {name: [] for name, _ in targets}
-    it = iter(utts)
-    pending = next(it, None)
+    folds: dict[str, list[Utterance]] = {}
+    pool = list(utts)
     for name, target in targets:
-        total = 0.0
-        while pending is not None and total + durations[pending.utt_id] / 2 < target:
-            folds[name].append(pending)
-            total += durations[pending.utt_id]
-            pending = next(it, None)
+        chosen, rest, total = [], [], 0.0
+        for u in pool:
+            if total + durations[u.utt_id] <= target:
+                chosen.append(u)
+                total += durations[u.utt_id]
+            else:
+                rest.append(u)
+        if rest:
+            best = min(rest, key=lambda u: abs(total + durations[u.utt_id] - target))
+            if abs(total + durations[best.utt_id] - target) < target - total:
+                chosen.append(best)
+                rest.remove(best)
+        folds[name], pool = chosen, rest
     return folds
+
+
+def _minutes(sec: float) -> str:
+    return f"{sec / 60:.1f} min" if sec >= 60 else f"{sec:.1f} s"
 
 
 def write_librilight_subsets(out: Path, utts: list[Utterance], durations: dict[str, float],
@@ -357,7 +370,7 @@ def write_librilight_subsets(out: Path, utts: list[Utterance], durations: dict[s
         wanted = {"10m": 1, "1h": 6, "10h": 60}[subset] * FOLD_MINUTES * 60.0 * scale
         if totals[subset] < 0.95 * wanted:
             log.warning("librispeech_finetuning: train-clean-100 is too small for the %s subset: capped at "
-                        "%.1f min instead of %.1f min", subset, totals[subset] / 60, wanted / 60)
+                        "%s instead of %s", subset, _minutes(totals[subset]), _minutes(wanted))
     return totals
 
 
@@ -376,6 +389,9 @@ def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers
     if not 0 <= dev_fraction + test_fraction < 1:
         raise ToolkitError("--dev-fraction + --test-fraction must be in [0, 1)")
     check_tools(fmt)
+    for lang in languages:  # fail before any synthesis on a language we cannot do
+        load_lexicon(lang)
+        espeak_voices(lang)
     fractions = {"train": 1 - dev_fraction - test_fraction, "dev": dev_fraction, "test": test_fraction}
     utts: list[Utterance] = []
     for li, lang in enumerate(languages):
