@@ -5,7 +5,6 @@ normalisation of every distribution, and continuation counts recounted from the 
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import stat

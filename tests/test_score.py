@@ -208,8 +208,9 @@ def test_score_cli(tmp_path):
     hyps.pop("utt0003")
     ref = write_kaldi(tmp_path / "ref", refs)
     hyp = write_kaldi(tmp_path / "hyp", hyps)
+    utt2lang = write_kaldi(tmp_path / "utt2lang", {u: ("en", "hi")[i % 2] for i, u in enumerate(sorted(refs))})
     proc = run_cli("score", "--ref", str(ref), "--hyp", str(hyp), "--cer", "--markdown",
-                   "--out-dir", str(tmp_path / "out"), "--key", "k")
+                   "--out-dir", str(tmp_path / "out"), "--key", "k", "--utt2lang", str(utt2lang))
     assert proc.returncode == 0, proc.stderr
     report = score_pairs(refs, hyps)
     out = proc.stdout.splitlines()
@@ -219,6 +220,10 @@ def test_score_cli(tmp_path):
     assert float(row[7]) == pytest.approx(report.wer.rate, abs=0.05)
     assert float(row[4]) == pytest.approx(100 * report.wer.sub / report.wer.num_ref, abs=0.05)
     assert (tmp_path / "out" / "errs.txt").read_text(encoding="utf-8").startswith(f"%WER = {report.wer.rate:.2f}")
+    results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert sorted(results["by_language"]) == ["en", "hi"] and results["missing_hyps"] == 1
+    assert sum(v["wer"]["err"] for v in results["by_language"].values()) == report.wer.err
+    assert any(line.startswith("  hi: ") for line in out)
 
 
 @pytest.mark.parametrize("ref_text,msg", [

@@ -114,7 +114,9 @@ def _context_stats(counts: Counter, disc: Sequence[float]) -> tuple[dict[IdGram,
     return total, {h: mass[h] / total[h] for h in total}
 
 
-def interpolate(counts: list[Counter], discounts: list[Sequence[float]], vocab_size: int):
+def interpolate(
+    counts: list[Counter], discounts: list[Sequence[float]], vocab_size: int
+) -> tuple[list[dict[IdGram, float]], list[dict[IdGram, float]]]:
     """Interpolated probabilities per order and gamma(h) per history (both keyed by id tuples).
 
     `vocab_size` is the size of the predicted vocabulary (words, </s>, <unk>): the uniform
@@ -172,7 +174,13 @@ def prune_ngrams(occurrences: list[Counter], thresholds: Sequence[int]) -> list[
     return keep
 
 
-def backoff_weights(counts, discounts, probs, gammas, keep) -> list[dict[IdGram, float]]:
+def backoff_weights(
+    counts: list[Counter],
+    discounts: list[Sequence[float]],
+    probs: list[dict[IdGram, float]],
+    gammas: list[dict[IdGram, float]],
+    keep: list[set[IdGram]] | None,
+) -> list[dict[IdGram, float]]:
     """Back-off weight per history (index k-1 for histories of length k), renormalised after pruning.
 
     With the children of h split into kept and pruned:
@@ -254,7 +262,13 @@ def train_kneser_ney(
     return model, info
 
 
-def _build_model(probs, bows, keep, vocab: dict[str, int]) -> ArpaModel:
+def _build_model(
+    probs: list[dict[IdGram, float]],
+    bows: list[dict[IdGram, float]],
+    keep: list[set[IdGram]] | None,
+    vocab: dict[str, int],
+) -> ArpaModel:
+    """String-keyed ARPA model in log10; <s> gets lmplz's -99 and its back-off as a history."""
     words = [""] * len(vocab)
     for w, i in vocab.items():
         words[i] = w
