@@ -119,3 +119,98 @@ def test_acoustic_scale_trades_acoustics_against_the_lm(lang):
     assert hlg_words(lang, [lp], opts={"acoustic_scale": 0.05}) == ["ab cab"]
     with pytest.raises(ToolkitError, match="positive"):
         hlg_words(lang, [lp], opts={"beam": -1.0})
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+def make_cuts(tmp_path, texts_langs):
+    import soundfile as sf
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    rng = np.random.default_rng(0)
+    cuts = []
+    for i, (text, language) in enumerate(texts_langs):
+        path = tmp_path / f"u{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(16000 * (0.8 + 0.3 * i)))).astype(np.float32), 16000)
+        rec = Recording.from_file(path, recording_id=f"u{i}")
+        cut = rec.to_cut()
+        cut.supervisions = [SupervisionSegment(id=f"u{i}", recording_id=f"u{i}", start=0.0, duration=rec.duration,
+                                               text=text, language=language)]
+        cuts.append(cut)
+    out = tmp_path / "cuts.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(out)
+    return out, CutSet.from_cuts(cuts)
+
+
+def tiny_checkpoint(tmp_path, lang, kind="ctc"):
+    from toolkit.model.checkpoint import save_checkpoint
+    from toolkit.model.presets import get_preset
+    from toolkit.model.wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
+    from toolkit.text.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.from_lang_dir(lang)
+    cfg = get_preset("tiny")
+    model = Wav2Vec2ForCTC(cfg, tok.vocab_size) if kind == "ctc" else Wav2Vec2ForPretraining(cfg)
+    path = tmp_path / f"{kind}.pt"
+    save_checkpoint(path, model.eval(), cfg, kind, vocab=tok.to_dict())
+    return path, model.eval(), tok, cfg
+
+
+def read_hyps(recogs):
+    import ast
+
+    out = {}
+    for line in recogs.read_text().splitlines():
+        cid, rest = line.split(":\t", 1)
+        if rest.startswith("hyp="):
+            out[cid] = " ".join(ast.literal_eval(rest[4:]))
+    return out
+
+
+def test_decode_command_writes_reports_for_each_method(tmp_path, lang):
+    from toolkit.cli import main
+    from toolkit.data.dataset import AudioDataset
+
+    ckpt, model, tok, cfg = tiny_checkpoint(tmp_path, lang)
+    cuts_path, cuts = make_cuts(tmp_path, [("ab cab", "xx"), ("ba", "yy"), ("cob ab", "xx")])
+    out = tmp_path / "decode"
+    rc = main(["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--lang-dir", str(lang),
+               "--methods", "greedy,hlg", "--lm", str(lang / "lm.arpa"), "--out-dir", str(out),
+               "--max-duration", "2.0", "--nj", "1"])
+    assert rc == 0
+    for m in ["greedy", "hlg"]:
+        for f in ["recogs.txt", "errs.txt", "wer-summary.txt", "timing.txt"]:
+            assert (out / m / f).is_file(), (m, f)
+        timing = (out / m / "timing.txt").read_text()
+        assert all(f"u{i}\t" in timing for i in range(3)) and "# rtf=" in timing
+    # greedy through the command == greedy on each utterance alone (batching must not change outputs)
+    data = AudioDataset(normalize=cfg.normalize, drop_unfit=False)
+    want = {}
+    for cut in cuts:
+        from lhotse import CutSet
+
+        b = data[CutSet.from_cuts([cut])]
+        with torch.inference_mode():
+            lp, n = model(b["audio"], b["lengths"])
+        want[cut.id] = greedy_decode(lp, n, tok)[0]
+    assert read_hyps(out / "greedy" / "recogs.txt") == want
+    vocab = set(WORDS)
+    assert all(set(h.split()) <= vocab for h in read_hyps(out / "hlg" / "recogs.txt").values())
+
+
+def test_decode_command_rejects_mismatched_inputs(tmp_path, lang, capsys):
+    from toolkit.cli import main
+
+    cuts_path, _ = make_cuts(tmp_path, [("ab", "xx")])
+    pre, *_ = tiny_checkpoint(tmp_path, lang, kind="pretrain")
+    assert main(["decode", "--checkpoint", str(pre), "--cuts", str(cuts_path), "--out-dir", str(tmp_path / "o")]) == 1
+    assert "no CTC head" in capsys.readouterr().err
+    ckpt, *_ = tiny_checkpoint(tmp_path, lang)
+    other = char_lang(tmp_path / "other", ["xyz"])
+    assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--lang-dir", str(other),
+                 "--method", "hlg", "--out-dir", str(tmp_path / "o")]) == 1
+    assert "does not match the checkpoint's vocabulary" in capsys.readouterr().err
+    assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(tmp_path / "none.jsonl.gz"),
+                 "--out-dir", str(tmp_path / "o")]) == 1
+    assert "file not found" in capsys.readouterr().err

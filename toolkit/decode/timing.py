@@ -45,6 +45,7 @@ class Timing:
     def summary(self) -> dict[str, float]:
         """The figures handed to the score reports (``write_reports(timing=...)``)."""
         return {
+            "decode_seconds": round(self.forward_seconds + self.search_seconds, 4),
             "audio_seconds": round(self.audio_seconds, 3),
             "forward_seconds": round(self.forward_seconds, 3),
             "search_seconds": round(self.search_seconds, 3),
