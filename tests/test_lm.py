@@ -178,7 +178,7 @@ GOOD = "\\data\\\nngram 1=3\nngram 2=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\ta\t
 
 
 @pytest.mark.parametrize("text,line,what", [
-    ("garbage\n" + GOOD, 1, "\\data\\"),
+    (GOOD.replace("\\data\\", "\\dat\\"), 1, "no \\data\\ header"),
     (GOOD.replace("ngram 1=3", "ngram 1=4"), 10, "has 3 entries"),
     (GOOD.replace("-0.5\ta", "x\ta"), 7, "non-numeric"),
     (GOOD.replace("-0.1\t<s> a", "-0.1\t<s>"), 11, "fields"),
@@ -200,7 +200,7 @@ def test_arpa_reader_accepts_external_file(tmp_path):
     path.write_text("some preamble is not allowed\n", encoding="utf-8")
     with pytest.raises(ToolkitError):
         read_arpa(path)
-    path.write_text(GOOD, encoding="utf-8")
+    path.write_text("# a comment header, as some tools write\n" + GOOD, encoding="utf-8")
     model = read_arpa(path)
     assert model.ngrams[1][(BOS, "a")] == (-0.1, 0.0)
     assert model.logprob("a", [BOS]) == pytest.approx(-0.1)

@@ -151,10 +151,10 @@ def _bad(path: Path, lineno: int, what: str) -> ToolkitError:
 def iter_arpa(path: str | os.PathLike) -> Iterator[tuple[int, Ngram, float, float]]:
     """Stream `(order, ngram, log10 prob, log10 backoff)` from an ARPA file, validating as it goes.
 
-    Checks: the `\\data\\` header with `ngram k=count` lines for k = 1..N, the sections
-    `\\k-grams:` in order with exactly the announced number of entries, entries with a
-    numeric probability <= 0, k words and an optional numeric back-off, and the `\\end\\`
-    marker. Any violation raises `ToolkitError` naming the file and the line.
+    Text before `\\data\\` is skipped, as Kaldi's parser does. Checks: the `\\data\\` header
+    with `ngram k=count` lines for k = 1..N, the sections `\\k-grams:` in order with exactly
+    the announced number of entries, entries with a numeric probability <= 0, k words and an
+    optional numeric back-off, and the `\\end\\` marker. Any violation raises `ToolkitError` naming the file and the line.
     """
     path = Path(path)
     counts: dict[int, int] = {}
@@ -166,9 +166,9 @@ def iter_arpa(path: str | os.PathLike) -> Iterator[tuple[int, Ngram, float, floa
         if not line:
             continue
         if state == "start":
-            if line != "\\data\\":
-                raise _bad(path, lineno, f"expected the \\data\\ header, found {line[:40]!r}")
-            state = "header"
+            # Like Kaldi's ARPA parser, text before \data\ (a comment header) is ignored.
+            if line == "\\data\\":
+                state = "header"
         elif state == "header" and line.startswith("ngram "):
             key, _, value = line[6:].partition("=")
             if not (key.strip().isdigit() and value.strip().isdigit()) or int(key) != len(counts) + 1:
@@ -192,6 +192,8 @@ def iter_arpa(path: str | os.PathLike) -> Iterator[tuple[int, Ngram, float, floa
             raise _bad(path, lineno, "text after \\end\\")
         else:
             raise _bad(path, lineno, f"unexpected line {line[:40]!r}")
+    if state == "start":
+        raise _bad(path, 1, "no \\data\\ header found; this is not an ARPA file")
     if state != "end":
         raise _bad(path, last, "file ends before \\end\\ (truncated?)")
 
