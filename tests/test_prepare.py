@@ -1,0 +1,214 @@
+"""`toolkit prepare`: lhotse cut manifests with normalised text, ISO languages and speakers;
+every bad utterance gives one warning naming its file and is counted; nothing usable -> error."""
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from toolkit.data import synth
+from toolkit.data import validate as V
+from toolkit.data.prepare import prepare
+from toolkit.text.normalize import normalize_text
+from toolkit.utils import ToolkitError
+
+
+@pytest.fixture(scope="module")
+def ls_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ls")
+    synth.synthesize_corpus("librispeech", ["en", "ru"], 0.5, 3, out, seed=4, subset_scale=0.02)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cv_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv")
+    synth.synthesize_corpus("commonvoice", ["fr", "el"], 0.3, 3, out, seed=6)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ls_manifests(ls_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ls_man")
+    report = prepare("librispeech", ls_corpus, out)
+    return out, report
+
+
+def _load(path: Path):
+    from lhotse import CutSet
+
+    return CutSet.from_file(path).to_eager()
+
+
+def test_librispeech_manifests(ls_corpus, ls_manifests):
+    out, report = ls_manifests
+    names = sorted(p.name for p in out.glob("*.jsonl.gz"))
+    assert names == [f"librispeech_cuts_{s}.jsonl.gz" for s in
+                     ["dev-clean", "test-clean", "train-10h", "train-10m", "train-1h", "train-clean-100"]]
+    spk_lang = dict(line.split() for line in (ls_corpus / "LibriSpeech" / "speaker_languages.txt").read_text().splitlines())
+    trans = {}
+    for t in (ls_corpus / "LibriSpeech").rglob("*.trans.txt"):
+        trans.update(line.split(" ", 1) for line in t.read_text(encoding="utf-8").splitlines())
+    train = _load(out / "librispeech_cuts_train-clean-100.jsonl.gz")
+    assert len(train) == sum(1 for k in trans if (ls_corpus / "LibriSpeech" / "train-clean-100" / k.split("-")[0]).is_dir())
+    for cut in train:
+        sup = cut.supervisions[0]
+        assert cut.id == sup.id
+        assert sup.custom["orig_text"] == trans[sup.id]
+        assert sup.text == normalize_text(trans[sup.id], spk_lang[sup.speaker]) and sup.text == sup.text.lower()
+        assert sup.language == spk_lang[sup.speaker] and sup.speaker == sup.id.split("-")[0]
+        assert cut.sampling_rate == 16000
+        info = sf.info(cut.recording.sources[0].source)
+        assert cut.num_samples == info.frames
+    assert {c.supervisions[0].language for c in train} == {"en", "ru"}
+    audio = train[0].load_audio()
+    ref, sr = sf.read(train[0].recording.sources[0].source, dtype="float32")
+    assert sr == 16000 and np.allclose(audio[0], ref, atol=1e-6)
+    # Libri-light subsets are nested subsets of train with the same cut ids.
+    ten_m = _load(out / "librispeech_cuts_train-10m.jsonl.gz")
+    one_h = _load(out / "librispeech_cuts_train-1h.jsonl.gz")
+    assert set(ten_m.ids) <= set(one_h.ids) <= set(train.ids)
+    assert sum(c.duration for c in ten_m) == pytest.approx(12.0, rel=0.05)
+    assert report.total_dropped() == 0
+    assert any(n.startswith("overlap: librispeech dev-clean: 0 of") for n in report.notes)
+
+
+def test_rerun_skips_existing_and_overwrite_redoes(ls_corpus, ls_manifests, caplog):
+    out, _ = ls_manifests
+    target = out / "librispeech_cuts_dev-clean.jsonl.gz"
+    before = target.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="toolkit.data.prepare"):
+        prepare("librispeech", ls_corpus, out, splits=["dev-clean"])
+    assert target.stat().st_mtime_ns == before
+    assert any("skipping librispeech dev-clean" in r.getMessage() for r in caplog.records)
+    prepare("librispeech", ls_corpus, out, splits=["dev-clean"], overwrite=True)
+    assert target.stat().st_mtime_ns != before
+    assert not list(out.glob(".*"))  # no staging dirs or temp files left behind
+
+
+def test_commonvoice_manifests_resampled_with_languages(cv_corpus, tmp_path):
+    report = prepare("commonvoice", cv_corpus, tmp_path, nj=2)
+    for lang in ("fr", "el"):
+        with open(cv_corpus / lang / "train.tsv", newline="", encoding="utf-8") as f:
+            rows = {r["path"]: r for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+        cuts = _load(tmp_path / f"cv-{lang}_cuts_train.jsonl.gz")
+        assert len(cuts) == len(rows)
+        for cut in cuts:
+            sup = cut.supervisions[0]
+            row = rows[Path(cut.recording.sources[0].source).name]
+            assert sup.language == lang and sup.speaker == row["client_id"]
+            assert sup.custom["orig_text"] == row["sentence"]
+            assert sup.text == normalize_text(row["sentence"], lang)
+            assert cut.sampling_rate == 16000
+        audio = cuts[0].load_audio()
+        assert audio.shape == (1, cuts[0].num_samples)
+        src = sf.info(cuts[0].recording.sources[0].source)
+        assert src.samplerate == 48000 and cuts[0].duration == pytest.approx(src.duration, abs=1e-3)
+    greek = _load(tmp_path / "cv-el_cuts_dev.jsonl.gz")
+    assert all("\u0370" <= ch <= "\u03ff" or ch == " " for c in greek for ch in c.supervisions[0].text)
+    assert len([n for n in report.notes if n.startswith("overlap: ")]) == 4
+
+
+def test_languages_filter(cv_corpus, tmp_path):
+    prepare("commonvoice", cv_corpus, tmp_path, languages=["el"], splits=["dev"])
+    assert [p.name for p in tmp_path.glob("*.jsonl.gz")] == ["cv-el_cuts_dev.jsonl.gz"]
+
+
+def test_dev_sentences_in_train_are_reported(cv_corpus, tmp_path):
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    tsv = corpus / "fr" / "dev.tsv"
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    train_sentence = (corpus / "fr" / "train.tsv").read_text(encoding="utf-8").splitlines()[1].split("\t")[3]
+    fields = lines[1].split("\t")
+    fields[3] = train_sentence
+    tsv.write_text("\n".join([lines[0], "\t".join(fields)] + lines[2:]) + "\n", encoding="utf-8")
+    report = prepare("commonvoice", corpus, tmp_path / "man")
+    assert f"overlap: cv-fr dev: 1 of {len(lines) - 1} sentences also in train" in "\n".join(report.notes)
+
+
+def _damage_librispeech(corpus: Path) -> dict[str, str]:
+    """Break seven train utterances, one per failure mode; returns file name -> expected reason."""
+    part = corpus / "LibriSpeech" / "train-clean-100"
+    flacs = sorted(part.rglob("*.flac"))
+    expected = {}
+    missing, garbage, truncated, empty, short, long, dense = flacs[:7]
+    missing.unlink()
+    expected[missing.name] = "missing audio file"
+    garbage.write_bytes(b"this is not audio" * 200)
+    expected[garbage.name] = "unreadable audio"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 5])
+    expected[truncated.name] = "corrupt audio"
+    trans = next(empty.parent.glob("*.trans.txt"))
+    trans.write_text("".join(f"{ln.split()[0]} ...\n" if ln.startswith(empty.stem) else ln + "\n"
+                             for ln in trans.read_text(encoding="utf-8").splitlines()), encoding="utf-8")
+    expected[empty.name] = "empty text after normalisation"
+    sf.write(short, np.zeros(800, dtype="float32"), 16000, format="FLAC")  # 0.05 s
+    expected[short.name] = "too short"
+    sf.write(long, 0.1 * np.random.default_rng(0).standard_normal(16000 * 21).astype("float32"), 16000, format="FLAC")
+    expected[long.name] = "too long"
+    sf.write(dense, np.zeros(3200, dtype="float32"), 16000, format="FLAC")  # 0.2 s: 10 frames for a sentence
+    expected[dense.name] = "text too long for the audio"
+    return expected
+
+
+def test_each_bad_utterance_one_warning_naming_the_file(ls_corpus, tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ls_corpus / "LibriSpeech", corpus / "LibriSpeech")
+    expected = _damage_librispeech(corpus)
+    n_listed = sum(len(t.read_text().splitlines()) for t in (corpus / "LibriSpeech" / "train-clean-100").rglob("*.trans.txt"))
+    with caplog.at_level(logging.WARNING, logger="toolkit.data.prepare"):
+        report = prepare("librispeech", corpus, tmp_path / "man", splits=["train-clean-100"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "dropped" in r.getMessage()]
+    assert len(warnings) == len(expected)
+    for name, reason in expected.items():
+        lines = [w for w in warnings if name in w]
+        assert len(lines) == 1 and reason in lines[0] and "\n" not in lines[0], (name, lines)
+    manifest = "librispeech_train-clean-100"
+    assert report.total_dropped(manifest) == 7 and report.kept[manifest] == n_listed - 7
+    assert sum(n for r, n in report.dropped[manifest].items() if r.startswith("too short")) == 1
+    cuts = _load(tmp_path / "man" / "librispeech_cuts_train-clean-100.jsonl.gz")
+    assert len(cuts) == n_listed - 7
+    assert not {Path(c.recording.sources[0].source).name for c in cuts} & set(expected)
+    assert "7 (" in report.summary()
+
+
+def test_nothing_usable_is_a_one_line_error(cv_corpus, tmp_path, capsys):
+    from toolkit.cli import main
+
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "el", corpus / "el")
+    shutil.rmtree(corpus / "el" / "clips")
+    with pytest.raises(ToolkitError, match="no usable utterance"):
+        prepare("commonvoice", corpus, tmp_path / "man")
+    rc = main(["prepare", "commonvoice", "--corpus-dir", str(corpus), "--out", str(tmp_path / "man2")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("toolkit prepare: error:")]
+    assert rc == 1 and len(err) == 1 and str(corpus) in err[0]
+    assert not list((tmp_path / "man2").glob("*.jsonl.gz"))
+
+
+def test_bad_corpus_dir_and_split_errors(ls_corpus, tmp_path):
+    with pytest.raises(ToolkitError, match="no LibriSpeech/ folder"):
+        prepare("librispeech", tmp_path, tmp_path / "man")
+    with pytest.raises(ToolkitError, match="train-other-500 not found"):
+        prepare("librispeech", ls_corpus, tmp_path / "man", splits=["train-other-500"])
+    with pytest.raises(ToolkitError, match="no <lang>/train.tsv"):
+        prepare("commonvoice", tmp_path, tmp_path / "man")
+
+
+def test_frame_count_matches_the_feature_encoder_convolutions():
+    # Independent reference: walk the 7 convolutions of the wav2vec 2.0 feature encoder.
+    for samples in (399, 400, 401, 719, 720, 1600, 16000, 12345):
+        length = samples
+        for k, s in zip((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)):
+            length = max(0, (length - k) // s + 1) if length >= k else 0
+        assert V.num_frames(samples / 16000) == length, samples
+    assert V.resolve_min_duration("auto") == V.AUTO_MIN_DURATION
+    assert V.resolve_min_duration("0.001") == 400 / 16000  # never below one frame
+    assert V.ctc_min_frames("aa b") == 5  # a a | b + one blank between the repeated a's
