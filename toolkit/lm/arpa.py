@@ -154,7 +154,8 @@ def iter_arpa(path: str | os.PathLike) -> Iterator[tuple[int, Ngram, float, floa
     Text before `\\data\\` is skipped, as Kaldi's parser does. Checks: the `\\data\\` header
     with `ngram k=count` lines for k = 1..N, the sections `\\k-grams:` in order with exactly
     the announced number of entries, entries with a numeric probability <= 0, k words and an
-    optional numeric back-off, and the `\\end\\` marker. Any violation raises `ToolkitError` naming the file and the line.
+    optional numeric back-off, and the `\\end\\` marker. Any violation raises `ToolkitError`
+    naming the file and the line.
     """
     path = Path(path)
     counts: dict[int, int] = {}
