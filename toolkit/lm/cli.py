@@ -101,6 +101,8 @@ def run_train(args: argparse.Namespace) -> None:
     prune_thresholds(args.prune, args.order)  # validate before any work
     if args.order < 1:
         raise ToolkitError(f"--order {args.order}: the n-gram order must be at least 1")
+    if args.order == 1:
+        log.warning("--order 1: a unigram ARPA is valid, but KenLM refuses to load models below order 2")
     lmplz = shutil.which("lmplz") if args.engine in ("auto", "lmplz") else None
     if args.engine == "lmplz" and lmplz is None:
         raise ToolkitError("--engine lmplz: lmplz is not on PATH; install KenLM or use --engine toolkit")
