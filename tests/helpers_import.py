@@ -150,6 +150,8 @@ def fairseq_checkpoint(mode: str, kind: str, style: str, ta_model: torch.nn.Modu
         from omegaconf import OmegaConf
 
         ckpt.update(args=None, cfg=OmegaConf.create(cfg))
+    elif style == "structured":
+        ckpt.update(args=None, cfg=structured_cfg(cfg))
     elif style == "args":  # old fairseq: one flat namespace; model + task + criterion options
         flat = {**model_cfg, **task, **crit, "arch": "wav2vec2", "latent_temp": "(2,0.5,0.999995)",
                 "loss_weights": str(crit["loss_weights"])}
@@ -206,3 +208,69 @@ def hf_tiny_config(**kw) -> "object":
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+def fake_fairseq_modules() -> dict:
+    """Empty modules named like fairseq's, to hold dataclasses/enums that pickle by fairseq names.
+
+    Tests install them with monkeypatch.setitem(sys.modules, ...) only while *writing* a
+    checkpoint; the importer must read it back without them (it never imports fairseq).
+    """
+    import types
+
+    names = ["fairseq", "fairseq.dataclass", "fairseq.dataclass.constants", "fairseq.models",
+             "fairseq.models.wav2vec", "fairseq.models.wav2vec.wav2vec2"]
+    return {n: types.ModuleType(n) for n in names}
+
+
+def structured_cfg(cfg: dict):
+    """An omegaconf structured config like fairseq 0.10-1.0 pickled in checkpoints: a dataclass
+    model section (typed fields, an enum for extractor_mode, Optional/List/Tuple annotations)
+    whose classes live in the fake fairseq modules, which must be in sys.modules while pickling.
+    """
+    import dataclasses
+    import enum
+    import typing
+
+    from omegaconf import OmegaConf
+
+    import sys
+
+    consts, w2v = sys.modules["fairseq.dataclass.constants"], sys.modules["fairseq.models.wav2vec.wav2vec2"]
+    choices = enum.Enum("ExtractorMode", {"default": "default", "layer_norm": "layer_norm"},
+                        module=consts.__name__)
+    consts.ExtractorMode = choices
+
+    def typed_fields(section: dict) -> list:
+        out = []
+        for k, v in section.items():
+            if k == "extractor_mode":
+                out.append((k, choices, dataclasses.field(default=choices(v))))
+            elif isinstance(v, list):
+                out.append((k, typing.Tuple[float, float, float] if k == "latent_temp" else typing.List[float],
+                            dataclasses.field(default_factory=lambda v=v: list(v))))
+            elif isinstance(v, dict):  # w2v_args: a nested config without schema
+                out.append((k, typing.Any, dataclasses.field(default=None)))
+            else:
+                tp = typing.Optional[type(v)] if v is not None else typing.Any
+                out.append((k, tp, dataclasses.field(default=v)))
+        return out
+
+    def make(name: str, section: dict, module) -> type:
+        cls = dataclasses.make_dataclass(name, typed_fields(section))
+        cls.__module__ = module.__name__
+        setattr(module, name, cls)
+        return cls
+
+    model = cfg["model"]
+    if "w2v_args" in model:  # fine-tuning: the pretraining config nested as a plain container
+        ft_cls = make("Wav2Vec2CtcConfig", model, w2v)
+        node = OmegaConf.structured(ft_cls)
+        inner = dict(model["w2v_args"])
+        inner["model"] = OmegaConf.structured(make("Wav2Vec2Config", inner["model"], w2v))
+        node.w2v_args = OmegaConf.create(inner)
+    else:
+        node = OmegaConf.structured(make("Wav2Vec2Config", model, w2v))
+    top = OmegaConf.create({k: v for k, v in cfg.items() if k != "model"})
+    top.model = node
+    return top

@@ -105,6 +105,10 @@ def _standin_class(full_name: str) -> type:
 # numpy scalars in extra_state, typing.Any in omegaconf metadata).
 _STANDIN_MODULES = frozenset({"omegaconf", "fairseq", "hydra", "numpy", "typing", "enum", "pathlib"})
 
+# Callables that typing annotations in omegaconf metadata pickle through (`List[int]` is
+# `operator.getitem(typing.List, int)`, `NoneType` is `type(None)`): recorded, never called.
+_STANDIN_NAMES = frozenset({"_operator.getitem", "operator.getitem", "builtins.type"})
+
 _BUILTINS_ALLOWED = frozenset(
     {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes",
      "bytearray", "bool", "slice", "range"}
@@ -152,7 +156,7 @@ def _allowed_global(module: str, name: str) -> Any:
         if name == "_load_from_bytes":  # legacy storages re-enter torch.load (weights_only)
             return _storage_from_bytes
         return getattr(torch.storage, name)
-    if module.split(".")[0] in _STANDIN_MODULES:
+    if module.split(".")[0] in _STANDIN_MODULES or full in _STANDIN_NAMES:
         return _standin_class(full)
     raise DisallowedGlobal(full)
 
