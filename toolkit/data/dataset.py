@@ -14,6 +14,9 @@ Batch contract (ARCHITECTURE.md, "Data"), B cuts, S samples at 16 kHz:
   its file: audio that fails to load or is shorter than one model frame (400 samples), and,
   with a tokenizer, utterances whose frame count cannot fit their labels under CTC
   (labels + repeated neighbours; DESIGN §9: such cuts drive CTC to blank-only output).
+  A batch whose every cut was dropped comes back empty (B = 0) rather than stopping a long
+  run. With `drop_unfit=False` (decoding: every utterance must be scored) the first such cut
+  raises ToolkitError naming the cut and its file instead.
 
 Semantics follow fairseq's RawAudioDataset:
 - `normalize=True` (LARGE / XLSR checkpoints): each utterance is normalised to zero mean and
@@ -84,9 +87,8 @@ class AudioDataset(torch.utils.data.Dataset):
         max_sample_size: longest utterance in samples after cropping; None = no limit.
         speed_perturb: random 0.9 / 1.0 / 1.1 speed per cut (training only).
         seed: base of the per-batch random generator.
-        drop_unfit: drop cuts that cannot yield a CTC alignment (with a tokenizer) or a
-            single frame; False keeps them (e.g. for inference, where nothing is dropped
-            silently: too-short audio then raises).
+        drop_unfit: drop (with a warning) cuts whose audio fails to load, is shorter than a
+            frame, or cannot fit its labels under CTC; False raises ToolkitError on them.
     """
 
     def __init__(self, tokenizer: Any = None, normalize: bool = False, crop_to_shortest: bool = False,
@@ -129,8 +131,8 @@ class AudioDataset(torch.utils.data.Dataset):
         return wav
 
     def _drop(self, cut: Any, why: str) -> None:
-        if not self.drop_unfit and "fails to load" not in why:
-            raise ToolkitError(f"cut {cut.id} ({audio_source(cut)}): {why}")
+        if not self.drop_unfit:
+            raise ToolkitError(f"cut {cut.id} ({audio_source(cut)}): {why}; fix the file or remove the cut from the manifest")
         log.warning("dropping cut %s (%s): %s", cut.id, audio_source(cut), why)
 
     # ------------------------------------------------------------------ the batch
@@ -161,8 +163,8 @@ class AudioDataset(torch.utils.data.Dataset):
                 wav = F.layer_norm(wav, wav.shape)
             kept.append((cut, wav, ids))
         if not kept:
-            raise ToolkitError(f"every cut of a batch was dropped (first: {cut_list[0].id}, {audio_source(cut_list[0])}); "
-                               f"check the audio files and transcripts (see the warnings above)")
+            log.error("every cut of a batch was dropped (first: %s, %s); check the audio files and transcripts",
+                      cut_list[0].id, audio_source(cut_list[0]))
         batch = self._collate([w for _, w, _ in kept], rng)
         batch["texts"] = [_text(c) for c, _, _ in kept]
         batch["cut_ids"] = [c.id for c, _, _ in kept]
@@ -174,7 +176,7 @@ class AudioDataset(torch.utils.data.Dataset):
         return batch
 
     def _collate(self, wavs: list[torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
-        sizes = [w.numel() for w in wavs]
+        sizes = [w.numel() for w in wavs] or [0]
         limit = self.max_sample_size or max(sizes)
         target = min(min(sizes) if self.crop_to_shortest else max(sizes), limit)
         audio = torch.zeros(len(wavs), target, dtype=torch.float32)
@@ -199,7 +201,7 @@ def _language(cut: Any) -> str | None:
 
 def _pad_targets(seqs: list[list[int]]) -> dict[str, torch.Tensor]:
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    targets = torch.full((len(seqs), max(1, int(lengths.max()))), -1, dtype=torch.long)
+    targets = torch.full((len(seqs), max([1, *map(len, seqs)])), -1, dtype=torch.long)
     for i, s in enumerate(seqs):
         targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return {"targets": targets, "target_lengths": lengths}
