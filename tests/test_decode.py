@@ -93,6 +93,9 @@ def test_lattice_rescoring_with_a_larger_lm(lang):
 
     g2 = rescore_grammar(lang, lang / "lm.arpa")
     assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2) == ["ab cab"]
+    # n-best rescoring agrees once the right sentence is among the n best; a 1-best list cannot fix it
+    assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2, opts={"num_paths": 10}) == ["ab cab"]
+    assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2, opts={"num_paths": 1}) == ["ab cob"]
     # a clear acoustic signal is not overruled by the rescoring LM
     clear = ctc_frames(spell_ids(lang, "ab cob"), lg.num_tokens, peak=12.0)
     assert hlg_words(lang, [clear], method="hlg-rescore", rescore_g=g2) == ["ab cob"]
@@ -214,3 +217,21 @@ def test_decode_command_rejects_mismatched_inputs(tmp_path, lang, capsys):
     assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(tmp_path / "none.jsonl.gz"),
                  "--out-dir", str(tmp_path / "o")]) == 1
     assert "file not found" in capsys.readouterr().err
+
+
+def test_k2_methods_without_k2_say_how_to_install_it(tmp_path, lang):
+    import importlib.util
+
+    if importlib.util.find_spec("k2") is not None:
+        pytest.skip("k2 is installed here; tests/test_k2.py covers it")
+    from toolkit.lm.k2_graph import K2_MISSING, k2_ctc_topo
+
+    with pytest.raises(ToolkitError) as e:
+        k2_ctc_topo(5)
+    assert str(e.value) == K2_MISSING
+    from toolkit.cli import main
+
+    ckpt, *_ = tiny_checkpoint(tmp_path, lang)
+    cuts_path, _ = make_cuts(tmp_path, [("ab", "xx")])
+    assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--lang-dir", str(lang),
+                 "--method", "k2-ctc", "--out-dir", str(tmp_path / "o")]) == 1

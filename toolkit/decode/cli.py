@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam", type=float, default=16.0, help="search beam (cost units)")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam of hlg-rescore")
     parser.add_argument("--max-active", type=int, default=10000, help="most active states per frame")
-    parser.add_argument("--num-paths", type=int, default=100, help="n-best size of k2-nbest-rescore")
+    parser.add_argument("--num-paths", type=int, default=0,
+                        help="rescoring: 0 = whole lattice (hlg-rescore), N = the N best word sequences "
+                             "(k2-nbest-rescore uses 100 when 0)")
     parser.add_argument("--nj", type=int, default=1, help="worker processes for the CPU WFST search")
     parser.add_argument("--device", default="auto", help="model device: auto, cpu, cuda, cuda:N")
     parser.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per model batch")
@@ -199,7 +201,7 @@ def make_searcher(method: str, args, lang_dir: Path | None, tokenizer, device):
         return _WfstSearch(method, args, lang_dir)
     from toolkit.decode.k2_decode import K2Search
 
-    return K2Search(method, args, lang_dir, device)
+    return K2Search(method, args, lang_dir, tokenizer, device)
 
 
 class _GreedySearch:
@@ -240,7 +242,7 @@ class _WfstSearch:
 
             rescore_g = rescore_grammar(lang_dir, args.rescore_lm)
         opts = WfstOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, max_active=args.max_active,
-                           lattice_beam=args.lattice_beam, lm_scale=args.lm_scale)
+                           lattice_beam=args.lattice_beam, lm_scale=args.lm_scale, num_paths=args.num_paths)
         self.runner = WfstRunner(method, hlg, opts, nj=args.nj, rescore_g=rescore_g,
                                  backoff_id=self.lang.words["#0"])
 

@@ -2,7 +2,8 @@
 
 - ``hlg``: one-best Viterbi beam search (``kaldi_decoder.FasterDecoder``).
 - ``hlg-rescore``: a lattice (``LatticeSimpleDecoder``), its first-pass LM scores replaced by a larger
-  LM's (whole-lattice rescoring: the word lattice, acoustic costs only, composed with the new G).
+  LM's: whole-lattice rescoring (the word lattice, acoustic costs only, composed with the new G) or
+  n-best rescoring (``num_paths`` distinct word sequences, each scored by the new G).
 
 Costs are negated, scaled log-probabilities: a path's cost is ``-acoustic_scale * sum log p + G cost``
 in the first pass and ``-acoustic_scale * sum log p + lm_scale * G_big cost`` after rescoring.
@@ -36,6 +37,7 @@ class WfstOptions:
     min_active: int = 20
     lattice_beam: float = 8.0
     lm_scale: float = 1.0  # weight of the rescoring LM relative to the scaled acoustics
+    num_paths: int = 0  # rescoring: 0 = whole lattice, N > 0 = the N best distinct word sequences
 
     def check(self) -> None:
         if self.acoustic_scale <= 0 or self.beam <= 0 or self.lattice_beam <= 0 or self.lm_scale <= 0:
@@ -79,24 +81,59 @@ class HlgDecoder:
         return list(words) if ok else []
 
 
-def lattice_to_word_fst(lat, acoustic_weight: float) -> kaldifst.StdVectorFst:
-    """Word acceptor of a raw lattice whose arc costs are ``acoustic_weight`` x the acoustic cost only.
-
-    The lattice's graph costs (first-pass LM) are dropped so that a new LM can replace them.
-    """
-    lines = []
-    for line in lat.to_str().splitlines():
-        p = line.split()
-        if len(p) >= 4:  # arc: src dst ilabel olabel [graph,acoustic]
-            ac = float(p[4].split(",")[1]) if len(p) > 4 else 0.0
-            lines.append(f"{p[0]} {p[1]} {p[3]} {p[3]} {ac * acoustic_weight}")
-        elif p:  # final state: s [graph,acoustic]
-            ac = float(p[1].split(",")[1]) if len(p) > 1 else 0.0
-            lines.append(f"{p[0]} {ac * acoustic_weight}")
+def word_acceptor(arcs: list[tuple[str, str, str, float]], finals: list[tuple[str, float]]) -> kaldifst.StdVectorFst:
+    """Epsilon-free word acceptor from (src, dst, word, cost) arcs and (state, cost) finals."""
+    lines = [f"{s} {d} {w} {w} {c}" for s, d, w, c in arcs] + [f"{s} {c}" for s, c in finals]
     fst = kaldifst.compile("\n".join(lines) + "\n")
     kaldifst.rmepsilon(fst)
     kaldifst.arcsort(fst, sort_type="olabel")
     return fst
+
+
+def lattice_to_word_fst(lat, acoustic_weight: float) -> kaldifst.StdVectorFst:
+    """Word acceptor of a raw Kaldi lattice with arc costs ``acoustic_weight`` x the acoustic cost only.
+
+    The lattice's graph costs (first-pass LM) are dropped so that a new LM can replace them.
+    """
+    arcs, finals = [], []
+    for line in lat.to_str().splitlines():
+        p = line.split()
+        if len(p) >= 4:  # arc: src dst ilabel olabel [graph,acoustic]
+            ac = float(p[4].split(",")[1]) if len(p) > 4 else 0.0
+            arcs.append((p[0], p[1], p[3], ac * acoustic_weight))
+        elif p:  # final state: s [graph,acoustic]
+            finals.append((p[0], float(p[1].split(",")[1]) * acoustic_weight if len(p) > 1 else 0.0))
+    return word_acceptor(arcs, finals)
+
+
+def lm_cost(G: kaldifst.StdVectorFst, words: Sequence[int]) -> float:
+    """Cost (-ln P) of a word sequence under G (``#0`` removed; tropical: best back-off path)."""
+    a = kaldifst.make_linear_acceptor(list(words))
+    kaldifst.arcsort(a, sort_type="olabel")
+    best = kaldifst.shortest_path(kaldifst.compose(a, G))
+    ok, _, _, w = kaldifst.get_linear_symbol_sequence(best)
+    return float(w.value) if ok and best.num_states > 0 else float("inf")
+
+
+def rescore_word_fst(words: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst, num_paths: int = 0) -> list[int] | None:
+    """Best word sequence of ``words`` (costs: acoustics / lm_scale) plus G's cost; None if none survives.
+
+    ``num_paths`` = 0: whole-lattice rescoring (compose with G, shortest path). > 0: n-best rescoring of
+    the ``num_paths`` distinct best word sequences (determinized, so each sequence once with its best
+    acoustic cost), each scored by G.
+    """
+    if num_paths <= 0:
+        best = kaldifst.shortest_path(kaldifst.compose(words, G))
+        ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best)
+        return list(out) if ok and best.num_states > 0 else None
+    det = kaldifst.determinize(words)
+    scored = []
+    for path in kaldifst.convert_nbest_to_vector(kaldifst.shortest_path(det, n=num_paths)):
+        ok, _, seq, w = kaldifst.get_linear_symbol_sequence(path)
+        if ok:
+            scored.append((float(w.value) + lm_cost(G, seq), list(seq)))
+    scored = [x for x in scored if x[0] != float("inf")]
+    return min(scored)[1] if scored else None
 
 
 class LatticeRescorer:
@@ -120,11 +157,9 @@ class LatticeRescorer:
         ok, lat = self.decoder.get_raw_lattice(use_final_probs=True)
         if ok and lat.num_states > 0:
             # total = acoustic + lm_scale * LM  ==  acoustic / lm_scale + LM  (same arg-min)
-            words = lattice_to_word_fst(lat, 1.0 / self.opts.lm_scale)
-            best = kaldifst.shortest_path(kaldifst.compose(words, self.G))
-            ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best)
-            if ok and best.num_states > 0:
-                return list(out)
+            out = rescore_word_fst(lattice_to_word_fst(lat, 1.0 / self.opts.lm_scale), self.G, self.opts.num_paths)
+            if out is not None:
+                return out
         # No path survives with the new LM (e.g. its vocabulary misses a word): keep the first pass.
         ok, best = self.decoder.get_best_path(use_final_probs=False)
         ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)

@@ -1,0 +1,92 @@
+"""k2 backend (optional): the same test data through k2 and through kaldi-decoder must agree.
+
+Skipped where k2 is not installed; wherever it is (e.g. a CUDA box with k2's wheel), these tests
+compare k2-ctc with greedy decoding, k2-hlg with hlg, and k2-nbest-rescore with hlg-rescore.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+k2 = pytest.importorskip("k2")
+
+from graph_fixtures import char_lang, ctc_frames, spell_ids, write_arpa  # noqa: E402
+from toolkit.decode.greedy import greedy_ids  # noqa: E402
+from toolkit.decode.k2_decode import K2Search  # noqa: E402
+from toolkit.decode.wfst import WfstOptions, decode_matrices  # noqa: E402
+from toolkit.lm.compile import rescore_grammar  # noqa: E402
+from toolkit.lm.graph import Lang, compile_graphs  # noqa: E402
+
+pytestmark = pytest.mark.k2
+WORDS = ["ab", "ba", "cab", "cob"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def lang(tmp_path):
+    d = char_lang(tmp_path / "lang", WORDS)
+    write_arpa(d / "lm.arpa",
+               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
+                "cab": (-1.50, -0.50), "cob": (-0.60, -0.50)},
+               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
+                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
+    return d
+
+
+def options(**kw):
+    base = dict(acoustic_scale=1.0, beam=20.0, lattice_beam=8.0, max_active=10000, lm_scale=1.0, num_paths=0,
+                lm=None, order=None, rescore_lm=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def batch(mats):
+    lengths = torch.tensor([m.shape[0] for m in mats])
+    return torch.nn.utils.rnn.pad_sequence([torch.from_numpy(m) for m in mats], batch_first=True), lengths
+
+
+class Tok:
+    def __init__(self, n):
+        self.vocab_size = n
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_k2_ctc_equals_greedy():
+    rng = np.random.default_rng(0)
+    mats = [torch.from_numpy(rng.normal(size=(n, 6)).astype(np.float32)).log_softmax(-1).numpy() for n in (9, 20, 3)]
+    lp, lengths = batch(mats)
+    search = K2Search("k2-ctc", options(), None, Tok(6), DEVICE)
+    assert search.decode_ids(lp, lengths) == greedy_ids(lp, lengths)
+
+
+def test_k2_hlg_equals_kaldi_hlg(lang):
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    sentences = ["ab cab", "ba ab cob", "cob"]
+    mats = [ctc_frames(spell_ids(lang, s), lg.num_tokens, seed=i) for i, s in enumerate(sentences)]
+    mats.append(ctc_frames(spell_ids(lang, "ab cab"), lg.num_tokens, ambiguous={4: [lg.tokens["o"]]}))
+    kaldi = [ids for ids, _ in decode_matrices(mats, "hlg", lang / "HLG.fst", WfstOptions())]
+    lp, lengths = batch(mats)
+    search = K2Search("k2-hlg", options(lm=str(lang / "lm.arpa")), lang, None, DEVICE)
+    assert search.decode_ids(lp, lengths) == kaldi
+    assert [" ".join(lg.words_of(k)) for k in kaldi] == sentences + ["ab cab"]
+
+
+def test_k2_nbest_rescore_equals_hlg_rescore(lang):
+    compile_graphs(lang, lang / "lm.arpa", order=1)
+    lg = Lang.load(lang)
+    lp1 = ctc_frames(spell_ids(lang, "ab cab"), lg.num_tokens, ambiguous={4: [lg.tokens["o"]]})
+    lp1[:, lg.tokens["a"]] = np.maximum(lp1[:, lg.tokens["a"]], lp1[:, lg.tokens["o"]])
+    g2 = rescore_grammar(lang, lang / "lm.arpa")
+    kaldi = [ids for ids, _ in decode_matrices([lp1], "hlg-rescore", lang / "HLG.fst", WfstOptions(num_paths=10),
+                                               rescore_g=g2, backoff_id=lg.words["#0"])]
+    lp, lengths = batch([lp1])
+    search = K2Search("k2-nbest-rescore", options(lm=str(lang / "lm.arpa"), order=1, num_paths=10,
+                                                  rescore_lm=str(lang / "lm.arpa")), lang, None, DEVICE)
+    assert search.decode_ids(lp, lengths) == kaldi
+    assert lg.words_of(kaldi[0]) == ["ab", "cab"]
