@@ -36,6 +36,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import logging
@@ -43,8 +44,9 @@ import os
 import random
 import shutil
 import subprocess
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,37 +224,65 @@ def build_utterances(fmt: str, out: Path, language: str, plan: dict[str, list[tu
 # ---------------------------------------------------------------------------------------
 # Synthesis
 
-def synthesize_one(utt: Utterance) -> float:
-    """espeak-ng -> sox (16 kHz FLAC) or ffmpeg (48 kHz MP3); returns the file's duration in seconds.
+MP3_BATCH = 16  # utterances per ffmpeg process: its start-up costs more than encoding one sentence
 
-    An existing file is trusted: it was renamed into place only after a complete write.
+
+def espeak_wav(utt: Utterance) -> bytes:
+    """The utterance as espeak-ng's 22.05 kHz WAV bytes (text on stdin: never taken for an option)."""
+    spk = utt.speaker
+    return subprocess.run(["espeak-ng", "-v", spk.voice, "-s", str(spk.rate), "-p", str(spk.pitch), "--stdout"],
+                          input=utt.text.encode("utf-8"), capture_output=True, check=True).stdout
+
+
+def _run_encoder(cmd: list[str], what: Path, stdin: bytes | None = None) -> None:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        raise ToolkitError(f"{what}: {cmd[0]} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+def synthesize_batch(utts: list[Utterance]) -> list[float]:
+    """Synthesise the utterances whose file is missing; return every file's duration (s).
+
+    FLAC: espeak-ng | sox (16 kHz, no dither so the bytes are identical for a seed).
+    MP3: one ffmpeg process encodes the whole batch (48 kHz mono, 64 kb/s, bit-exact).
+    Files are written under temporary names and renamed, so an existing file is complete.
     """
-    if not utt.path.is_file():
-        spk = utt.speaker
-        # Text on stdin: a sentence can never be mistaken for an option.
-        wav = subprocess.run(["espeak-ng", "-v", spk.voice, "-s", str(spk.rate), "-p", str(spk.pitch), "--stdout"],
-                             input=utt.text.encode("utf-8"), capture_output=True, check=True).stdout
-        utt.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(utt.path) as tmp:
-            if utt.path.suffix == ".flac":
-                # -D: no dither, so the bytes are identical for a seed.
-                cmd = ["sox", "-D", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-t", "flac", str(tmp)]
-            else:
-                cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "wav", "-i", "pipe:0", "-ar", "48000", "-ac", "1",
-                       "-b:a", "64k", "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "mp3", str(tmp)]
-            proc = subprocess.run(cmd, input=wav, capture_output=True)
-            if proc.returncode != 0:
-                raise ToolkitError(f"{utt.path}: {cmd[0]} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    return sf.info(str(utt.path)).duration
+    todo = [u for u in utts if not u.path.is_file()]
+    for u in todo:
+        u.path.parent.mkdir(parents=True, exist_ok=True)
+    flac = [u for u in todo if u.path.suffix == ".flac"]
+    mp3 = [u for u in todo if u.path.suffix != ".flac"]
+    for u in flac:
+        with atomic_path(u.path) as tmp:
+            _run_encoder(["sox", "-D", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-t", "flac", str(tmp)],
+                         u.path, espeak_wav(u))
+    if mp3:
+        with tempfile.TemporaryDirectory(prefix=".synth-", dir=mp3[0].path.parent) as tmpdir, \
+                contextlib.ExitStack() as stack:
+            cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+            for k, u in enumerate(mp3):
+                wav = Path(tmpdir) / f"{k}.wav"
+                wav.write_bytes(espeak_wav(u))
+                cmd += ["-f", "wav", "-i", str(wav)]
+            for k, u in enumerate(mp3):
+                tmp = stack.enter_context(atomic_path(u.path))
+                cmd += ["-map", str(k), "-ar", "48000", "-ac", "1", "-b:a", "64k", "-map_metadata", "-1",
+                        "-fflags", "+bitexact", "-f", "mp3", str(tmp)]
+            _run_encoder(cmd, mp3[0].path.parent)
+    return [sf.info(str(u.path)).duration for u in utts]
 
 
 def synthesize_all(utts: list[Utterance], nj: int) -> dict[str, float]:
     """Run the synthesis jobs; threads suffice because the work happens in subprocesses."""
+    size = MP3_BATCH if utts and utts[0].path.suffix == ".mp3" else 1
+    batches = [utts[i:i + size] for i in range(0, len(utts), size)]
     durations: dict[str, float] = {}
-    with ThreadPoolExecutor(max(1, nj)) as ex:
-        futures = {ex.submit(synthesize_one, u): u.utt_id for u in utts}
-        for fut in tqdm(futures, desc="synthesising", unit="utt"):
-            durations[futures[fut]] = fut.result()
+    with ThreadPoolExecutor(max(1, nj)) as ex, tqdm(total=len(utts), desc="synthesising", unit="utt") as bar:
+        futures = {ex.submit(synthesize_batch, b): b for b in batches}
+        for fut in as_completed(futures):
+            for u, d in zip(futures[fut], fut.result()):
+                durations[u.utt_id] = d
+            bar.update(len(futures[fut]))
     return durations
 
 
