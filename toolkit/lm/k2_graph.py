@@ -41,6 +41,9 @@ def fst_text_for_k2(fst, unshift_ilabels: bool) -> str:
         p = line.split()
         if len(p) >= 4 and unshift_ilabels and int(p[2]) > 0:
             p[2] = str(int(p[2]) - TOKEN_OFFSET)
+        # explicit costs: OpenFst omits zero weights, older k2 parsers need every field
+        if len(p) == 4 or len(p) == 1:
+            p.append("0")
         lines.append(" ".join(p))
     return "\n".join(lines) + "\n"
 
