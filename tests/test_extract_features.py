@@ -3,6 +3,7 @@
 one-line errors for bad input."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,11 @@ import helpers_import as H  # noqa: E402
 from toolkit.cli import main  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def _without_log_lines(text: str) -> str:
+    """Command output minus logging records (`HH:MM:SS LEVEL [logger] ...`)."""
+    return "\n".join(l for l in text.strip().splitlines() if not re.match(r"^\d\d:\d\d:\d\d [A-Z]+ \[", l))
 TOL = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +48,7 @@ def _extract(capsys, ckpt: Path, audio: Path, out: Path, *extra: str) -> tuple[i
     capsys.readouterr()
     rc = main(["extract-features", "--checkpoint", str(ckpt), *extra, str(audio), str(out)])
     cap = capsys.readouterr()
-    return rc, (cap.out + cap.err).strip()
+    return rc, _without_log_lines(cap.out + cap.err)
 
 
 def _hf_layers(hf, wav: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

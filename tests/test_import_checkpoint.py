@@ -8,6 +8,7 @@ checked against torchaudio's own fairseq key map in helpers_import) and transfor
 """
 from __future__ import annotations
 
+import re
 import argparse
 import os
 import pickle
@@ -24,6 +25,11 @@ from toolkit.cli import main  # noqa: E402
 from toolkit.model.checkpoint import build_model, config_of, load_checkpoint  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def _without_log_lines(text: str) -> str:
+    """Command output minus logging records (`HH:MM:SS LEVEL [logger] ...`)."""
+    return "\n".join(l for l in text.strip().splitlines() if not re.match(r"^\d\d:\d\d:\d\d [A-Z]+ \[", l))
 TOL = 1e-4
 
 
@@ -31,7 +37,7 @@ def _import(capsys, source: str, src: Path, out: Path, *extra: str) -> tuple[int
     capsys.readouterr()  # drop earlier output (save_pretrained progress bars)
     rc = main(["import-checkpoint", "--from", source, str(src), str(out), *extra])
     cap = capsys.readouterr()
-    return rc, (cap.out + cap.err).strip()
+    return rc, _without_log_lines(cap.out + cap.err)
 
 
 def _our_backbone(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -224,14 +230,19 @@ def _compare_hidden(ours_out, hf_out) -> None:
 
 @pytest.mark.parametrize("stable", [False, True])
 def test_hf_pretraining_parity(tmp_path, capsys, stable):
+    from transformers import Wav2Vec2FeatureExtractor
+
     hf = _hf_model("Wav2Vec2ForPreTraining", stable, seed=11)
     hf.save_pretrained(tmp_path / "hf")
+    # normalisation lives with HF's feature extractor (XLSR models: do_normalize=True)
+    Wav2Vec2FeatureExtractor(do_normalize=stable).save_pretrained(tmp_path / "hf")
     rc, msg = _import(capsys, "hf", tmp_path / "hf", tmp_path / "ours.pt")
     assert rc == 0, msg
     model, saved = _our_backbone(tmp_path / "ours.pt")
     assert saved["kind"] == "pretrain"
     cfg = config_of(saved)
     assert cfg.layer_norm_first == stable and cfg.extractor_mode == ("layer_norm" if stable else "default")
+    assert cfg.normalize == stable
     assert torch.equal(saved["model"]["quantizer.vars"], hf.quantizer.codevectors.detach())
     wav = H.waveforms()
     with torch.no_grad():

@@ -296,6 +296,7 @@ def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict |
         raise ToolkitError(f"{src}: model_type {config.get('model_type')!r} is not wav2vec2; "
                            "only Wav2Vec2ForPreTraining / Wav2Vec2ForCTC / Wav2Vec2Model can be imported")
     cfg, sd = from_hf(state, config, source=str(src))
+    cfg = _hf_preprocessing(src, cfg)
     kind = infer_kind(sd)
     vocab = None
     if kind == "ctc":
@@ -309,6 +310,26 @@ def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict |
             raise ToolkitError(f"{src}/config.json: pad_token_id {blank} (the CTC blank) is outside the vocabulary")
         sd, vocab = vocab_from_tokens(sd, tokens, blank=blank, unk=unk, where=str(path))
     return cfg, sd, kind, vocab
+
+
+def _hf_preprocessing(src: Path, cfg: Any) -> Any:
+    """Waveform normalisation from the folder's `preprocessor_config.json` (`do_normalize`).
+
+    Hugging Face keeps it with the feature extractor, not the model config; XLSR/LV-60 models
+    are trained on normalised audio, so dropping it would silently degrade their features.
+    """
+    path = src / "preprocessor_config.json"
+    if not path.is_file():
+        log.warning("%s: no preprocessor_config.json; assuming normalize=%s", src, cfg.normalize)
+        return cfg
+    try:
+        pre = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ToolkitError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    rate = pre.get("sampling_rate", 16000)
+    if rate != 16000:
+        raise ToolkitError(f"{path}: the model expects {rate} Hz audio; the toolkit works at 16 kHz only")
+    return cfg.replace(normalize=bool(pre.get("do_normalize", cfg.normalize)))
 
 
 def _read_vocab_json(path: Path) -> list[str]:
