@@ -371,3 +371,23 @@ def test_torchaudio_ctc_and_errors(tmp_path, capsys):
     H.write_json(tmp_path / "bad.json", {"num_heads": 4, "heads_typo": 3})
     rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "x.pt", "--config-json", str(tmp_path / "bad.json"))
     assert rc == 1 and "heads_typo" in msg and len(msg.splitlines()) == 1
+
+
+def test_fairseq_legacy_serialization_and_safe_layer_spec(tmp_path, capsys):
+    """Checkpoints from torch < 1.6 (non-zip format); conv specs are parsed, never evaluated."""
+    from toolkit.model.fairseq_io import parse_conv_layers
+    from toolkit.utils import ToolkitError
+
+    ta = H.tiny_torchaudio("default", seed=41)
+    torch.save(H.fairseq_checkpoint("default", "pretrain", "args", ta), tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    rc, msg = _import(capsys, "fairseq", tmp_path / "old.pt", tmp_path / "ours.pt")
+    assert rc == 0, msg
+    model, _ = _our_backbone(tmp_path / "ours.pt")
+    wav = H.waveforms(n=1)
+    with torch.no_grad():
+        assert H.rel_err(model.wav2vec2(wav).x, ta(wav)[0]) < TOL
+    standard = [(512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2)]
+    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2") == standard
+    with pytest.raises(ToolkitError, match="conv_feature_layers"):
+        parse_conv_layers("[(512,10,5)] + __import__('os').system('true')")

@@ -259,8 +259,10 @@ def to_plain(obj: Any, _depth: int = 0) -> Any:
         return {k: to_plain(v, d) for k, v in vars(obj).items()}
     if isinstance(obj, dict):
         return {k: to_plain(v, d) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v, d) for v in obj) if isinstance(obj, list) else tuple(to_plain(v, d) for v in obj)
+    if isinstance(obj, list):
+        return [to_plain(v, d) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v, d) for v in obj)
     if isinstance(obj, str) and obj == "???":
         return None
     return obj
