@@ -26,6 +26,12 @@ Common Voice (`--format commonvoice`), 48 kHz mono MP3 (64 kb/s)::
   locale, segment); lhotse's recipe reads path, client_id, sentence, gender, age,
   accents and variant. invalidated.tsv and other.tsv are empty (header only).
 
+Text comes from `toolkit.data.textgen` (hand-written per-language word lists plus
+`num2words` number words, part-of-speech templates; see its docstring for why).
+`--minutes-per-language` is the total per language; train gets 1 - dev - test of it.
+Synthesis runs `--nj` jobs in threads (the work is in espeak-ng/sox/ffmpeg processes);
+MP3s are encoded 16 per ffmpeg process because its start-up dominates.
+
 Speakers differ by espeak-ng voice variant (m1..m7, f1..f4), pitch, speaking rate and,
 where espeak-ng has several, regional voice. Every speaker belongs to exactly one split,
 so train and dev/test speakers are disjoint; dev/test sentences never occur in train.
