@@ -127,3 +127,20 @@ def test_bad_arguments(cuts: CutSet) -> None:
         make_loader(cuts, AudioDataset(), max_duration=0)
     with pytest.raises(ToolkitError, match="rank=2"):
         make_loader(cuts, AudioDataset(), max_duration=1.0, world_size=2, rank=2)
+
+
+def test_resume_on_one_rank_of_two(cuts: CutSet) -> None:
+    def fresh():
+        return make_loader(cuts, AudioDataset(), max_duration=1.5, world_size=2, rank=1, num_workers=0, seed=5)
+
+    loader, _ = fresh()
+    reference = ids_of(loader)
+    loader, sampler = fresh()
+    head = ids_of(loader, 2)
+    state = sampler.state_dict()
+    loader, sampler = fresh()
+    sampler.load_state_dict(state)
+    assert head + ids_of(loader) == reference
+    _, rank0 = make_loader(cuts, AudioDataset(), max_duration=1.5, world_size=2, rank=0, num_workers=0, seed=5)
+    with pytest.raises(ToolkitError, match="rank=1"):
+        rank0.load_state_dict(state)
