@@ -141,6 +141,8 @@ def test_bad_input_errors(tmp_path, capsys, hf_ckpt):
     ok = H.write_wav(tmp_path / "ok.wav", np.zeros(4000, dtype=np.float32))
     rc, msg = _extract(capsys, ckpt, ok, tmp_path / "o.npy", "--layer", str(H.LAYERS + 1))
     assert rc == 1 and "--layer" in msg and f"0..{H.LAYERS}" in msg
+    rc, msg = _extract(capsys, ckpt, ok, tmp_path / "o.npy", "--device", "bogus")
+    assert rc == 1 and "--device" in msg and len(msg.splitlines()) == 1
     (tmp_path / "fake.pt").write_bytes(b"not a checkpoint")
     rc, msg = _extract(capsys, tmp_path / "fake.pt", ok, tmp_path / "o.npy")
     assert rc == 1 and "fake.pt" in msg and len(msg.splitlines()) == 1
