@@ -141,21 +141,24 @@ def main() -> None:
 
         lang = Lang.load(d)
         ours = HlgDecoder(paths.HLG, WfstOptions(beam=args.beam, max_active=args.max_active))
-        ours.decode(mats[0])  # warm-up
-        t0 = time.perf_counter()
-        hyp_ours = [" ".join(lang.words_of(ours.decode(m))) for m in mats]
-        t_ours = time.perf_counter() - t0
-
         from torchaudio.models.decoder import ctc_decoder
 
         fl = ctc_decoder(lexicon=str(d / "lexicon.txt"), tokens=tokens, lm=str(d / "lm.arpa"), nbest=1,
                          beam_size=args.fl_beam_size, beam_threshold=args.fl_beam_threshold, lm_weight=1.0,
                          word_score=0.0, sil_score=0.0, blank_token="<blk>", sil_token="|", unk_word="<unk>")
         tensors = [torch.from_numpy(m)[None] for m in mats]
-        fl(tensors[0])  # warm-up
-        t0 = time.perf_counter()
-        hyp_fl = [" ".join(fl(x)[0][0].words) for x in tensors]
-        t_fl = time.perf_counter() - t0
+        ours.decode(mats[0])  # warm-up both
+        fl(tensors[0])
+        # Interleaved per utterance, so that load from other processes on this machine hits both alike.
+        hyp_ours, hyp_fl, t_ours, t_fl = [], [], 0.0, 0.0
+        for m, x in zip(mats, tensors):
+            t0 = time.perf_counter()
+            hyp_ours.append(" ".join(lang.words_of(ours.decode(m))))
+            t1 = time.perf_counter()
+            hyp_fl.append(" ".join(fl(x)[0][0].words))
+            t2 = time.perf_counter()
+            t_ours += t1 - t0
+            t_fl += t2 - t1
 
     w_greedy, w_ours, w_fl = wer(test, greedy), wer(test, hyp_ours), wer(test, hyp_fl)
     print(f"settings: ours beam={args.beam} max_active={args.max_active}; "
