@@ -214,12 +214,11 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
       for init in $finetune_inits; do
         dir=$(ft_dir_for $lang $init)
         for t in $test_sets; do
-          for m in $decode_methods; do
-            out=$dir/decode/cv-${lang}_$t/$m
-            [ -f $out/wer-summary.txt ] && continue
-            decode_cuts "$(best_checkpoint $dir)" data/manifests/cv-${lang}_cuts_$t.jsonl.gz \
-              data/$lang/$lang_unit "$m" "$out" "$nj"
-          done
+          out=$dir/decode/cv-${lang}_$t
+          todo=; for m in $decode_methods; do [ -f $out/$m/wer-summary.txt ] || todo+=" $m"; done
+          [ -n "$todo" ] || continue
+          decode_cuts "$(best_checkpoint $dir)" data/manifests/cv-${lang}_cuts_$t.jsonl.gz \
+            data/$lang/$lang_unit "${todo# }" "$out" "$nj"
         done
       done
     done
@@ -230,8 +229,8 @@ fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   if stage_begin 7 "collect WER/CER per language, test set and method into $work_dir/RESULTS.md"; then
     dirs=()
-    for lang in $finetune_languages; do for init in $finetune_inits; do dirs+=("$(ft_dir_for $lang $init)"); done; done
-    toolkit results --exp-dir "${dirs[@]}" --out RESULTS.md
+    for lang in $finetune_languages; do for init in $finetune_inits; do dirs+=(--exp-dir "$(ft_dir_for $lang $init)"); done; done
+    toolkit results "${dirs[@]}" --out RESULTS.md --title "Common Voice: $size model, $token_type units"
     stage_end
   fi
 fi

@@ -174,10 +174,9 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each)" "${markers[@]}"; then
     ckpt=$(best_checkpoint "$ft_dir")
     for t in "${present_tests[@]}"; do
-      for m in $decode_methods; do
-        [ -f "$ft_dir/decode/$t/$m/wer-summary.txt" ] && continue
-        decode_cuts "$ckpt" "$(split_cuts $t)" "$lang_dir" "$m" "$ft_dir/decode/$t/$m" "$nj"
-      done
+      todo=; for m in $decode_methods; do [ -f "$ft_dir/decode/$t/$m/wer-summary.txt" ] || todo+=" $m"; done
+      [ -n "$todo" ] || continue
+      decode_cuts "$ckpt" "$(split_cuts $t)" "$lang_dir" "${todo# }" "$ft_dir/decode/$t" "$nj"
     done
     stage_end
   fi

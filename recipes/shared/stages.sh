@@ -8,8 +8,8 @@
 #   fi
 #
 # stage_begin prints the stage's one line; when every marker given already exists it prints
-# "... already done, skipping" and returns 1. stage_end touches the markers and prints the
-# stage's wall time. Markers live next to the outputs they vouch for, and output directories
+# "... already done, skipping" and returns 1. stage_end writes the markers named *.done (other
+# paths are outputs the stage wrote itself, only checked) and prints the stage's wall time. Markers live next to the outputs they vouch for, and output directories
 # carry the settings in their names (exp/finetune_tiny_10m), so a rerun with other settings
 # does not trust the markers of a different experiment.
 
@@ -47,8 +47,11 @@ stage_begin() {  # stage_begin N "what it does" [marker ...]
 stage_end() {  # marks the stage's outputs as complete and reports its time
   local m dt
   for m in "${__stage_markers[@]}"; do
-    mkdir -p "$(dirname "$m")"
-    date '+%Y-%m-%d %H:%M:%S' > "$m"
+    # Only *.done markers are written; other paths are outputs the stage itself produced.
+    case "$m" in
+      *.done) mkdir -p "$(dirname "$m")"; date '+%Y-%m-%d %H:%M:%S' > "$m" ;;
+      *) [ -e "$m" ] || echo "stage $__stage_n: warning: expected output $m is missing" >&2 ;;
+    esac
   done
   dt=$(awk -v a="$__stage_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
   __stage_times+=("stage $__stage_n ($__stage_desc): ${dt} s")
@@ -110,27 +113,41 @@ best_checkpoint() {  # best_checkpoint EXP_DIR
   return 1
 }
 
-# Decode one cut set with one method into OUT_DIR (recogs.txt, errs.txt, wer-summary.txt).
-# With NJ > 1 the cuts are split with `lhotse split`, the parts decoded as $decode_cmd jobs,
-# their transcripts joined and scored once, so the numbers equal those of a single job.
-#   decode_cuts CHECKPOINT CUTS LANG_DIR METHOD OUT_DIR NJ [extra toolkit decode options]
+# Decode one cut set with every method into OUT_DIR/<method>/ (recogs.txt, errs.txt,
+# wer-summary.txt, results.json). With NJ > 1 the cuts are split with `lhotse split`, the parts
+# decoded as $decode_cmd jobs (one forward pass per part serves every method), and each
+# method's transcripts joined and scored once, so the numbers equal those of a single job.
+#   decode_cuts CHECKPOINT CUTS LANG_DIR "METHOD ..." OUT_DIR NJ [extra toolkit decode options]
 decode_cuts() {
-  local ckpt=$1 cuts=$2 lang_dir=$3 method=$4 out=$5 nj=$6 j
+  local ckpt=$1 cuts=$2 lang_dir=$3 methods=$4 out=$5 nj=$6 j m ncuts
   shift 6
   mkdir -p "$out/log"
+  ncuts=$(gzip -dc "$cuts" | wc -l)
+  [ "$nj" -le "$ncuts" ] || nj=$ncuts  # lhotse cannot split 5 cuts 12 ways
   if [ "$nj" -le 1 ]; then
     $decode_cmd "$out/log/decode.log" toolkit decode --checkpoint "$ckpt" --cuts "$cuts" \
-      --lang-dir "$lang_dir" --method "$method" --out-dir "$out" "$@"
+      --lang-dir "$lang_dir" --methods "${methods// /,}" --out-dir "$out" "$@"
     return
   fi
-  local ncuts; ncuts=$(gzip -dc "$cuts" | wc -l)
-  [ "$nj" -le "$ncuts" ] || nj=$ncuts  # lhotse cannot split 5 cuts 12 ways
   rm -rf "$out/split"
   lhotse split --no-pad -i 1 "$nj" "$cuts" "$out/split" >/dev/null
   local base; base=$(basename "$cuts" .jsonl.gz)
   $decode_cmd JOB=1:$nj "$out/log/decode.JOB.log" toolkit decode --checkpoint "$ckpt" \
-    --cuts "$out/split/$base.JOB.jsonl.gz" --lang-dir "$lang_dir" --method "$method" \
+    --cuts "$out/split/$base.JOB.jsonl.gz" --lang-dir "$lang_dir" --methods "${methods// /,}" \
     --out-dir "$out/split/JOB" "$@"
-  for j in $(seq 1 "$nj"); do cat "$out/split/$j/recogs.txt"; done > "$out/recogs.txt"
-  toolkit score --recogs "$out/recogs.txt" --out-dir "$out" --key "$method"
+  for m in $methods; do
+    mkdir -p "$out/split/$m"
+    for j in $(seq 1 "$nj"); do cat "$out/split/$j/$m/recogs.txt"; done > "$out/split/$m/recogs.txt"
+    recogs_to_text ref < "$out/split/$m/recogs.txt" > "$out/split/$m/ref.txt"
+    recogs_to_text hyp < "$out/split/$m/recogs.txt" > "$out/split/$m/hyp.txt"
+    toolkit score --ref "$out/split/$m/ref.txt" --hyp "$out/split/$m/hyp.txt" --out-dir "$out/$m" --key "$m" \
+      > "$out/log/score.$m.log"
+  done
+}
+
+# icefall's recogs.txt (`id:<TAB>ref=['w1', 'w2']`) back to a Kaldi text file (`id w1 w2`).
+# Words never hold spaces, so each list element is one quoted word.
+recogs_to_text() {  # recogs_to_text ref|hyp < recogs.txt
+  sed -n -E "s/^(.*):\t$1=\[(.*)\]$/\1 \2/p" \
+    | sed -E "s/ ['\"]/ /; s/['\"], ['\"]/ /g; s/['\"]$//"
 }

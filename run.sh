@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The embedded default: the whole toolkit on one CPU box in about 20 minutes.
+#
+# It installs what is missing (local/install.sh), synthesises a Common Voice-format corpus in
+# six languages with espeak-ng, pretrains a `tiny` wav2vec 2.0 model on five of them (XLSR
+# language sampling), fine-tunes it with CTC on the held-out language from about 10 minutes of
+# transcribed audio, fine-tunes the same model from scratch on the same data, decodes both with
+# greedy CTC and an HLG graph (3-gram LM on the training transcripts), and writes RESULTS.md
+# comparing pretrained and scratch per decoding method. Every stage is the Common Voice recipe's
+# (recipes/commonvoice/run.sh); this script only chooses its settings.
+# The last lines are `RESULT wer_pretrained=<x>` and `RESULT wer_scratch=<y>` (test WER, %, with
+# the decoding method that is best for the pretrained model).
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$top"
+
+stage=0
+stop_stage=100
+work_dir=exp/default                 # data/, exp/, RESULTS.md of the run (gitignored)
+pretrain_languages="en de fr es ru"
+heldout_language=it
+pretrain_minutes=8                   # synthetic audio per pretraining language
+finetune_minutes=10                  # transcribed train audio of the held-out language
+decode_methods="greedy hlg"
+pretrain_opts=                       # extra "--set key=value" for toolkit pretrain
+finetune_opts=                       # extra "--set key=value" for toolkit finetune
+help_message="Usage: ./run.sh [options]
+The embedded default: synthetic multilingual corpus, tiny pretraining, fine-tuning of a held-out
+language with and without pretraining, greedy and HLG decoding, RESULTS.md.
+Options (default):
+  --stage N / --stop-stage N        stages of recipes/commonvoice/run.sh to run (0..7)
+  --work-dir DIR                    where the corpus, manifests and experiments go ($work_dir)
+  --pretrain-languages \"L ...\"      pretraining languages ($pretrain_languages)
+  --heldout-language L              fine-tuning language, unseen in pretraining ($heldout_language)
+  --pretrain-minutes M              synthetic audio per pretraining language ($pretrain_minutes)
+  --finetune-minutes M              transcribed audio for fine-tuning ($finetune_minutes)
+  --decode-methods \"greedy hlg\"     decoding methods ($decode_methods)
+  --pretrain-opts / --finetune-opts extra '--set key=value' options for the training commands"
+. local/parse_options.sh
+
+t0=$(date +%s)
+echo "install: check the environment (local/install.sh)"
+local/install.sh
+
+recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage "$stop_stage" \
+  --synthetic true --synth-minutes "$pretrain_minutes" --synth-finetune-minutes "$finetune_minutes" \
+  --languages "$pretrain_languages" --finetune-languages "$heldout_language" \
+  --size tiny --token-type char --finetune-inits "pretrained scratch" \
+  --decode-methods "$decode_methods" --test-sets "dev test" --nj 1 \
+  --pretrain-opts "$pretrain_opts" --finetune-opts "$finetune_opts"
+
+# The comparison: one row per method, test-set WER of both fine-tunings (from wer-summary.txt).
+[ "$stop_stage" -ge 7 ] || exit 0
+exp=$work_dir/exp
+wer_of() {  # wer_of pretrained|scratch METHOD -> WER in % (column 2 of wer-summary.txt)
+  awk -F'\t' 'NR == 2 {print $2}' "$exp/finetune_tiny_${heldout_language}_char_$1/decode/cv-${heldout_language}_test/$2/wer-summary.txt"
+}
+{
+  echo
+  echo "## Pretrained vs scratch: $heldout_language (held out of pretraining), test set"
+  echo
+  echo "Pretraining languages: $pretrain_languages; about $finetune_minutes minutes of transcribed audio for fine-tuning."
+  echo
+  echo "|method|WER pretrained (%)|WER scratch (%)|"
+  echo "|---|---|---|"
+  for m in $decode_methods; do echo "|$m|$(wer_of pretrained $m)|$(wer_of scratch $m)|"; done
+} >> "$work_dir/RESULTS.md"
+
+best=; best_wer=
+for m in $decode_methods; do
+  w=$(wer_of pretrained $m)
+  if [ -z "$best" ] || awk -v a="$w" -v b="$best_wer" 'BEGIN{exit !(a < b)}'; then best=$m; best_wer=$w; fi
+done
+echo "RESULTS.md: $top/$work_dir/RESULTS.md (best method for the pretrained model: $best)"
+echo "total time: $(( $(date +%s) - t0 )) s"
+echo "RESULT wer_pretrained=$(wer_of pretrained $best)"
+echo "RESULT wer_scratch=$(wer_of scratch $best)"
