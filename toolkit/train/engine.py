@@ -134,10 +134,9 @@ class BatchStream:
 
     def state_dict(self) -> dict:
         state = {"epoch": self.epoch, "consumed": self.consumed}
-        # With num_workers=0 the sampler is exactly at `consumed`; with workers it runs ahead by
-        # the prefetched batches, so only the skip-based resume is exact.
-        workers = getattr(self.loader, "num_workers", 0)
-        if self.sampler is not None and hasattr(self.sampler, "state_dict") and workers == 0:
+        # The sampler contract (toolkit.data.loader) counts batches handed to the loop, not the
+        # ones prefetched by workers, so its state is exact with any num_workers.
+        if self.sampler is not None and hasattr(self.sampler, "state_dict"):
             state["sampler"] = self.sampler.state_dict()
         return state
 

@@ -198,6 +198,24 @@ def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch
     return target_lengths + repeats.sum(1)
 
 
+def ctc_loss_fitting(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
+                     target_lengths: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Summed CTC loss (zero_infinity) over the utterances whose frames can hold their labels.
+
+    Returns (loss, kept, dropped). Utterances with fewer frames than labels + repeats cannot be
+    aligned: CTC would give them an infinite loss, so they are dropped and counted (DESIGN §9).
+    """
+    fits = out_lengths >= ctc_min_frames(targets, target_lengths)
+    kept = int(fits.sum())
+    if kept == 0:
+        return log_probs.sum() * 0.0, 0, int(fits.numel())
+    lp = log_probs[fits].float().transpose(0, 1)
+    with torch.autocast(device_type=log_probs.device.type, enabled=False):
+        loss = torch.nn.functional.ctc_loss(lp, targets[fits].clamp(min=0), out_lengths[fits], target_lengths[fits],
+                                            blank=0, reduction="sum", zero_infinity=True)
+    return loss, kept, int(fits.numel()) - kept
+
+
 class CTCTask(Task):
     """CTC fine-tuning: pretrained (or random) wav2vec2 + a new linear head over the vocabulary."""
 
@@ -275,25 +293,13 @@ class CTCTask(Task):
         if not frozen and num_updates > 0:
             logger.info("update %d: the Transformer is unfrozen", num_updates)
 
-    def ctc_loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
-                 target_lengths: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Summed CTC loss over the utterances that fit; returns (loss, kept, dropped)."""
-        fits = out_lengths >= ctc_min_frames(targets, target_lengths)
-        kept = int(fits.sum())
-        if kept == 0:
-            return log_probs.sum() * 0.0, 0, int(fits.numel())
-        lp = log_probs[fits].float().transpose(0, 1)
-        loss = torch.nn.functional.ctc_loss(lp, targets[fits].clamp(min=0), out_lengths[fits],
-                                            target_lengths[fits], blank=0, reduction="sum", zero_infinity=True)
-        return loss, kept, int(fits.numel()) - kept
-
     def step(self, model: torch.nn.Module, batch: dict, num_updates: int) -> StepOutput:
         pre_dropped = float(batch.get("num_dropped", 0))  # unloadable / too short, dropped by the dataset
         if batch["audio"].shape[0] == 0:
             return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0,
                               metrics={"dropped_utterances": pre_dropped}, sums=("dropped_utterances",))
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
-        loss, kept, dropped = self.ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        loss, kept, dropped = ctc_loss_fitting(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
         dropped += pre_dropped
         if dropped:
             logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
@@ -315,7 +321,7 @@ class CTCTask(Task):
         kept = blank_only = 0
         for batch in _one_epoch(stream, self.cfg.train.max_valid_batches):
             log_probs, out_lengths = model(batch["audio"].to(device), batch["lengths"].to(device))
-            l, k, _ = self.ctc_loss(log_probs, out_lengths, batch["targets"].to(device),
+            l, k, _ = ctc_loss_fitting(log_probs, out_lengths, batch["targets"].to(device),
                                     batch["target_lengths"].to(device))
             loss, kept = loss + float(l), kept + k
             for ref, ids in zip(batch["texts"], greedy_ids(log_probs.float(), out_lengths)):
