@@ -73,6 +73,15 @@ def test_unknown_language_and_bad_arguments_are_one_line_errors(tmp_path):
         synth.synthesize_corpus("commonvoice", ["en"], 0.1, 2, tmp_path)
 
 
+def test_librispeech_tree_is_one_call_but_commonvoice_adds_languages(tmp_path):
+    synth.synthesize_corpus("librispeech", ["en"], 0.1, 3, tmp_path / "ls", subset_scale=0.01)
+    with pytest.raises(ToolkitError, match="already holds a LibriSpeech-format corpus of en"):
+        synth.synthesize_corpus("librispeech", ["de"], 0.1, 3, tmp_path / "ls", subset_scale=0.01)
+    synth.synthesize_corpus("commonvoice", ["en"], 0.1, 3, tmp_path / "cv")
+    synth.synthesize_corpus("commonvoice", ["de"], 0.1, 3, tmp_path / "cv")
+    assert (tmp_path / "cv" / "en" / "train.tsv").is_file() and (tmp_path / "cv" / "de" / "train.tsv").is_file()
+
+
 def test_librispeech_layout_read_by_lhotse(ls_corpus):
     from lhotse.recipes import prepare_librispeech
 

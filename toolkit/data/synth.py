@@ -59,7 +59,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from toolkit.data.textgen import SentenceGenerator, load_lexicon
+from toolkit.data.textgen import SentenceGenerator, available_languages, load_lexicon
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -412,6 +412,17 @@ def write_librilight_subsets(out: Path, utts: list[Utterance], durations: dict[s
 
 # ---------------------------------------------------------------------------------------
 
+def _check_same_librispeech_languages(out: Path, languages: list[str]) -> None:
+    """A LibriSpeech-format tree is written by one call (its splits, speaker tables and
+    Libri-light folds span all languages); rerunning that call resumes it."""
+    existing = out / "LibriSpeech" / "speaker_languages.txt"
+    if existing.is_file():
+        old = sorted({line.split()[1] for line in existing.read_text(encoding="utf-8").splitlines() if line.strip()})
+        if old != sorted(set(languages)):
+            raise ToolkitError(f"{existing}: {out} already holds a LibriSpeech-format corpus of {','.join(old)}; "
+                               "synthesise all languages in one call (--languages) or use another --out")
+
+
 def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers: int, out: Path, seed: int = 0,
                       nj: int = 2, dev_fraction: float = 0.1, test_fraction: float = 0.1,
                       subset_scale: float = 1.0) -> dict:
@@ -430,8 +441,12 @@ def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers
         espeak_voices(lang)
     fractions = {"train": 1 - dev_fraction - test_fraction, "dev": dev_fraction, "test": test_fraction}
     utts: list[Utterance] = []
+    if fmt == "librispeech":
+        _check_same_librispeech_languages(out, languages)
+    slots = {code: k for k, code in enumerate(available_languages())}  # speaker ids by language, not position
     for li, lang in enumerate(languages):
-        speakers = plan_speakers(lang, li, n_speakers, fmt, espeak_voices(lang), seed, dev_fraction, test_fraction)
+        speakers = plan_speakers(lang, slots[lang], n_speakers, fmt, espeak_voices(lang), seed, dev_fraction,
+                                 test_fraction)
         plan = plan_sentences(lang, speakers, minutes, seed, fractions)
         lang_utts = build_utterances(fmt, out, lang, plan, cv_counter_start=20_000_000 + 1_000_000 * li)
         log.info("%s: %d utterances, %d speakers", lang, len(lang_utts), n_speakers)
