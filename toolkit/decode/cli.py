@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-scale", type=float, default=1.0, help="weight of the rescoring LM")
     parser.add_argument("--beam", type=float, default=16.0, help="search beam (cost units)")
     parser.add_argument("--lattice-beam", type=float, default=8.0, help="lattice beam of hlg-rescore")
-    parser.add_argument("--max-active", type=int, default=10000, help="most active states per frame")
+    parser.add_argument("--max-active", type=int, default=3000, help="most active states per frame")
     parser.add_argument("--num-paths", type=int, default=0,
                         help="rescoring: 0 = whole lattice (hlg-rescore), N = the N best word sequences "
                              "(k2-nbest-rescore uses 100 when 0)")
