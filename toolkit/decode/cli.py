@@ -116,8 +116,6 @@ def check_vocab(tokenizer, lang_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
     from toolkit.text.tokenizer import Tokenizer
 
@@ -157,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
 def decode_all(model, cuts, searchers: dict, normalize: bool, device, max_duration: float):
     """Model forward per batch, every searcher on the same log-probs; refs, languages, hyps and timings."""
     import torch
+    from lhotse import CutSet
     from tqdm import tqdm
 
     from toolkit.data.dataset import AudioDataset
@@ -170,8 +169,6 @@ def decode_all(model, cuts, searchers: dict, normalize: bool, device, max_durati
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with tqdm(total=len(cuts), desc="decode", unit="utt") as bar:
         for batch in batches(cuts, max_duration):
-            from lhotse import CutSet
-
             data = dataset[CutSet.from_cuts(batch)]
             t0 = time.perf_counter()
             with torch.inference_mode(), autocast:
