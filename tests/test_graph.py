@@ -211,3 +211,27 @@ def test_compile_graph_command(lang, tmp_path):
     HLG = read_fst(lang / "HLG.fst")
     assert HLG.num_states > 0
     assert main(["compile-graph", "--lang-dir", str(tmp_path / "none"), "--lm", str(lang / "lm.arpa")]) == 1
+
+
+def test_gzipped_arpa_gives_the_same_graph(lang, tmp_path):
+    import gzip
+
+    gz = tmp_path / "lm.arpa.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write((lang / "lm.arpa").read_text())
+    plain = compile_graphs(lang, lang / "lm.arpa")
+    plain_text = read_fst(plain.HLG).to_str()
+    assert compile_graphs(lang, gz).rebuilt == ["G_2.fst", "HLG.fst"]  # a new input file: rebuilt
+    assert read_fst(lang / "HLG.fst").to_str() == plain_text
+
+
+def test_rescoring_grammar_is_recorded_for_decode(lang, tmp_path):
+    from toolkit.cli import main
+    from toolkit.lm.compile import find_rescore_grammar
+
+    with pytest.raises(ToolkitError, match="--rescore-lm"):
+        find_rescore_grammar(lang, None)
+    assert main(["compile-graph", "--lang-dir", str(lang), "--lm", str(lang / "lm.arpa"), "--order", "1",
+                 "--rescore-lm", str(lang / "lm.arpa")]) == 0
+    assert find_rescore_grammar(lang, None) == lang / "G_2.fst"
+    assert (lang / "G_1.fst").is_file()

@@ -233,11 +233,9 @@ class _WfstSearch:
         hlg = check_graph(lang_dir / "HLG.fst", "HLG.fst")
         rescore_g = None
         if method == "hlg-rescore":
-            if not args.rescore_lm:
-                raise ToolkitError("--method hlg-rescore needs --rescore-lm (a larger ARPA LM)")
-            from toolkit.lm.compile import rescore_grammar
+            from toolkit.lm.compile import find_rescore_grammar
 
-            rescore_g = rescore_grammar(lang_dir, args.rescore_lm)
+            rescore_g = find_rescore_grammar(lang_dir, args.rescore_lm)
         opts = WfstOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, max_active=args.max_active,
                            lattice_beam=args.lattice_beam, lm_scale=args.lm_scale, num_paths=args.num_paths)
         self.runner = WfstRunner(method, hlg, opts, nj=args.nj, rescore_g=rescore_g,

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from toolkit.lm.k2_graph import import_k2
-from toolkit.utils import ToolkitError
 
 
 @dataclass
@@ -124,11 +123,9 @@ class K2Search:
             save_k2_graphs(lang_dir, args.lm, order=args.order)
         self.graph = load_k2_hlg(Path(lang_dir) / "HLG.pt", self.device)
         if self.method == "k2-nbest-rescore":
-            if not args.rescore_lm:
-                raise ToolkitError("--method k2-nbest-rescore needs --rescore-lm (a larger ARPA LM)")
-            from toolkit.lm.compile import rescore_grammar
+            from toolkit.lm.compile import find_rescore_grammar
 
-            G = read_fst(rescore_grammar(lang_dir, args.rescore_lm))
+            G = read_fst(find_rescore_grammar(lang_dir, args.rescore_lm))
             self.G = remove_backoff_disambig(G, self.lang.words["#0"])
             self.graph.lm_scores = self.graph.scores.clone()
 

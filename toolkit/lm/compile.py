@@ -12,6 +12,7 @@ from pathlib import Path
 from toolkit.utils import ToolkitError
 
 log = logging.getLogger("toolkit.compile-graph")
+RESCORE_ENTRY = "rescore_G"  # graphs.json entry naming the rescoring G
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,22 @@ def rescore_grammar(lang_dir: str | Path, lm: str | Path, force: bool = False) -
         log.info("building %s from %s", name, lm)
         write_fst(build_grammar_fst(lm, d / "words.txt", order), d / name)
         cache.record(name, key)
+    if cache.entries.get(RESCORE_ENTRY) != name:
+        cache.record(RESCORE_ENTRY, name)  # so `toolkit decode` finds it without --rescore-lm
     return d / name
+
+
+def find_rescore_grammar(lang_dir: str | Path, lm: str | Path | None) -> Path:
+    """G of --rescore-lm (built if needed), else the one `compile-graph --rescore-lm` recorded."""
+    from toolkit.lm.graph import GraphCache
+
+    if lm:
+        return rescore_grammar(lang_dir, lm)
+    name = GraphCache(lang_dir).entries.get(RESCORE_ENTRY)
+    if not name or not (Path(lang_dir) / name).is_file():
+        raise ToolkitError(f"{lang_dir}: no rescoring LM; give --rescore-lm (a larger ARPA LM) or run "
+                           "`toolkit compile-graph --rescore-lm LM` first")
+    return Path(lang_dir) / name
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,10 +18,12 @@ the hashes live in ``graphs.json`` beside them.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,13 +224,20 @@ def build_lexicon_fst(lang: Lang) -> tuple[kaldifst.StdVectorFst, int]:
     return fst, first_disambig
 
 
+def _open_text(path: Path):
+    """An ARPA file, plain or gzipped (LibriSpeech's LMs come as .arpa.gz)."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
 def arpa_order(arpa: str | os.PathLike) -> int:
     """Highest n-gram order declared in an ARPA file's \\data\\ section."""
     arpa = Path(arpa)
     if not arpa.is_file():
         raise ToolkitError(f"{arpa}: ARPA LM not found; train one with `toolkit lm train` or fix --lm")
     order = 0
-    with open(arpa, encoding="utf-8", errors="replace") as f:
+    with _open_text(arpa) as f:
         for line in f:
             line = line.strip()
             if line.startswith("ngram ") and "=" in line:
@@ -249,6 +258,11 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
     arpa_order(arpa)  # clear error for a missing or non-ARPA file
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "G.fst"
+        if str(arpa).endswith(".gz"):  # kaldilm reads plain text only
+            plain = Path(tmp) / "lm.arpa"
+            with gzip.open(arpa, "rb") as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            arpa = plain
         cmd = [
             sys.executable, "-m", "kaldilm", f"--read-symbol-table={words_txt}", "--disambig-symbol=#0",
             f"--max-order={max_order}", "--max-arpa-warnings=0", str(arpa), str(out),
