@@ -1,0 +1,254 @@
+"""Recipes end to end on tiny synthetic corpora, and the shell machinery they stand on.
+
+Slow tests run every stage of recipes/commonvoice, recipes/librispeech and a recipe made by
+local/new_recipe.sh (in Ukrainian, a language no other test uses) with the tiny configs and
+a few updates, then check that RESULTS.md has a finite WER for every test set and method and
+that a rerun skips every finished stage. Fast tests cover the job runners, the torchrun
+launcher line, the recogs.txt -> Kaldi text conversion (against the scorer's own writer), the
+recipes' option handling and new_recipe.sh's errors.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import stat
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ROOT / "recipes" / "shared" / "stages.sh"
+RUN_LOCAL = ROOT / "recipes" / "shared" / "run_local.sh"
+RUN_SLURM = ROOT / "recipes" / "shared" / "run_slurm.sh"
+
+# A few updates of the tiny model: enough for every stage to produce its files.
+FEW_UPDATES = ("--set train.max_updates=8 --set train.save_interval=8 --set train.valid_interval=8 "
+               "--set train.log_interval=4 --set data.num_buckets=2")
+
+
+def bash(cmd: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+def wer_rows(results_md: Path) -> dict[str, float]:
+    """dataset -> WER (the Err column) of the first table (the WER section) of RESULTS.md."""
+    text = results_md.read_text()
+    wer_section = text.split("## WER", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    rows = {}
+    for line in wer_section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 9 and cells[0] not in ("dataset", "---"):
+            rows[cells[0]] = float(cells[7])
+    return rows
+
+
+def assert_all_skipped(stdout: str, stages: range) -> None:
+    for n in stages:
+        assert re.search(rf"^stage {n}: .*already done, skipping$", stdout, re.M), f"stage {n} was not skipped:\n{stdout}"
+    assert "done in" not in stdout
+
+
+# ----------------------------------------------------------------------------------------
+# Fast: shell machinery
+
+
+def test_run_local_job_array_substitutes_job_and_logs(tmp_path: Path) -> None:
+    r = bash(f"{RUN_LOCAL} JOB=1:3 log/x.JOB.log echo job JOB 'two words' \\> out.JOB", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for j in (1, 2, 3):
+        assert (tmp_path / f"out.{j}").read_text() == f"job {j} two words\n"
+        log = (tmp_path / "log" / f"x.{j}.log").read_text()
+        assert log.startswith(f"# echo job {j} ") and "# Ended (code 0)" in log
+
+
+def test_run_local_reports_failed_jobs(tmp_path: Path) -> None:
+    r = bash(f"{RUN_LOCAL} JOB=1:4 log/y.JOB.log bash -c '[ JOB -ne 3 ] || {{ echo boom; exit 7; }}'", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "1 / 4 failed, log is in log/y.3.log" in r.stderr and "boom" in r.stderr
+    assert "# Ended (code 7)" in (tmp_path / "log" / "y.3.log").read_text()
+    assert "# Ended (code 0)" in (tmp_path / "log" / "y.4.log").read_text()
+
+
+def test_run_local_runs_at_most_max_jobs_at_once(tmp_path: Path) -> None:
+    # Each job records the number of jobs running when it starts (a file per running job).
+    cmd = ("bash -c 'touch run.JOB; ls run.* | wc -l > n.JOB; sleep 0.3; rm run.JOB'")
+    r = bash(f"{RUN_LOCAL} --max-jobs-run 2 JOB=1:6 log/z.JOB.log {cmd}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    counts = [int((tmp_path / f"n.{j}").read_text()) for j in range(1, 7)]
+    assert max(counts) <= 2
+
+
+def test_run_local_needs_job_in_log_name(tmp_path: Path) -> None:
+    r = bash(f"{RUN_LOCAL} JOB=1:2 log/same.log echo hi", cwd=tmp_path)
+    assert r.returncode == 1 and "must contain JOB" in r.stderr
+
+
+def test_run_slurm_submits_an_array_with_sbatch_wait(tmp_path: Path) -> None:
+    # A stand-in sbatch records its arguments and runs the script for each array index,
+    # as Slurm would, writing the %a-expanded log.
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("""#!/usr/bin/env bash
+echo "$@" > "$PWD/sbatch.args"
+out= array= script=
+while [ $# -gt 0 ]; do
+  case "$1" in --output) out=$2; shift 2 ;; --array) array=$2; shift 2 ;; --wait|--export=ALL) shift ;;
+    --*) shift 2 ;; *) script=$1; shift ;; esac
+done
+rc=0
+for i in $(seq ${array%-*} ${array#*-}); do SLURM_ARRAY_TASK_ID=$i bash "$script" > "${out//%a/$i}" 2>&1 || rc=1; done
+exit $rc
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "slurm_opts": "--partition gpu"}
+    r = bash(f"{RUN_SLURM} --gpu 2 --mem 4G JOB=1:3 exp/log/dec.JOB.log echo decoded JOB", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "sbatch.args").read_text()
+    assert "--wait" in args and "--array 1-3" in args and "--gres gpu:2" in args and "--partition gpu" in args
+    for j in (1, 2, 3):
+        assert f"decoded {j}" in (tmp_path / "exp" / "log" / f"dec.{j}.log").read_text()
+
+
+def test_run_slurm_without_sbatch_says_so(tmp_path: Path) -> None:
+    r = bash(f"PATH=/usr/bin:/bin {RUN_SLURM} log/a.log echo hi", cwd=tmp_path)
+    assert r.returncode == 1 and "sbatch not found" in r.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    ("1", "toolkit"),
+    ("4", "torchrun --standalone --nproc_per_node 4 -m toolkit.cli"),
+    ("8 2 node0:29500 myjob",
+     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id myjob -m toolkit.cli"),
+])
+def test_toolkit_launcher(args: str, expected: str) -> None:
+    r = bash(f". {STAGES}; toolkit_launcher {args}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
+
+
+def test_toolkit_launcher_multinode_needs_endpoint() -> None:
+    r = bash(f". {STAGES}; toolkit_launcher 8 2")
+    assert r.returncode != 0 and "--rdzv-endpoint" in r.stderr
+
+
+def test_recogs_to_text_inverts_the_scorers_recogs(tmp_path: Path) -> None:
+    from toolkit.score.report import format_recogs
+
+    refs = {"u1": "l'homme a dit", "u2": "x", "u3": "it's \"quoted\" fine"}
+    hyps = {"u1": "l'homme", "u2": "", "u3": "it's fine"}
+    (tmp_path / "recogs.txt").write_text(format_recogs(list(refs), refs, hyps))
+    for side, expected in (("ref", refs), ("hyp", hyps)):
+        r = bash(f". {STAGES}; recogs_to_text {side} < recogs.txt", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        got = {}
+        for line in r.stdout.splitlines():
+            utt, _, words = line.partition(" ")
+            got[utt] = words
+        assert got == expected
+
+
+def test_stage_markers_skip_and_never_overwrite_outputs(tmp_path: Path) -> None:
+    script = f"""set -euo pipefail; . {STAGES}
+if stage_begin 3 "make things" out/.done out/result.txt; then
+  mkdir -p out; echo payload > out/result.txt; stage_end
+fi"""
+    first = bash(script, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("stage 3: make things\nstage 3: done in ")
+    assert (tmp_path / "out" / "result.txt").read_text() == "payload\n"  # an output, not a marker
+    second = bash(script, cwd=tmp_path)
+    assert second.stdout == "stage 3: make things: already done, skipping\n"
+
+
+@pytest.mark.parametrize("recipe", ["librispeech", "commonvoice"])
+def test_recipe_help_and_bad_options(recipe: str, tmp_path: Path) -> None:
+    run = ROOT / "recipes" / recipe / "run.sh"
+    r = bash(f"{run} --help")
+    assert r.returncode == 0 and "Usage:" in r.stderr and "--stage" in r.stderr
+    r = bash(f"{run} --no-such-option 1")
+    assert r.returncode == 1 and "invalid option --no-such-option" in r.stderr
+    r = bash(f"{run} --work-dir {tmp_path} --token-type phones --stop-stage -1")
+    assert r.returncode == 1 and "--token-type must be char or bpe" in r.stderr
+
+
+def test_new_recipe_errors(tmp_path: Path) -> None:
+    r = bash(f"{ROOT}/local/new_recipe.sh --corpus commonvoice x_{uuid.uuid4().hex[:6]}")
+    assert r.returncode == 1 and "--language CODE is required" in r.stderr
+    r = bash(f"{ROOT}/local/new_recipe.sh --language uk commonvoice")
+    assert r.returncode == 1 and "one of the toolkit's own" in r.stderr
+    r = bash(f"{ROOT}/local/new_recipe.sh --corpus timit --language en x")
+    assert r.returncode == 1 and "--corpus must be" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# Slow: every stage of each recipe on a tiny synthetic corpus
+
+
+def check_results(results_md: Path, expected: list[str]) -> None:
+    rows = wer_rows(results_md)
+    for name in expected:
+        assert name in rows, f"{name} missing from {results_md}: {sorted(rows)}"
+        assert math.isfinite(rows[name]) and rows[name] >= 0
+
+
+@pytest.mark.slow
+def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
+    run = ROOT / "recipes" / "commonvoice" / "run.sh"
+    opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
+            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
+            f"--finetune-inits 'pretrained scratch' --decode-methods 'greedy hlg' "
+            f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
+    r = bash(f"{run} {opts}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    expected = [f"finetune_tiny_es_char_{init}/cv-es_{t}/{m}"
+                for init in ("pretrained", "scratch") for t in ("dev", "test") for m in ("greedy", "hlg")]
+    check_results(tmp_path / "RESULTS.md", expected)
+    assert "time per stage:" in r.stdout
+    again = bash(f"{run} {opts} --stop-stage 6")
+    assert again.returncode == 0, again.stderr
+    assert_all_skipped(again.stdout, range(0, 7))
+
+
+@pytest.mark.slow
+def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
+    run = ROOT / "recipes" / "librispeech" / "run.sh"
+    opts = (f"--work-dir {tmp_path} --synthetic true --synth-minutes 4 --synth-subset-scale 0.1 --size tiny "
+            f"--finetune-set 10m --nbpe 40 --nj 2 --pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
+    r = bash(f"{run} {opts}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    check_results(tmp_path / "RESULTS.md", [f"finetune_tiny_10m_char/{t}/{m}"
+                                            for t in ("dev-clean", "test-clean") for m in ("greedy", "hlg")])
+    assert (tmp_path / "data" / "lang_bpe_40" / "bpe.model").is_file()  # both lang dirs, as in the stage
+    again = bash(f"{run} {opts} --stop-stage 6")
+    assert again.returncode == 0, again.stderr
+    assert_all_skipped(again.stdout, range(0, 7))
+
+
+@pytest.mark.slow
+def test_new_recipe_in_an_unused_language(tmp_path: Path) -> None:
+    name = f"test_uk_{uuid.uuid4().hex[:8]}"
+    dest = ROOT / "recipes" / name
+    try:
+        r = bash(f"{ROOT}/local/new_recipe.sh --corpus commonvoice --language uk {name}")
+        assert r.returncode == 0, r.stderr
+        assert "conf/recipe.conf" in (dest / "README.md").read_text()
+        assert "language=uk" in (dest / "conf" / "recipe.conf").read_text()
+        opts = (f"--work-dir {tmp_path} --synthetic true --synth-minutes 2.5 "
+                f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
+        r = bash(f"{dest}/run.sh {opts}")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        for n in range(0, 7):
+            assert re.search(rf"^stage {n}: ", r.stdout, re.M)
+        check_results(tmp_path / "RESULTS.md", [f"finetune_tiny_char_pretrained/cv-uk_{t}/{m}"
+                                                for t in ("dev", "test") for m in ("greedy", "hlg")])
+        texts = (tmp_path / "exp" / "finetune_tiny_char_pretrained" / "decode" / "cv-uk_test" / "greedy" / "recogs.txt").read_text()
+        assert re.search(r"[а-яіїєґ]", texts)  # Cyrillic references: the Ukrainian data went through
+        again = bash(f"{dest}/run.sh {opts} --stop-stage 5")
+        assert_all_skipped(again.stdout, range(0, 6))
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
