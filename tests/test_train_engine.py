@@ -67,10 +67,13 @@ def losses(exp_dir: Path) -> dict[int, float]:
 
 def test_training_lowers_loss_and_writes_outputs(tmp_path):
     cfg = config(tmp_path, max_updates=30, save_interval=10, keep_last=2, valid_interval=100)
+    cfg.optim.clip_norm = 5.0
     Trainer(cfg, ToyTask(make_batches(12)), resume=False).run()
     exp = tmp_path / "exp"
     curve = losses(exp)
     assert curve[30] < 0.5 * curve[1]
+    norms = [json.loads(l)["grad_norm"] for l in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert max(norms) > 5.0  # the logged norm is the pre-clipping norm; clipping was exercised
     assert [s for s, _ in list_checkpoints(exp)] == [20, 30]  # keep_last=2
     assert (exp / "last.pt").resolve().name == "checkpoint-30.pt"
     assert (exp / "config.yaml").is_file() and (exp / "log" / "train.log").read_text().count("train update") >= 30

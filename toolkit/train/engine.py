@@ -415,7 +415,7 @@ class Trainer:
             return self._skip(bool(nonfinite))
         clip = self.cfg.optim.clip_norm
         if clip > 0 and norm > clip:
-            torch._foreach_mul_(grads, clip / (float(norm) + 1e-6))
+            torch._foreach_mul_([p.grad for p in grads], clip / (float(norm) + 1e-6))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -483,7 +483,7 @@ class Trainer:
         for k in rows[-1]:
             if k == "loss":
                 out[k] = sum(r["loss"] * r["sample_size"] for r in rows) / max(total_ss, 1e-9)
-            elif k in ("sample_size", "audio_seconds") or k.startswith("dropped"):
+            elif k == "audio_seconds" or k.startswith("dropped"):
                 out[k] = sum(r.get(k, 0.0) for r in rows)
             elif k == "lr":
                 out[k] = rows[-1][k]

@@ -74,11 +74,16 @@ def seed_layerdrop(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_stream(cfg: TrainConfig, cuts, dataset, dist: ddp.DistInfo, seed: int, shuffle: bool = True) -> BatchStream:
+    import itertools
+
     from toolkit.data.loader import make_loader
 
+    # Duration buckets cannot outnumber the cuts (tiny dev sets); counting stops at num_buckets,
+    # so a lazy or endless (mixed) cut set is only peeked at.
+    buckets = max(1, min(cfg.data.num_buckets, sum(1 for _ in itertools.islice(cuts, cfg.data.num_buckets))))
     loader, sampler = make_loader(cuts, dataset, max_duration=cfg.data.max_duration, shuffle=shuffle, seed=seed,
                                   world_size=dist.world_size, rank=dist.rank, num_workers=cfg.data.num_workers,
-                                  num_buckets=cfg.data.num_buckets)
+                                  num_buckets=buckets)
     return BatchStream(loader, sampler)
 
 
@@ -151,6 +156,10 @@ class PretrainTask(Task):
             return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0)
         out = model(batch["audio"], batch["lengths"])
         metrics = {k: float(v) for k, v in out.metrics.items() if k != "sample_size"}
+        n = max(float(out.sample_size), 1.0)
+        for key in ("contrastive_loss", "diversity_loss"):  # summed over masked frames -> per frame
+            if key in metrics:
+                metrics[key] /= n
         return StepOutput(loss=out.loss, sample_size=float(out.sample_size),
                           audio_seconds=float(batch["lengths"].sum()) / 16000.0, metrics=metrics)
 
