@@ -191,6 +191,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     for name in ("model", "data", "optim", "schedule", "train"):
         if not dataclasses.is_dataclass(getattr(cfg, name)):
             raise bad(name, "must be a mapping (section), not a scalar")
+    for name in ("model", "data", "optim", "schedule", "train"):
+        _coerce_floats(getattr(cfg, name), f"{where}: {name}")
     t, o, s, d = cfg.train, cfg.optim, cfg.schedule, cfg.data
     if t.amp not in AMP_MODES:
         raise bad("train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
@@ -219,6 +221,24 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             raise bad(f"data.{key}", "must be a list")
     if d.max_duration <= 0:
         raise bad("data.max_duration", "must be positive (audio seconds per batch)")
+
+
+def _coerce_floats(section: Any, where: str) -> None:
+    """YAML 1.1 reads `2e-3` (no dot) as a string; accept it for float options, refuse other strings."""
+    import typing
+
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        hint = hints[f.name]
+        is_float = hint is float or (typing.get_origin(hint) is typing.Union and float in typing.get_args(hint))
+        value = getattr(section, f.name)
+        if is_float and isinstance(value, str):
+            try:
+                setattr(section, f.name, float(value))
+            except ValueError:
+                raise ToolkitError(f"{where}.{f.name}: {value!r} is not a number") from None
+        elif is_float and isinstance(value, bool):
+            raise ToolkitError(f"{where}.{f.name}: {value!r} is not a number")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
