@@ -184,7 +184,7 @@ fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   if stage_begin 7 "collect WER/CER per test set and method into $work_dir/RESULTS.md"; then
-    toolkit results --exp-dir "$ft_dir" --out RESULTS.md
+    toolkit results --exp-dir "$ft_dir" --out RESULTS.md --title "LibriSpeech: $size model, fine-tuned on $finetune_set, $token_type units"
     stage_end
   fi
 fi
