@@ -7,16 +7,20 @@
 # LOGFILE and in the command replaced by the job index. Each job's output goes to its log,
 # framed by the command line, start/end time and exit code. Arguments without whitespace are
 # passed raw (so a quoted \| or \> acts as a shell operator, as in Kaldi), others are quoted.
-# Options --gpu, --num-threads, --mem, --time are accepted for compatibility with the Slurm
-# runner and ignored here. Exit status: 0 when every job succeeded, 1 otherwise; on failure
+# --num-threads N sets OMP_NUM_THREADS of each job; without it, the jobs of an array of more
+# than one share the CPUs with one thread each, and a single job keeps the caller's setting.
+# Options --gpu, --mem, --time are accepted for compatibility with the Slurm runner and
+# ignored here. Exit status: 0 when every job succeeded, 1 otherwise; on failure
 # the tail of the first failed log is printed.
 set -uo pipefail
 
 max_jobs_run=$(nproc 2>/dev/null || echo 2)
+num_threads=
 while [ $# -gt 0 ]; do
   case "$1" in
     --max-jobs-run) max_jobs_run=$2; shift 2 ;;
-    --gpu|--num-threads|--mem|--time) shift 2 ;;
+    --num-threads) num_threads=$2; shift 2 ;;
+    --gpu|--mem|--time) shift 2 ;;
     --*) echo "$0: unknown option $1" >&2; exit 1 ;;
     *) break ;;
   esac
@@ -32,6 +36,10 @@ fi
 logfile=$1; shift
 if [ -n "$jobvar" ] && [[ $logfile != *"$jobvar"* ]] && [ "$first" -ne "$last" ]; then
   echo "$0: with $jobvar=$first:$last the log file name must contain $jobvar (got $logfile)" >&2; exit 1
+fi
+
+if [ -n "$num_threads" ]; then export OMP_NUM_THREADS=$num_threads
+elif [ "$first" -ne "$last" ]; then export OMP_NUM_THREADS=1
 fi
 
 cmd=
