@@ -252,7 +252,6 @@ class Wav2Vec2Output:
     mask_indices: torch.Tensor | None
     lengths: torch.Tensor | None = None
     hidden_states: list[torch.Tensor] = field(default_factory=list)
-    masks_equal_per_row: bool = False
 
 
 class Wav2Vec2Model(nn.Module):
@@ -308,12 +307,11 @@ class Wav2Vec2Model(nn.Module):
         feats = self.layer_norm(feats)
         x = self.dropout_input(self.post_extract_proj(feats))
 
-        mask, same_counts = mask_time_indices, False
+        mask = mask_time_indices
         if mask is None and apply_mask and self.cfg.mask_prob > 0:
             mask = compute_mask_indices((bsz, tsz), padding_mask, self.cfg.mask_prob, self.cfg.mask_length,
                                         self.cfg.mask_min_masks, self.cfg.require_same_masks,
                                         self.mask_generator, x.device)
-            same_counts = self.cfg.require_same_masks
         if mask is not None:
             mask = mask.to(x.device, torch.bool)
             if padding_mask is not None:
@@ -326,8 +324,7 @@ class Wav2Vec2Model(nn.Module):
 
         x, hidden = self.encoder(x, padding_mask, output_hidden_states)
         return Wav2Vec2Output(x=x, padding_mask=padding_mask, features=feats, features_pen=features_pen,
-                              mask_indices=mask, lengths=frame_lengths, hidden_states=hidden,
-                              masks_equal_per_row=same_counts)
+                              mask_indices=mask, lengths=frame_lengths, hidden_states=hidden)
 
 
 def _masked_mean_square(feats: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -424,12 +421,13 @@ class Wav2Vec2ForPretraining(nn.Module):
         mask = out.mask_indices
         if mask is None:
             raise ValueError("pretraining needs masked frames: set mask_prob > 0 or pass mask_time_indices")
-        feats = self.dropout_features(out.features)
-        y_in = feats[mask]  # (N, C); the one host sync of the step (N is data dependent)
-        n = y_in.shape[0]
-        q = self.quantizer(y_in)
+        # The one host sync of the step: N (masked frames) is data dependent.
+        idx = mask.reshape(-1).nonzero().squeeze(1)
+        n = idx.shape[0]
+        feats = self.dropout_features(out.features.flatten(0, 1).index_select(0, idx))  # (N, C)
+        q = self.quantizer(feats)
         y = self.project_q(q["x"])
-        x = self.final_proj(out.x[mask])
+        x = self.final_proj(out.x.flatten(0, 1).index_select(0, idx))
         if sampled_negative_indices is not None:
             neg = negatives_from_flat_indices(mask, sampled_negative_indices.to(mask.device))
         else:
@@ -442,13 +440,14 @@ class Wav2Vec2ForPretraining(nn.Module):
             diversity = (num_vars - q["prob_perplexity"]) / num_vars * n
             pen = out.features_pen.float()
             loss = contrastive + cfg.loss_weights[0] * diversity + cfg.loss_weights[1] * pen * n
-        valid = mask.numel() if out.padding_mask is None else (~out.padding_mask).sum()
+        dev = loss.device
+        valid = torch.tensor(float(mask.numel()), device=dev) if out.padding_mask is None else (~out.padding_mask).sum()
         metrics = {
             "contrastive_loss": contrastive.detach(), "diversity_loss": diversity.detach(),
             "features_pen": pen.detach(), "accuracy": _accuracy(logits.detach()),
             "code_perplexity": q["code_perplexity"].detach(), "prob_perplexity": q["prob_perplexity"].detach(),
-            "temperature": torch.tensor(self.quantizer.curr_temp), "mask_fraction": torch.tensor(float(n)) / valid,
-            "sample_size": torch.tensor(float(n)),
+            "temperature": torch.tensor(self.quantizer.curr_temp, device=dev), "mask_fraction": n / valid,
+            "sample_size": torch.tensor(float(n), device=dev),
         }
         return PretrainingOutput(loss=loss, sample_size=n, logits=logits, targets=y, metrics=metrics)
 
