@@ -58,6 +58,7 @@ def test_config_errors_are_one_line():
         get_preset("huge")
     cfg = get_preset("xls_r_1b")
     assert Wav2Vec2Config.from_dict(cfg.to_dict()) == cfg
+    assert get_preset("xlsr_300m") == get_preset("xls_r_300m")
 
 
 # ------------------------------------------------------------------------------------------

@@ -210,6 +210,8 @@ def to_hf(cfg: Wav2Vec2Config, state_dict: Mapping[str, torch.Tensor]) -> tuple[
     )
     if "lm_head.weight" in sd:
         hf["vocab_size"] = sd["lm_head.weight"].shape[0]
+    if cfg.mask_prob == 0 and cfg.mask_channel_prob == 0:
+        sd.pop("wav2vec2.masked_spec_embed", None)  # HF only creates it when a mask prob is > 0
     return hf, sd
 
 

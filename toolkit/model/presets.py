@@ -82,10 +82,13 @@ _PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
+# Other spellings in use (DESIGN.md, torchaudio factory names).
+_ALIASES = {"xlsr_300m": "xls_r_300m", "xlsr_1b": "xls_r_1b", "xlsr_2b": "xls_r_2b", "large_lv60k": "large_lv60"}
 
 
 def get_preset(name: str, **overrides: Any) -> Wav2Vec2Config:
     """The named configuration, with optional field overrides (validated)."""
+    name = _ALIASES.get(name, name)
     if name not in _PRESETS:
         raise ToolkitError(f"model preset {name!r} is unknown; choose one of: {', '.join(PRESETS)}")
     fields = _PRESETS[name]()
