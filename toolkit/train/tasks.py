@@ -87,16 +87,26 @@ def make_stream(cfg: TrainConfig, cuts, dataset, dist: ddp.DistInfo, seed: int, 
     return BatchStream(loader, sampler)
 
 
+class HasLanguage:
+    """Cut filter by supervision language (a class, not a lambda: DataLoader workers pickle it)."""
+
+    def __init__(self, language: str):
+        self.language = language
+
+    def __call__(self, cut) -> bool:  # noqa: ANN001
+        return bool(cut.supervisions) and cut.supervisions[0].language == self.language
+
+
 def _training_cuts(cfg: TrainConfig, seed: int):  # noqa: ANN201
     cuts = load_cuts(cfg.data.train_cuts, "data.train_cuts")
     langs = list(cfg.data.languages)
     if len(langs) <= 1:
         if langs:
-            cuts = cuts.filter(lambda c, lang=langs[0]: c.supervisions[0].language == lang)
+            cuts = cuts.filter(HasLanguage(langs[0]))
         return cuts
     from toolkit.data.mix import mix_languages
 
-    by_lang = {lang: cuts.filter(lambda c, lang=lang: c.supervisions[0].language == lang).to_eager()
+    by_lang = {lang: cuts.filter(HasLanguage(lang)).to_eager()
                for lang in langs}
     empty = [lang for lang, cs in by_lang.items() if len(cs) == 0]
     if empty:
