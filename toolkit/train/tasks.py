@@ -248,6 +248,9 @@ class CTCTask(Task):
             raise ToolkitError("data.lang_dir: fine-tuning needs a lang dir (tokens.txt); build one with "
                                "`toolkit lang-dir` and set data.lang_dir")
         self.tokenizer = Tokenizer.from_lang_dir(cfg.data.lang_dir)
+        if cfg.train.freeze_finetune_updates >= cfg.train.max_updates:
+            logger.warning("train.freeze_finetune_updates=%d >= train.max_updates=%d: only the CTC head will train",
+                           cfg.train.freeze_finetune_updates, cfg.train.max_updates)
         self.init_ckpt = load_init(cfg)
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
         self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
