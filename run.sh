@@ -22,6 +22,8 @@ heldout_language=it
 pretrain_minutes=8                   # synthetic audio per pretraining language
 finetune_minutes=10                  # transcribed train audio of the held-out language
 decode_methods="greedy hlg"
+pretrain_updates=350                 # tiny pretraining updates (20 s of audio each)
+finetune_updates=250                 # tiny fine-tuning updates (20 s of audio each), for each of the two
 pretrain_opts=                       # extra "--set key=value" for toolkit pretrain
 finetune_opts=                       # extra "--set key=value" for toolkit finetune
 help_message="Usage: ./run.sh [options]
@@ -35,6 +37,8 @@ Options (default):
   --pretrain-minutes M              synthetic audio per pretraining language ($pretrain_minutes)
   --finetune-minutes M              transcribed audio for fine-tuning ($finetune_minutes)
   --decode-methods \"greedy hlg\"     decoding methods ($decode_methods)
+  --pretrain-updates N              pretraining updates ($pretrain_updates)
+  --finetune-updates N              updates of each fine-tuning ($finetune_updates)
   --pretrain-opts / --finetune-opts extra '--set key=value' options for the training commands"
 . local/parse_options.sh
 
@@ -47,7 +51,8 @@ recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage 
   --languages "$pretrain_languages" --finetune-languages "$heldout_language" \
   --size tiny --token-type char --finetune-inits "pretrained scratch" \
   --decode-methods "$decode_methods" --test-sets "dev test" --nj 1 \
-  --pretrain-opts "$pretrain_opts" --finetune-opts "$finetune_opts"
+  --pretrain-opts "--set train.max_updates=$pretrain_updates $pretrain_opts" \
+  --finetune-opts "--set train.max_updates=$finetune_updates $finetune_opts"
 
 # The comparison: one row per method, test-set WER of both fine-tunings (from wer-summary.txt).
 [ "$stop_stage" -ge 7 ] || exit 0

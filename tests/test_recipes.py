@@ -27,7 +27,7 @@ RUN_SLURM = ROOT / "recipes" / "shared" / "run_slurm.sh"
 
 # A few updates of the tiny model: enough for every stage to produce its files.
 FEW_UPDATES = ("--set train.max_updates=8 --set train.save_interval=8 --set train.valid_interval=8 "
-               "--set train.log_interval=4 --set data.num_buckets=2")
+               "--set train.log_interval=4")
 
 
 def bash(cmd: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
