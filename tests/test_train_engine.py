@@ -43,7 +43,8 @@ class ToyTask(Task):
 
     def train_batches(self, dist, seed) -> BatchStream:
         tagged = [dict(b, index=i) for i, b in enumerate(self.batches)]
-        return BatchStream(tagged)
+        # a real DataLoader: its __iter__ draws from the global RNG (exact resume must cope)
+        return BatchStream(torch.utils.data.DataLoader(tagged, batch_size=None, shuffle=False))
 
     def step(self, model, batch, num_updates) -> StepOutput:
         pred = model(batch["x"]).squeeze(-1)

@@ -114,6 +114,13 @@ class BatchStream:
             for _ in range(skip):
                 next(self._it)
 
+    def prime(self) -> None:
+        """Open the current epoch's iterator now. DataLoader.__iter__ draws from the global torch
+        RNG; the trainer primes before restoring the RNG state on resume, so that draw does not
+        shift the random stream of the resumed updates."""
+        if self._it is None:
+            self._start_epoch(self.consumed)
+
     def __next__(self) -> dict:
         if self._it is None:
             self._start_epoch(self.consumed)
@@ -530,6 +537,7 @@ class Trainer:
         self._build()
         self._resume_rng = None
         self._maybe_resume()
+        self.batches.prime()
         if self._resume_rng is not None:
             # Restored last: building the model and the batch stream consumed random numbers.
             set_rng_state(self._resume_rng)
