@@ -19,11 +19,12 @@ work=/tmp/pretrain_vs_scratch
 pretrain_langs=de,es,it,fr
 target=en
 minutes=12          # per language; the target's train split is ~10 minutes
-pt_updates=500
-ft_updates=500
+pt_updates=300
+pt_max_duration=12
+ft_updates=300
 ft_lr=1.0e-3
 threads=2
-help_message="Usage: $0 [--work DIR] [--pt-updates N] [--ft-updates N] [--ft-lr LR] [--threads N]"
+help_message="Usage: $0 [--work DIR] [--pt-updates N] [--pt-max-duration SECONDS] [--ft-updates N] [--ft-lr LR] [--threads N]"
 . local/parse_options.sh
 
 export OMP_NUM_THREADS=$threads
@@ -49,7 +50,7 @@ start=$(date +%s)
   --set "exp_dir=$work/exp/pretrain" --set "data.train_cuts=[${train_list%,}]" \
   --set "data.dev_cuts=[$m/cv-${first}_cuts_dev.jsonl.gz]" --set "data.languages=[$pretrain_langs]" \
   --set train.max_updates=$pt_updates --set train.save_interval=$pt_updates --set train.valid_interval=$pt_updates \
-  --set train.log_interval=50 --set data.max_duration=20 --set schedule.warmup_updates=50 \
+  --set train.log_interval=50 --set data.max_duration=$pt_max_duration --set schedule.warmup_updates=30 \
   --set optim.lr=2.0e-3 2>&1 | grep -E "train update|valid update|error" | tail -n 3 || true
 pt_seconds=$(( $(date +%s) - start ))
 ckpt=$work/exp/pretrain/checkpoint-$pt_updates.pt
@@ -61,7 +62,7 @@ finetune() {  # name init
     --set "exp_dir=$work/exp/ft_$1" --set "train.init=$2" \
     --set "data.train_cuts=[$m/cv-${target}_cuts_train.jsonl.gz]" --set "data.dev_cuts=[$m/cv-${target}_cuts_dev.jsonl.gz]" \
     --set "data.lang_dir=$work/lang_$target" --set train.max_updates=$ft_updates --set train.valid_interval=50 \
-    --set train.save_interval=$ft_updates --set train.log_interval=50 --set data.max_duration=20 \
+    --set train.save_interval=$ft_updates --set train.log_interval=50 --set data.max_duration=12 \
     --set optim.lr=$ft_lr 2>&1 | grep -E "valid update|error" | tail -n 2 || true
 }
 finetune pretrained "$ckpt"

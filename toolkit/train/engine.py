@@ -537,6 +537,7 @@ class Trainer:
         self._build()
         self._resume_rng = None
         self._maybe_resume()
+        self._rotate_old_metrics()
         self.batches.prime()
         if self._resume_rng is not None:
             # Restored last: building the model and the batch stream consumed random numbers.
@@ -573,6 +574,12 @@ class Trainer:
             bar.close()
             self._close()
         return last
+
+    def _rotate_old_metrics(self) -> None:
+        """A fresh start in a used exp_dir keeps the old curves aside instead of appending to them."""
+        old = self.exp_dir / "metrics.jsonl"
+        if self.num_updates == 0 and self.dist.is_main and old.is_file():
+            old.rename(self.exp_dir / f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
 
     def _close(self) -> None:
         if self.writer is not None:
