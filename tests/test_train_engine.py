@@ -24,6 +24,11 @@ def make_batches(n: int, size: int = 8, seed: int = 0) -> list[dict]:
     return out
 
 
+class LazyLoader(torch.utils.data.DataLoader):
+    def __iter__(self):
+        yield from super().__iter__()
+
+
 class ToyTask(Task):
     """Regression with dropout (so the RNG streams matter for exact resume)."""
 
@@ -43,8 +48,9 @@ class ToyTask(Task):
 
     def train_batches(self, dist, seed) -> BatchStream:
         tagged = [dict(b, index=i) for i, b in enumerate(self.batches)]
-        # a real DataLoader: its __iter__ draws from the global RNG (exact resume must cope)
-        return BatchStream(torch.utils.data.DataLoader(tagged, batch_size=None, shuffle=False))
+        # a real DataLoader whose __iter__ is lazy (a generator, like toolkit.data.loader's): its
+        # base-seed draw happens at the first batch, after the resumed RNG state is restored
+        return BatchStream(LazyLoader(tagged, batch_size=None, shuffle=False))
 
     def step(self, model, batch, num_updates) -> StepOutput:
         pred = model(batch["x"]).squeeze(-1)

@@ -96,8 +96,14 @@ class BatchStream:
     read); otherwise the consumed batches are drawn again and discarded.
     """
 
-    def __init__(self, loader: Any, sampler: Any = None):
+    def __init__(self, loader: Any, sampler: Any = None, seed: int = 0):
         self.loader, self.sampler = loader, sampler
+        # DataLoader.__iter__ draws the workers' base seed from the *global* torch RNG unless the
+        # loader has its own generator; that draw would happen at different points in an
+        # uninterrupted and a resumed run (e.g. lazily, inside generator-based loaders), so
+        # give the loader a private one. (Workers' seeds do not affect our deterministic datasets.)
+        if isinstance(loader, torch.utils.data.DataLoader) and loader.generator is None:
+            loader.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.consumed = 0, 0
         self._it: Optional[Iterator] = None
         self._sampler_state: Optional[dict] = None

@@ -84,7 +84,7 @@ def make_stream(cfg: TrainConfig, cuts, dataset, dist: ddp.DistInfo, seed: int, 
     loader, sampler = make_loader(cuts, dataset, max_duration=cfg.data.max_duration, shuffle=shuffle, seed=seed,
                                   world_size=dist.world_size, rank=dist.rank, num_workers=cfg.data.num_workers,
                                   num_buckets=buckets)
-    return BatchStream(loader, sampler)
+    return BatchStream(loader, sampler, seed)
 
 
 class HasLanguage:
