@@ -9,6 +9,9 @@
 #      the same fine-tuning from scratch (same config, same updates);
 #   4. greedy dev WER/CER of both (best.pt by dev WER, as the recipes do).
 # Ends with RESULT lines: wer_pretrained, wer_scratch, cer_pretrained, cer_scratch, pretrain_seconds.
+# Budget: pretraining must leave chance level (dev contrastive accuracy well above 1/51) before it
+# can help; 300 tiny updates on a contended 2-core CPU (measured: 1091 s, ~2 audio-s/s) did not,
+# and both systems then stayed at 100% WER. Give it more --pt-updates (thousands) on a free machine.
 #
 # Usage: bench/pretrain_vs_scratch.sh [--work DIR] [--pt-updates N] [--ft-updates N] [--threads N]
 set -euo pipefail
@@ -73,7 +76,7 @@ best() {  # exp metric -> the metric at the update with the best dev WER
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")]
 valid = [r for r in rows if r["split"] == "valid"]
-print(f"{min(valid, key=lambda r: r['wer'])[sys.argv[2]]:.2f}")
+print(f"{min(valid, key=lambda r: (r['wer'], r['cer']))[sys.argv[2]]:.2f}")
 PY
 }
 wp=$(best "$work/exp/ft_pretrained" wer); ws=$(best "$work/exp/ft_scratch" wer)
