@@ -83,7 +83,9 @@ case "$token_type" in char|bpe) ;; *) echo "$0: --token-type must be char or bpe
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   if [ "$synthetic" = true ]; then
-    if stage_begin 0 "synthesise a Common Voice-format corpus ($all_languages) in $corpus_dir" "$corpus_dir/.done"; then
+    # The marker names the languages and sizes, so another language list synthesises what is missing.
+    if stage_begin 0 "synthesise a Common Voice-format corpus ($all_languages) in $corpus_dir" \
+        "$corpus_dir/.synth-${all_languages// /_}-${synth_minutes}-${synth_finetune_minutes}-${synth_speakers}.done"; then
       # Pretraining languages get --synth-minutes each; a fine-tuning language gets enough that
       # its train split (80 %) holds --synth-finetune-minutes of transcribed audio.
       pt_only=$(list_minus "$all_languages" "$finetune_languages")
@@ -94,7 +96,6 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
       toolkit synth-corpus --format commonvoice --languages "$(echo $finetune_languages | tr ' ' ,)" --out "$corpus_dir" \
         --minutes-per-language "$(awk -v m="$synth_finetune_minutes" 'BEGIN{print m / 0.8}')" \
         --speakers "$synth_speakers" --nj "$synth_nj"
-      date > "$corpus_dir/.done"
       stage_end
     fi
   elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.done.${all_languages// /_}"; then
