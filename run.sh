@@ -57,18 +57,21 @@ recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage 
 # The comparison: one row per method, test-set WER of both fine-tunings (from wer-summary.txt).
 [ "$stop_stage" -ge 7 ] || exit 0
 exp=$work_dir/exp
-wer_of() {  # wer_of pretrained|scratch METHOD -> WER in % (column 2 of wer-summary.txt)
-  awk -F'\t' 'NR == 2 {print $2}' "$exp/finetune_tiny_${heldout_language}_char_$1/decode/cv-${heldout_language}_test/$2/wer-summary.txt"
+summary_of() {  # summary_of pretrained|scratch METHOD COLUMN -> column of wer-summary.txt (2 WER, 3 CER)
+  awk -F'\t' -v c="$3" 'NR == 2 {print $c}' "$exp/finetune_tiny_${heldout_language}_char_$1/decode/cv-${heldout_language}_test/$2/wer-summary.txt"
 }
+wer_of() { summary_of "$1" "$2" 2; }
 {
   echo
   echo "## Pretrained vs scratch: $heldout_language (held out of pretraining), test set"
   echo
   echo "Pretraining languages: $pretrain_languages; about $finetune_minutes minutes of transcribed audio for fine-tuning."
   echo
-  echo "|method|WER pretrained (%)|WER scratch (%)|"
-  echo "|---|---|---|"
-  for m in $decode_methods; do echo "|$m|$(wer_of pretrained $m)|$(wer_of scratch $m)|"; done
+  echo "|method|WER pretrained (%)|WER scratch (%)|CER pretrained (%)|CER scratch (%)|"
+  echo "|---|---|---|---|---|"
+  for m in $decode_methods; do
+    echo "|$m|$(wer_of pretrained $m)|$(wer_of scratch $m)|$(summary_of pretrained $m 3)|$(summary_of scratch $m 3)|"
+  done
 } >> "$work_dir/RESULTS.md"
 
 best=; best_wer=
