@@ -131,3 +131,36 @@ def dataclass_from_dict(cls: type, data: dict | None, where: str = "config") -> 
 
 def dataclass_to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line inputs shared by several commands
+
+def resolve_device(name: str | None, option: str = "--device") -> Any:
+    """`name` as a `torch.device`: "auto" or None picks cuda when available, else cpu.
+
+    One-line ToolkitError naming `option` for a malformed name or for cuda without a visible GPU.
+    """
+    import torch
+
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ToolkitError(f"{option} {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ToolkitError(f"{option} {name}: CUDA is not available here (no GPU visible); use cpu")
+    return device
+
+
+def read_utf8_lines(path: str | os.PathLike, option: str, what: str) -> list[str]:
+    """Lines of the UTF-8 text file given by `option`; one-line ToolkitError when it is missing
+    (the message asks for `what`) or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{option} {path}: file not found; give {what}")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ToolkitError(f"{option} {path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None

@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from toolkit.utils import ToolkitError
+from toolkit.utils import ToolkitError, resolve_device
 
 log = logging.getLogger("toolkit.decode")
 
@@ -60,20 +60,6 @@ def parse_methods(args: argparse.Namespace) -> tuple[list[str], bool]:
             raise ToolkitError(f"--methods {args.methods!r}: unknown {bad}; choose from {', '.join(METHODS)}")
         return list(dict.fromkeys(methods)), True
     return [args.method or "greedy"], False
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ToolkitError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ToolkitError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
 
 
 def load_cuts(path: str):

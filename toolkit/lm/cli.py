@@ -26,7 +26,7 @@ from pathlib import Path
 
 from toolkit.lm.arpa import read_arpa, validate_arpa, write_arpa
 from toolkit.lm.kneser_ney import DEFAULT_FALLBACK, prune_thresholds, train_kneser_ney
-from toolkit.utils import ToolkitError, atomic_path
+from toolkit.utils import ToolkitError, atomic_path, read_utf8_lines
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_text(path: Path) -> list[str]:
     """Sentences of a UTF-8 text file; one-line errors for a missing, non-UTF-8 or empty file."""
-    if not path.is_file():
-        raise ToolkitError(f"--text {path}: file not found; give the LM training text (one sentence a line)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ToolkitError(f"--text {path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+    lines = read_utf8_lines(path, "--text", "the LM training text (one sentence a line)")
     for n, line in enumerate(lines, start=1):
         if "<s>" in line.split() or "</s>" in line.split():
             raise ToolkitError(f"--text {path}:{n}: contains <s> or </s>; remove sentence markers from the LM text")

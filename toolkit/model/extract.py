@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.utils import ToolkitError, atomic_path
+from toolkit.utils import ToolkitError, atomic_path, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = config_of(ckpt)
     n_layers = cfg.encoder_layers
@@ -57,19 +57,6 @@ def run(args: argparse.Namespace) -> int:
     which = "final output" if args.layer is None else f"layer {args.layer}"
     print(f"{args.audio}: {feats.shape[0]} frames x {feats.shape[1]} ({which}) -> {args.out}")
     return 0
-
-
-def pick_device(name: str | None) -> torch.device:
-    """`--device` as a torch.device: default cuda when available; one-line error when unusable."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ToolkitError(f"--device {name!r}: not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ToolkitError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 @torch.inference_mode()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from toolkit.score.compute import Report, score_pairs
 from toolkit.score.report import espnet_header, espnet_row, fmt_ci, write_reports
-from toolkit.utils import ToolkitError
+from toolkit.utils import ToolkitError, read_utf8_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_kaldi_text(path: Path, option: str) -> dict[str, str]:
     """`uttid text...` lines into a dict; a line with only an id is an empty transcript."""
-    if not path.is_file():
-        raise ToolkitError(f"{option} {path}: file not found; give a Kaldi text file (uttid word word ...)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ToolkitError(f"{option} {path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+    lines = read_utf8_lines(path, option, "a Kaldi text file (uttid word word ...)")
     out: dict[str, str] = {}
     for n, line in enumerate(lines, start=1):
         parts = line.strip().split(maxsplit=1)

@@ -35,7 +35,7 @@ import torch
 from toolkit.train import ddp
 from toolkit.train.config import TrainConfig, config_to_dict, config_to_yaml
 from toolkit.train.optim import Scheduler, build_optimizer, grad_norm
-from toolkit.utils import ToolkitError, atomic_write_text
+from toolkit.utils import ToolkitError, atomic_write_text, resolve_device
 
 logger = logging.getLogger("toolkit.train")
 
@@ -218,25 +218,13 @@ def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ToolkitError(f"train.device: {name!r} is not a device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ToolkitError("train.device: cuda requested but no GPU is visible; use train.device=cpu")
-    return dev
-
-
 class Trainer:
     """Runs `cfg.train.max_updates` updates of `task`, resuming from exp_dir when asked."""
 
     def __init__(self, cfg: TrainConfig, task: Task, resume: bool | str = True):
         self.cfg, self.task, self.resume = cfg, task, resume
         self.exp_dir = Path(cfg.exp_dir)
-        base = resolve_device(cfg.train.device)
+        base = resolve_device(cfg.train.device, option="train.device")
         self.dist = ddp.init_distributed(base.type)
         self.device = torch.device("cuda", self.dist.local_rank) if base.type == "cuda" else base
         if self.device.type == "cuda":
