@@ -28,6 +28,22 @@ def char_lang(d: Path, words: list[str]) -> Path:
     return write_lang(d, ["<blk>", "|", *letters, "<unk>"], [(w, [*w, "|"]) for w in words])
 
 
+# Four words over the letters a, b, c: "cob" is the more frequent word alone, but "cab" is what
+# follows "ab", so only the LM can pick "ab cab" when the acoustics leave a/o ambiguous.
+FOUR_WORDS = ["ab", "ba", "cab", "cob"]
+
+
+def four_word_lang(d: Path, cab_cob_backoff: float = -0.50) -> Path:
+    """`char_lang` of FOUR_WORDS plus its bigram `lm.arpa` (hand-written log10 values)."""
+    char_lang(d, FOUR_WORDS)
+    write_arpa(d / "lm.arpa",
+               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
+                "cab": (-1.50, cab_cob_backoff), "cob": (-0.60, cab_cob_backoff)},
+               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
+                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
+    return d
+
+
 def write_arpa(path: Path, unigrams: dict[str, tuple[float, float | None]],
                bigrams: dict[tuple[str, str], float] | None = None) -> Path:
     """An ARPA file from log10 probabilities (and back-off weights) given by hand."""

@@ -8,25 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from graph_fixtures import char_lang, ctc_frames, spell_ids, write_arpa
+from graph_fixtures import FOUR_WORDS as WORDS
+from graph_fixtures import char_lang, ctc_frames, four_word_lang, spell_ids
 from toolkit.decode.greedy import greedy_decode, greedy_ids
 from toolkit.decode.wfst import WfstOptions, decode_matrices
 from toolkit.lm.graph import Lang, compile_graphs
 from toolkit.utils import ToolkitError
 
-WORDS = ["ab", "ba", "cab", "cob"]
-
-
 @pytest.fixture
 def lang(tmp_path):
-    d = char_lang(tmp_path / "lang", WORDS)
-    # "cob" is the more frequent word alone, but "cab" is what follows "ab".
-    write_arpa(d / "lm.arpa",
-               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
-                "cab": (-1.50, -0.50), "cob": (-0.60, -0.50)},
-               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
-                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
-    return d
+    return four_word_lang(tmp_path / "lang")
 
 
 class CharDetok:

@@ -14,14 +14,13 @@ import kenlm
 import numpy as np
 import pytest
 
-from graph_fixtures import char_lang, ctc_frames, spell_ids, write_arpa, write_lang
+from graph_fixtures import FOUR_WORDS as WORDS
+from graph_fixtures import ctc_frames, four_word_lang, spell_ids, write_arpa, write_lang
 from toolkit.lm.graph import (
     TOKEN_OFFSET, Lang, add_disambig, build_ctc_topo, build_grammar_fst, build_lexicon_fst,
     compile_graphs, read_fst, remove_backoff_disambig,
 )
 from toolkit.utils import ToolkitError
-
-WORDS = ["ab", "ba", "cab", "cob"]
 
 
 def collapse(frames: list[int]) -> list[int]:
@@ -46,13 +45,7 @@ def accepts(frames: list[int], H: kaldifst.StdVectorFst, tokens: list[int]) -> b
 
 @pytest.fixture
 def lang(tmp_path):
-    d = char_lang(tmp_path / "lang", WORDS)
-    write_arpa(d / "lm.arpa",
-               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
-                "cab": (-1.50, -0.20), "cob": (-0.60, -0.20)},
-               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
-                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
-    return d
+    return four_word_lang(tmp_path / "lang", cab_cob_backoff=-0.20)
 
 
 # ---------------------------------------------------------------------------------------- H

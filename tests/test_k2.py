@@ -13,7 +13,8 @@ import torch
 
 k2 = pytest.importorskip("k2")
 
-from graph_fixtures import char_lang, ctc_frames, spell_ids, write_arpa  # noqa: E402
+from graph_fixtures import FOUR_WORDS as WORDS  # noqa: E402
+from graph_fixtures import ctc_frames, four_word_lang, spell_ids  # noqa: E402
 from toolkit.decode.greedy import greedy_ids  # noqa: E402
 from toolkit.decode.k2_decode import K2Search  # noqa: E402
 from toolkit.decode.wfst import WfstOptions, decode_matrices  # noqa: E402
@@ -21,19 +22,12 @@ from toolkit.lm.compile import rescore_grammar  # noqa: E402
 from toolkit.lm.graph import Lang, compile_graphs  # noqa: E402
 
 pytestmark = pytest.mark.k2
-WORDS = ["ab", "ba", "cab", "cob"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture
 def lang(tmp_path):
-    d = char_lang(tmp_path / "lang", WORDS)
-    write_arpa(d / "lm.arpa",
-               {"<s>": (-99.0, -0.30), "</s>": (-0.80, None), "ab": (-0.70, -0.20), "ba": (-0.90, -0.20),
-                "cab": (-1.50, -0.50), "cob": (-0.60, -0.50)},
-               {("<s>", "ab"): -0.10, ("ab", "cab"): -0.05, ("ab", "ba"): -0.40, ("ba", "</s>"): -0.10,
-                ("cab", "</s>"): -0.05, ("cob", "</s>"): -0.30})
-    return d
+    return four_word_lang(tmp_path / "lang")
 
 
 def options(**kw):
