@@ -25,21 +25,35 @@ StateDict = dict[str, torch.Tensor]
 
 _WN = [(r"\.weight_g$", ".parametrizations.weight.original0"), (r"\.weight_v$", ".parametrizations.weight.original1")]
 
-# Hugging Face (keys after the optional "wav2vec2." prefix is normalised) -> toolkit.
-_HF_RULES = [
-    (r"^wav2vec2\.feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"wav2vec2.feature_extractor.conv_layers.\1.norm."),
-    (r"^wav2vec2\.feature_projection\.layer_norm\.", "wav2vec2.layer_norm."),
-    (r"^wav2vec2\.feature_projection\.projection\.", "wav2vec2.post_extract_proj."),
-    (r"^wav2vec2\.masked_spec_embed$", "wav2vec2.mask_emb"),
-    (r"^wav2vec2\.encoder\.pos_conv_embed\.conv\.", "wav2vec2.encoder.pos_conv.conv."),
-    (r"^wav2vec2\.encoder\.layers\.(\d+)\.attention\.", r"wav2vec2.encoder.layers.\1.self_attn."),
-    (r"^wav2vec2\.encoder\.layers\.(\d+)\.layer_norm\.", r"wav2vec2.encoder.layers.\1.self_attn_layer_norm."),
-    (r"^wav2vec2\.encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"wav2vec2.encoder.layers.\1.fc1."),
-    (r"^wav2vec2\.encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"wav2vec2.encoder.layers.\1.fc2."),
-    (r"^quantizer\.codevectors$", "quantizer.vars"),
-    (r"^project_hid\.", "final_proj."),
-    (r"^lm_head\.", "proj."),
-] + _WN
+# (toolkit, Hugging Face) key prefixes, one table for both directions; `{i}` is a layer index
+# and a name without a trailing "." is a whole key. Keys not listed are the same in both.
+_HF_NAMES = [
+    ("wav2vec2.feature_extractor.conv_layers.{i}.norm.", "wav2vec2.feature_extractor.conv_layers.{i}.layer_norm."),
+    ("wav2vec2.layer_norm.", "wav2vec2.feature_projection.layer_norm."),
+    ("wav2vec2.post_extract_proj.", "wav2vec2.feature_projection.projection."),
+    ("wav2vec2.mask_emb", "wav2vec2.masked_spec_embed"),
+    ("wav2vec2.encoder.pos_conv.conv.", "wav2vec2.encoder.pos_conv_embed.conv."),
+    ("wav2vec2.encoder.layers.{i}.self_attn.", "wav2vec2.encoder.layers.{i}.attention."),
+    ("wav2vec2.encoder.layers.{i}.self_attn_layer_norm.", "wav2vec2.encoder.layers.{i}.layer_norm."),
+    ("wav2vec2.encoder.layers.{i}.fc1.", "wav2vec2.encoder.layers.{i}.feed_forward.intermediate_dense."),
+    ("wav2vec2.encoder.layers.{i}.fc2.", "wav2vec2.encoder.layers.{i}.feed_forward.output_dense."),
+    ("quantizer.vars", "quantizer.codevectors"),
+    ("final_proj.", "project_hid."),
+    ("proj.", "lm_head."),
+]
+
+
+def _name_rules(pairs: list[tuple[str, str]], to_toolkit: bool) -> list[tuple[str, str]]:
+    """`_rename` rules (regex, replacement) from (toolkit, foreign) name pairs, either direction."""
+    rules = []
+    for ours, theirs in pairs:
+        src, dst = (theirs, ours) if to_toolkit else (ours, theirs)
+        pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((pattern, dst.replace("{i}", r"\1")))
+    return rules
+
+
+_HF_RULES = _name_rules(_HF_NAMES, to_toolkit=True) + _WN
 
 # torchaudio Wav2Vec2Model -> toolkit.
 _TA_RULES = [
@@ -56,17 +70,6 @@ _TA_RULES = [
     (r"^encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"wav2vec2.encoder.layers.\1.final_layer_norm."),
     (r"^aux\.", "proj."),
 ] + _WN
-
-# fairseq (pretraining `Wav2Vec2Model` or fine-tuned `Wav2VecCtc`) -> toolkit.
-_FAIRSEQ_RULES = [
-    (r"^w2v_encoder\.w2v_model\.", "wav2vec2."),
-    (r"^w2v_encoder\.proj\.", "proj."),
-    (r"^wav2vec2\.feature_extractor\.conv_layers\.(\d+)\.0\.", r"wav2vec2.feature_extractor.conv_layers.\1.conv."),
-    (r"^wav2vec2\.feature_extractor\.conv_layers\.(\d+)\.2\.1\.", r"wav2vec2.feature_extractor.conv_layers.\1.norm."),
-    (r"^wav2vec2\.feature_extractor\.conv_layers\.(\d+)\.2\.", r"wav2vec2.feature_extractor.conv_layers.\1.norm."),
-    (r"^wav2vec2\.encoder\.pos_conv\.0\.", "wav2vec2.encoder.pos_conv.conv."),
-] + _WN
-_FAIRSEQ_TOP = ("quantizer.", "project_q.", "final_proj.")
 
 
 def _rename(state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> StateDict:
@@ -174,21 +177,7 @@ def from_hf(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any]
 
 def to_hf(cfg: Wav2Vec2Config, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], StateDict]:
     """Inverse of `from_hf`: a Hugging Face config dict and state dict (parametrized weight norm)."""
-    inverse = [
-        (r"^wav2vec2\.feature_extractor\.conv_layers\.(\d+)\.norm\.", r"wav2vec2.feature_extractor.conv_layers.\1.layer_norm."),
-        (r"^wav2vec2\.layer_norm\.", "wav2vec2.feature_projection.layer_norm."),
-        (r"^wav2vec2\.post_extract_proj\.", "wav2vec2.feature_projection.projection."),
-        (r"^wav2vec2\.mask_emb$", "wav2vec2.masked_spec_embed"),
-        (r"^wav2vec2\.encoder\.pos_conv\.conv\.", "wav2vec2.encoder.pos_conv_embed.conv."),
-        (r"^wav2vec2\.encoder\.layers\.(\d+)\.self_attn\.", r"wav2vec2.encoder.layers.\1.attention."),
-        (r"^wav2vec2\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"wav2vec2.encoder.layers.\1.layer_norm."),
-        (r"^wav2vec2\.encoder\.layers\.(\d+)\.fc1\.", r"wav2vec2.encoder.layers.\1.feed_forward.intermediate_dense."),
-        (r"^wav2vec2\.encoder\.layers\.(\d+)\.fc2\.", r"wav2vec2.encoder.layers.\1.feed_forward.output_dense."),
-        (r"^quantizer\.vars$", "quantizer.codevectors"),
-        (r"^final_proj\.", "project_hid."),
-        (r"^proj\.", "lm_head."),
-    ]
-    sd = _rename(state_dict, inverse)
+    sd = _rename(state_dict, _name_rules(_HF_NAMES, to_toolkit=False))
     conv = cfg.conv_feature_layers
     hf = dict(
         model_type="wav2vec2", feat_extract_norm="layer" if cfg.extractor_mode == "layer_norm" else "group",
@@ -270,47 +259,18 @@ def from_torchaudio(state_dict: Mapping[str, torch.Tensor], num_heads: int | Non
 
 
 # ------------------------------------------------------------------------------------------
-# fairseq
-
-def config_from_fairseq(model_cfg: Mapping[str, Any]) -> Wav2Vec2Config:
-    """Toolkit config from a fairseq `cfg["model"]` (pretraining) or its `w2v_args.model` (fine-tuned).
-
-    Fields with the same name are copied; fairseq-only fields that change the architecture in
-    ways not supported here raise ToolkitError.
-    """
-    c = dict(model_cfg)
-    if c.get("quantize_input") or c.get("target_glu") or int(c.get("quantizer_depth", 1)) != 1:
-        raise ToolkitError("fairseq config: quantize_input / target_glu / quantizer_depth>1 are not supported")
-    if c.get("activation_fn", "gelu") != "gelu" or c.get("pos_conv_depth", 1) != 1:
-        raise ToolkitError("fairseq config: only activation_fn=gelu and pos_conv_depth=1 are supported")
-    if c.get("negatives_from_everywhere") or c.get("codebook_negatives", 0):
-        log.warning("fairseq config: negatives_from_everywhere/codebook_negatives are ignored")
-    names = set(Wav2Vec2Config.__dataclass_fields__)
-    fields = {k: v for k, v in c.items() if k in names}
-    conv = fields.get("conv_feature_layers")
-    if isinstance(conv, str):
-        if not re.fullmatch(r"[\s\d\[\]\(\),+*]+", conv):
-            raise ToolkitError(f"fairseq config: conv_feature_layers={conv!r} is not a list expression")
-        fields["conv_feature_layers"] = eval(conv, {"__builtins__": {}})  # digits/brackets/+/* only
-    if isinstance(fields.get("latent_temp"), str):
-        fields["latent_temp"] = tuple(float(v) for v in re.findall(r"[-\d.e]+", fields["latent_temp"]))
-    if "mask_min_masks" not in fields:
-        fields["mask_min_masks"] = 2
-    return Wav2Vec2Config.from_dict(fields, where="fairseq config")
-
+# fairseq (the mapping lives in fairseq_io, next to the safe unpickler)
 
 def from_fairseq(state_dict: Mapping[str, torch.Tensor], model_cfg: Mapping[str, Any],
                  source: str = "fairseq checkpoint") -> tuple[Wav2Vec2Config, StateDict]:
-    """Convert a fairseq wav2vec 2.0 pretraining or CTC fine-tuned model's `model` state dict."""
-    cfg = config_from_fairseq(model_cfg)
-    sd = {}
-    for k, v in state_dict.items():
-        if k.startswith(_FAIRSEQ_TOP) or k.startswith("w2v_encoder."):
-            sd[k] = v
-        elif k in ("_float_tensor",) or k.endswith("._float_tensor"):
-            continue
-        else:
-            sd["wav2vec2." + k] = v
-    sd = _rename(sd, _FAIRSEQ_RULES)
+    """Convert a fairseq wav2vec 2.0 pretraining or CTC fine-tuned model's `model` state dict.
+
+    `model_cfg` is the pretraining model's configuration (`cfg["model"]`, or `w2v_args.model`
+    of a fine-tuned checkpoint). The mapping is `fairseq_io`'s, the one `import-checkpoint` uses.
+    """
+    from toolkit.model import fairseq_io
+
+    parts = fairseq_io.FairseqConfigParts(dict(model_cfg), {}, {}, None)
+    cfg, sd, _ = fairseq_io.convert_fairseq(dict(state_dict), source, lambda kind: parts)
     check_state_dict(cfg, sd, source)
     return cfg, sd

@@ -32,10 +32,11 @@ import re
 import types
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from toolkit.model.config import Wav2Vec2Config
 from toolkit.utils import ToolkitError
 
 log = logging.getLogger(__name__)
@@ -495,13 +496,14 @@ _STANDARD_STRIDES = {(10, 3, 3, 3, 3, 2, 2): (5, 2, 2, 2, 2, 2, 2)}
 _HEADS_BY_DIM = {768: 12, 1024: 16, 1280: 16, 1920: 16}
 
 
-def infer_fields_from_shapes(sd: dict, where: str) -> dict:
+def infer_fields_from_shapes(sd: dict, where: str, conv_known: bool = False) -> dict:
     """Wav2Vec2Config fields that the tensor shapes determine (toolkit key names).
 
     Strides, heads, `layer_norm_first` and `latent_groups` are not visible in shapes: standard
     values are used (strides of the 7-layer extractor, 64-dim heads / 16 heads from 1024 up,
     pre-LN with the layer-norm extractor as in every released LARGE/XLSR model, 2 groups) and
-    the guess is logged. A configuration in the checkpoint always wins over these.
+    the guess is logged. A configuration in the checkpoint always wins over these; with
+    `conv_known` (it gives `conv_feature_layers`) non-standard kernels are not an error.
     """
     p = "wav2vec2."
     out: dict[str, Any] = {}
@@ -512,12 +514,13 @@ def infer_fields_from_shapes(sd: dict, where: str) -> dict:
     if convs:
         kernels = tuple(int(s[2]) for _, s in convs)
         strides = _STANDARD_STRIDES.get(kernels)
-        if strides is None:
+        if strides is None and not conv_known:
             raise ToolkitError(
                 f"{where}: non-standard conv kernels {kernels} and no configuration to read the strides "
                 "from; pass the model configuration with --config-json"
             )
-        out["conv_feature_layers"] = [(int(s[0]), k, st) for (_, s), k, st in zip(convs, kernels, strides)]
+        if strides is not None:
+            out["conv_feature_layers"] = [(int(s[0]), k, st) for (_, s), k, st in zip(convs, kernels, strides)]
         out["conv_bias"] = f"{p}feature_extractor.conv_layers.0.conv.bias" in sd
         out["extractor_mode"] = (
             "layer_norm" if f"{p}feature_extractor.conv_layers.1.norm.weight" in sd else "default"
@@ -546,3 +549,37 @@ def infer_fields_from_shapes(sd: dict, where: str) -> dict:
     if "extractor_mode" in out:
         out["layer_norm_first"] = out["extractor_mode"] == "layer_norm"
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Whole conversion
+
+
+def convert_fairseq(sd: dict, where: str,
+                    config: Callable[[str], FairseqConfigParts]) -> tuple[Wav2Vec2Config, dict, str]:
+    """(Wav2Vec2Config, toolkit state dict, kind) of a fairseq `model` state dict.
+
+    `config(kind)` gives the configuration sections (`config_parts` of the loaded file); fields
+    it lacks are inferred from the tensor shapes, with a warning naming them. One-line
+    ToolkitError (naming `where`) for seq2seq models and for weights that map to no toolkit key.
+    """
+    if any(k.startswith("encoder.w2v_model.") for k in sd):
+        raise ToolkitError(f"{where}: this is a fairseq wav2vec2 seq2seq model (encoder.w2v_model.*); "
+                           "only pretraining and CTC (w2v_encoder.*) checkpoints can be imported")
+    kind = detect_kind(list(sd))
+    mapped, unmatched = map_fairseq_state_dict(sd, kind)
+    if unmatched:
+        more = f" (+{len(unmatched) - 5} more)" if len(unmatched) > 5 else ""
+        raise ToolkitError(
+            f"{where}: {len(unmatched)} of {len(sd)} weights have no counterpart in a wav2vec 2.0 model: "
+            f"{', '.join(unmatched[:5])}{more}; is it a wav2vec 2.0 "
+            f"{'CTC' if kind == 'ctc' else 'pretraining'} checkpoint?")
+    names = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+    from_cfg = model_fields_from_fairseq(config(kind), names)
+    from_shapes = infer_fields_from_shapes(mapped, where, conv_known="conv_feature_layers" in from_cfg)
+    guessed = sorted(k for k in from_shapes if k not in from_cfg)
+    if guessed:
+        log.warning("%s: configuration lacks %s; inferred from tensor shapes / standard values", where, ", ".join(guessed))
+    fields = {**from_shapes, **from_cfg}
+    cfg = Wav2Vec2Config.from_dict({k: v for k, v in fields.items() if k in names}, where=f"{where} configuration")
+    return cfg, mapped, kind

@@ -1,7 +1,7 @@
 """`toolkit import-checkpoint --from {fairseq,hf,torchaudio} SRC OUT.pt`: foreign models -> toolkit checkpoint.
 
 * fairseq: a `.pt` written by fairseq (pretraining `Wav2Vec2Model` or fine-tuned `Wav2Vec2Ctc`),
-  read through a restricted unpickler (`fairseq_io`), keys and configuration mapped here.
+  read through a restricted unpickler and mapped onto toolkit keys and configuration (`fairseq_io`).
 * hf: a Hugging Face folder (`config.json` + `model.safetensors` / `pytorch_model.bin`) of a
   `Wav2Vec2ForPreTraining`, `Wav2Vec2ForCTC` or `Wav2Vec2Model`, converted by `convert.from_hf`.
 * torchaudio: `torch.save(model.state_dict())` of a torchaudio `Wav2Vec2Model` (optionally with
@@ -23,7 +23,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -102,9 +102,18 @@ def build_and_load(cfg: Any, state: dict, kind: str, where: str) -> tuple[torch.
     return model.eval(), kind
 
 
-def _key_list(keys: list[str], limit: int = 5) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+def ctc_vocab_from_file(state: dict, kind: str, vocab_path: str | None, read: Callable[[Path], list[str]],
+                        missing: str) -> tuple[dict, dict | None]:
+    """(state, vocab) for a CTC `kind`: tokens read from `vocab_path` with `read` (blank = id 0,
+    `<unk>` where listed) and the head permuted by `vocab_from_tokens`; other kinds pass
+    through with no vocab. `missing` is the error when a CTC model comes without `vocab_path`."""
+    if kind != "ctc":
+        return state, None
+    if vocab_path is None:
+        raise ToolkitError(missing)
+    tokens = read(Path(vocab_path))
+    unk = tokens.index(UNK) if UNK in tokens else None
+    return vocab_from_tokens(state, tokens, blank=0, unk=unk, where=vocab_path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,39 +122,15 @@ def _key_list(keys: list[str], limit: int = 5) -> str:
 
 def import_fairseq(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
     """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a fairseq wav2vec 2.0 checkpoint."""
-    import dataclasses
-
     from toolkit.model import fairseq_io
-    from toolkit.model.config import Wav2Vec2Config
 
     raw = fairseq_io.load_fairseq_file(src)
-    sd = raw["model"]
-    kind = fairseq_io.detect_kind(list(sd))
-    if any(k.startswith("encoder.w2v_model.") for k in sd):
-        raise ToolkitError(f"{src}: this is a fairseq wav2vec2 seq2seq model (encoder.w2v_model.*); "
-                           "only pretraining and CTC (w2v_encoder.*) checkpoints can be imported")
-    mapped, unmatched = fairseq_io.map_fairseq_state_dict(sd, kind)
-    if unmatched:
-        raise ToolkitError(
-            f"{src}: {len(unmatched)} of {len(sd)} weights have no counterpart in a wav2vec 2.0 model: "
-            f"{_key_list(unmatched)}; is it a wav2vec 2.0 {'CTC' if kind == 'ctc' else 'pretraining'} checkpoint?")
-    names = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
-    from_shapes = fairseq_io.infer_fields_from_shapes(mapped, str(src))
-    parts = fairseq_io.config_parts(raw, kind)
-    from_cfg = fairseq_io.model_fields_from_fairseq(parts, names)
-    guessed = sorted(k for k in from_shapes if k not in from_cfg)
-    if guessed:
-        log.warning("%s: configuration lacks %s; inferred from tensor shapes / standard values", src, ", ".join(guessed))
-    fields = {**from_shapes, **from_cfg}
-    cfg = Wav2Vec2Config.from_dict({k: v for k, v in fields.items() if k in names}, where=f"{src} configuration")
-    vocab = None
-    if kind == "ctc":
-        if vocab_path is None:
-            raise ToolkitError(f"{src}: fairseq CTC checkpoints do not store their vocabulary; "
-                               "pass the fine-tuning dictionary with --vocab dict.ltr.txt")
-        tokens = read_fairseq_dict(Path(vocab_path))
-        mapped, vocab = vocab_from_tokens(mapped, tokens, blank=0, unk=tokens.index("<unk>"),
-                                          where=vocab_path)
+    cfg, mapped, kind = fairseq_io.convert_fairseq(raw["model"], str(src),
+                                                   lambda kind: fairseq_io.config_parts(raw, kind))
+    mapped, vocab = ctc_vocab_from_file(
+        mapped, kind, vocab_path, read_fairseq_dict,
+        missing=f"{src}: fairseq CTC checkpoints do not store their vocabulary; "
+                "pass the fine-tuning dictionary with --vocab dict.ltr.txt")
     return cfg, mapped, kind, vocab
 
 
@@ -380,12 +365,8 @@ def import_torchaudio(src: Path, config_json: str | None, vocab_path: str | None
     except TypeError as e:  # a key that is neither a from_torchaudio option nor a config field
         raise ToolkitError(f"{config_json}: {e}") from None
     kind = infer_kind(sd)
-    vocab = None
-    if kind == "ctc":
-        if vocab_path is None:
-            raise ToolkitError(f"{src}: the state dict has a CTC head (aux) but no vocabulary; "
-                               "pass --vocab tokens.txt (SYMBOL ID per line, blank first)")
-        tokens = read_tokens_txt(Path(vocab_path))
-        unk = tokens.index(UNK) if UNK in tokens else None
-        sd, vocab = vocab_from_tokens(sd, tokens, blank=0, unk=unk, where=vocab_path)
+    sd, vocab = ctc_vocab_from_file(
+        sd, kind, vocab_path, read_tokens_txt,
+        missing=f"{src}: the state dict has a CTC head (aux) but no vocabulary; "
+                "pass --vocab tokens.txt (SYMBOL ID per line, blank first)")
     return cfg, sd, kind, vocab
