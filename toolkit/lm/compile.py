@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang-dir", required=True, help="icefall-style lang dir (tokens.txt, words.txt, lexicon.txt)")
     parser.add_argument("--lm", help="ARPA LM for G and HLG (without it only H and L are built)")
     parser.add_argument("--order", type=int, default=None, help="highest n-gram order of --lm to use (default: all)")
-    parser.add_argument("--rescore-lm", help="larger ARPA LM: also build its G_<order>.fst for lattice rescoring")
+    parser.add_argument("--rescore-lm", help="larger ARPA LM: also build its G_<order>_rescore.fst for lattice rescoring")
     parser.add_argument("--compact-topo", action="store_true", help="O(V) CTC topology (large word-piece vocabularies)")
     parser.add_argument("--k2", action="store_true", help="also save the graphs as k2 FSAs (needs k2)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs did not change")
@@ -27,12 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def rescore_grammar(lang_dir: str | Path, lm: str | Path, force: bool = False) -> Path:
-    """Build (or reuse) G_<order>.fst of a rescoring LM; returns its path."""
+    """Build (or reuse) G_<order>_rescore.fst of a rescoring LM; returns its path.
+
+    Its own name, so that a rescoring LM of the first-pass LM's order never overwrites the G
+    that HLG.fst was built from (and is never mistaken for it)."""
     from toolkit.lm.graph import GraphCache, arpa_order, build_grammar_fst, write_fst
 
     d = Path(lang_dir)
     order = arpa_order(lm)
-    name = f"G_{order}.fst"
+    name = f"G_{order}_rescore.fst"
     cache = GraphCache(d)
     key = cache.key([Path(lm), d / "words.txt"], order=order)
     if force or not cache.fresh(name, key):
@@ -72,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
     if args.k2:
         from toolkit.lm.k2_graph import save_k2_graphs
 
-        save_k2_graphs(args.lang_dir, args.lm, compact=args.compact_topo)
+        save_k2_graphs(args.lang_dir, args.lm, compact=args.compact_topo, order=args.order)
     return 0
