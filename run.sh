@@ -22,8 +22,8 @@ heldout_language=it
 pretrain_minutes=8                   # synthetic audio per pretraining language
 finetune_minutes=10                  # transcribed train audio of the held-out language
 decode_methods="greedy hlg"
-pretrain_updates=500                 # tiny pretraining updates (20 s of audio each)
-finetune_updates=250                 # tiny fine-tuning updates (20 s of audio each), for each of the two
+pretrain_updates=800                 # tiny pretraining updates (20 s of audio each)
+finetune_updates=1000                # tiny fine-tuning updates (20 s of audio each), for each of the two
 pretrain_opts=                       # extra "--set key=value" for toolkit pretrain
 finetune_opts=                       # extra "--set key=value" for toolkit finetune
 help_message="Usage: ./run.sh [options]
