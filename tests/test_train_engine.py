@@ -203,3 +203,35 @@ def test_ctc_drops_and_counts_utterances_too_short_for_their_labels():
                                        target_lengths[:1], blank=0, reduction="sum")
     torch.testing.assert_close(loss, ref)
     assert torch.isfinite(loss)
+
+
+class CodebookTask(ToyTask):
+    """Reports a code perplexity like the pretraining task: healthy, then collapsed."""
+
+    num_codes = 128
+
+    def __init__(self, batches: list[dict], collapse_at: int):
+        super().__init__(batches, dropout=0.0)
+        self.collapse_at = collapse_at
+
+    def step(self, model, batch, num_updates) -> StepOutput:
+        out = super().step(model, batch, num_updates)
+        out.metrics["code_perplexity"] = 100.0 if num_updates < self.collapse_at else 1.5
+        return out
+
+
+def test_codebook_collapse_is_warned_about_after_warmup_only(tmp_path, caplog):
+    cfg = config(tmp_path, max_updates=12, collapse_after=4, collapse_threshold=0.02, valid_interval=100)
+    with caplog.at_level("WARNING", logger="toolkit.train"):
+        Trainer(cfg, CodebookTask(make_batches(12), collapse_at=8), resume=False).run()
+    warned = [r.getMessage() for r in caplog.records if "codebook collapse" in r.getMessage()]
+    # perplexity 100 of 128 codes is healthy; 1.5 < 0.02 x 128 from update 9 on
+    assert warned and all("1.5 < 0.020 x 128" in m for m in warned)
+    assert len(warned) == 4, warned
+
+
+def test_no_collapse_warning_before_collapse_after(tmp_path, caplog):
+    cfg = config(tmp_path, max_updates=6, collapse_after=100, valid_interval=100)
+    with caplog.at_level("WARNING", logger="toolkit.train"):
+        Trainer(cfg, CodebookTask(make_batches(6), collapse_at=0), resume=False).run()
+    assert not [r for r in caplog.records if "codebook collapse" in r.getMessage()]
