@@ -9,6 +9,7 @@ recipes' option handling and new_recipe.sh's errors.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -224,6 +225,12 @@ def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
     check_results(tmp_path / "RESULTS.md", [f"finetune_tiny_10m_char/{t}/{m}"
                                             for t in ("dev-clean", "test-clean") for m in ("greedy", "hlg")])
     assert (tmp_path / "data" / "lang_bpe_40" / "bpe.model").is_file()  # both lang dirs, as in the stage
+    # --nj 2: two decoding jobs scored once, with the merged timing (RTF) and the cuts' language
+    hlg = tmp_path / "exp" / "finetune_tiny_10m_char" / "decode" / "test-clean" / "hlg"
+    res = json.loads((hlg / "results.json").read_text())
+    timed = [l for l in (hlg / "timing.txt").read_text().splitlines() if not l.startswith("#")]
+    assert res["rtf"] > 0 and len(timed) == res["wer"]["num_sentences"]
+    assert list(res["by_language"]) == ["en"]
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr
     assert_all_skipped(again.stdout, range(0, 7))

@@ -19,6 +19,7 @@ import pytest
 
 from toolkit.score import score_pairs, write_reports
 from toolkit.score.report import merge_error_runs
+from toolkit.utils import ToolkitError
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
@@ -289,3 +290,42 @@ def test_results_cli_errors(tmp_path):
     proc = run_cli("results", "--exp-dir", str(tmp_path / "exp"), "--out", str(tmp_path / "R.md"))
     assert proc.returncode == 1 and "results.json" in proc.stderr and "re-run scoring" in proc.stderr
     assert not (tmp_path / "R.md").exists()
+
+
+def test_split_decoding_scored_once_with_merged_timing_and_cut_languages(tmp_path):
+    """`toolkit score --timing job1 job2 --cuts`: what the recipes run after a decoding split into jobs."""
+    from lhotse import CutSet
+    from lhotse.testing.dummies import dummy_cut, dummy_supervision
+
+    from toolkit.cli import main
+    from toolkit.decode.timing import Timing
+
+    cuts = []
+    for i, lang in enumerate(["de", "de", "fr"]):
+        c = dummy_cut(i, supervisions=[dummy_supervision(i)])
+        c.supervisions[0].language = lang
+        cuts.append(c)
+    CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl.gz")
+    ids = [c.id for c in cuts]
+    (tmp_path / "ref").write_text(f"{ids[0]} a b\n{ids[1]} c d\n{ids[2]} e f\n", encoding="utf-8")
+    (tmp_path / "hyp").write_text(f"{ids[0]} a b\n{ids[1]} c x\n{ids[2]} e\n", encoding="utf-8")
+    jobs = []
+    for j, part in enumerate([ids[:2], ids[2:]]):
+        t = Timing("hlg")
+        for k in part:
+            t.add(k, duration=2.0, forward=0.1, search=0.3)
+        t.write(tmp_path / f"timing.{j}.txt")
+        jobs.append(str(tmp_path / f"timing.{j}.txt"))
+    out = tmp_path / "hlg"
+    assert main(["score", "--ref", str(tmp_path / "ref"), "--hyp", str(tmp_path / "hyp"), "--out-dir", str(out),
+                 "--key", "hlg", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--timing", *jobs]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["rtf"] == pytest.approx(3 * 0.4 / 6.0)  # (forward + search) / audio over both jobs
+    assert res["timing"]["audio_seconds"] == pytest.approx(6.0)
+    assert res["by_language"]["de"]["wer"]["err"] == 1 and res["by_language"]["fr"]["wer"]["err"] == 1
+    assert Timing.read([out / "timing.txt"]).utts.keys() == set(ids)
+    with pytest.raises(ToolkitError, match="timed twice"):
+        Timing.read([jobs[0], jobs[0]])
+    (tmp_path / "bad.txt").write_text("x\t1.0\n", encoding="utf-8")
+    with pytest.raises(ToolkitError, match="bad.txt:1: expected"):
+        Timing.read([tmp_path / "bad.txt"])

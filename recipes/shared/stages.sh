@@ -140,7 +140,9 @@ decode_cuts() {
     for j in $(seq 1 "$nj"); do cat "$out/split/$j/$m/recogs.txt"; done > "$out/split/$m/recogs.txt"
     recogs_to_text ref < "$out/split/$m/recogs.txt" > "$out/split/$m/ref.txt"
     recogs_to_text hyp < "$out/split/$m/recogs.txt" > "$out/split/$m/hyp.txt"
+    # scored once over all jobs: merged timing (RTF) and the languages of the cuts
     toolkit score --ref "$out/split/$m/ref.txt" --hyp "$out/split/$m/hyp.txt" --out-dir "$out/$m" --key "$m" \
+      --cuts "$cuts" --timing $(for j in $(seq 1 "$nj"); do echo "$out/split/$j/$m/timing.txt"; done) \
       > "$out/log/score.$m.log"
   done
 }

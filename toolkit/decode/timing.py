@@ -59,3 +59,25 @@ class Timing:
         lines += [f"{k}\t{u.duration:.3f}\t{u.forward:.4f}\t{u.search:.4f}" for k, u in sorted(self.utts.items())]
         lines += [f"# {k}={v}" for k, v in self.summary().items()]
         atomic_write_text(path, "\n".join(lines) + "\n")
+
+    @classmethod
+    def read(cls, paths: "list[str | os.PathLike]", method: str = "") -> "Timing":
+        """Merge the per-utterance lines of ``timing.txt`` files (the jobs of a split decoding)."""
+        from toolkit.utils import ToolkitError, read_utf8_lines
+
+        timing = cls(method)
+        for path in paths:
+            for n, line in enumerate(read_utf8_lines(path, "--timing", "a timing.txt of toolkit decode"), start=1):
+                if not line.strip() or line.startswith("#"):
+                    continue
+                parts = line.split("\t")
+                try:
+                    cut_id, duration, forward, search = parts[0], *map(float, parts[1:4])
+                except ValueError:
+                    raise ToolkitError(f"--timing {path}:{n}: expected 'cut_id<TAB>duration<TAB>forward<TAB>search', "
+                                       f"got {line.strip()!r}") from None
+                if cut_id in timing.utts:
+                    raise ToolkitError(f"--timing {path}:{n}: utterance {cut_id!r} was timed twice; "
+                                       "give each job's timing.txt once")
+                timing.add(cut_id, duration, forward, search)
+        return timing

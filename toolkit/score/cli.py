@@ -5,7 +5,9 @@
 
 Prints Kaldi-style %WER (and with --cer %CER) lines with the sentence error rate and the 95%
 bootstrap interval; --markdown prints ESPnet-style RESULTS.md rows; --out-dir writes
-recogs.txt, errs.txt, errs-cer.txt, wer-summary.txt and results.json there.
+recogs.txt, errs.txt, errs-cer.txt, wer-summary.txt and results.json there. A decoding split
+into jobs is scored once this way: `--timing` merges the jobs' timing.txt (real-time factor) and
+`--cuts` gives the languages of the utterances.
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, default=None, help="write recogs/errs/wer-summary/results.json here")
     parser.add_argument("--key", default="score", help="setting name in wer-summary.txt and the log lines")
     parser.add_argument("--utt2lang", type=Path, default=None, help="optional `uttid lang` file: per-language scores")
+    parser.add_argument("--cuts", type=Path, default=None,
+                        help="optional Lhotse cuts manifest: per-language scores from its supervisions' languages")
+    parser.add_argument("--timing", type=Path, nargs="+", default=None,
+                        help="timing.txt file(s) of toolkit decode (one per job of a split decoding): "
+                             "real-time factor in the reports; with --out-dir the merged timing.txt is written there")
     parser.add_argument("--cer", action="store_true", help="also print the character error rate")
     parser.add_argument("--markdown", action="store_true", help="print ESPnet-style RESULTS.md table rows")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
@@ -63,6 +70,19 @@ def markdown_lines(report: Report, name: str, cer: bool) -> list[str]:
     return lines
 
 
+def languages_of_cuts(path: Path) -> dict[str, str]:
+    """`cut id -> language` of a Lhotse cuts manifest (cuts whose supervision has a language)."""
+    if not path.is_file():
+        raise ToolkitError(f"--cuts {path}: file not found; give the Lhotse cuts manifest that was decoded")
+    from lhotse import CutSet
+
+    try:
+        cuts = CutSet.from_file(path)
+        return {c.id: c.supervisions[0].language for c in cuts if c.supervisions and c.supervisions[0].language}
+    except Exception as e:  # noqa: BLE001 - lhotse raises many kinds on a bad manifest
+        raise ToolkitError(f"--cuts {path}: not a readable Lhotse cuts manifest ({type(e).__name__}: {e})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     refs = read_kaldi_text(args.ref, "--ref")
     if not refs:
@@ -71,8 +91,19 @@ def run(args: argparse.Namespace) -> int:
     languages = None
     if args.utt2lang is not None:
         languages = {u: t.split()[0] for u, t in read_kaldi_text(args.utt2lang, "--utt2lang").items() if t.split()}
+    if args.cuts is not None:
+        from_cuts = {u: lang for u, lang in languages_of_cuts(args.cuts).items() if u in refs}
+        languages = {**from_cuts, **(languages or {})}
+    timing = None
+    if args.timing:
+        from toolkit.decode.timing import Timing
+
+        timing = Timing.read(args.timing, args.key)
     if args.out_dir is not None:
-        report = write_reports(args.out_dir, refs, hyps, args.key, languages)
+        report = write_reports(args.out_dir, refs, hyps, args.key, languages or None,
+                               timing=timing.summary() if timing else None)
+        if timing:
+            timing.write(Path(args.out_dir) / "timing.txt")
     else:
         report = score_pairs(refs, hyps, languages)
     print("\n".join(summary_lines(report, args.key, args.cer)))
