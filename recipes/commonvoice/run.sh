@@ -41,7 +41,7 @@ tag=                           # suffix of experiment names
 help_message="Usage: $0 [options]
 Common Voice recipe: multilingual pretraining, per-language fine-tuning, decoding, RESULTS.md.
 Options (default):
-  --stage N / --stop-stage N         run stages N..M (0..8)
+  --stage N / --stop-stage N         run stages N..M (0..7)
   --work-dir DIR                     where download/, data/, exp/ go ($work_dir)
   --synthetic true|false             synthesise a Common Voice-format corpus ($synthetic)
   --synth-minutes M                  synthetic audio per language ($synth_minutes)
@@ -64,14 +64,7 @@ Options (default):
 Stages: 0 corpus, 1 manifests, 2 lang dirs, 3 LMs and graphs, 4 pretraining,
         5 fine-tuning, 6 decoding, 7 RESULTS.md"
 
-. "$recipe_dir/../../local/parse_options.sh"
-. "$recipe_dir/path.sh"
-. "$recipe_dir/cmd.sh"
-. "$recipe_dir/../shared/stages.sh"
-
-mkdir -p "$work_dir"
-cd "$work_dir"
-conf=$recipe_dir/conf
+. "$recipe_dir/../shared/setup.sh"  # options, path.sh, cmd.sh, stage helpers; cd "$work_dir"
 dl_dir=download
 [ -n "$corpus_dir" ] || corpus_dir=$dl_dir/$release
 [ "$synthetic" = true ] && corpus_dir=$dl_dir/synthetic-cv

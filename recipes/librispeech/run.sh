@@ -53,14 +53,7 @@ Options (default):
 Stages: 0 corpus (and LMs), 1 manifests, 2 lang dirs, 3 LMs and graphs, 4 pretraining,
         5 fine-tuning, 6 decoding, 7 RESULTS.md"
 
-. "$recipe_dir/../../local/parse_options.sh"
-. "$recipe_dir/path.sh"
-. "$recipe_dir/cmd.sh"
-. "$recipe_dir/../shared/stages.sh"
-
-mkdir -p "$work_dir"
-cd "$work_dir"
-conf=$recipe_dir/conf
+. "$recipe_dir/../shared/setup.sh"  # options, path.sh, cmd.sh, stage helpers; cd "$work_dir"
 dl_dir=download
 [ "$synthetic" = true ] && corpus_dir=$dl_dir/synthetic-librispeech
 [ -n "$corpus_dir" ] || corpus_dir=$dl_dir

@@ -44,14 +44,7 @@ help_message="Usage: $0 [options]
   --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   torchrun
   --pretrain-opts / --finetune-opts  extra '--set key=value' for the training commands"
 
-. "$recipe_dir/../../local/parse_options.sh"
-. "$recipe_dir/path.sh"
-. "$recipe_dir/cmd.sh"
-. "$recipe_dir/../shared/stages.sh"
-
-mkdir -p "$work_dir"
-cd "$work_dir"
-conf=$recipe_dir/conf
+. "$recipe_dir/../shared/setup.sh"  # options, path.sh, cmd.sh, stage helpers; cd "$work_dir"
 [ -n "$corpus_dir" ] || corpus_dir=download/$corpus
 [ "$synthetic" = true ] && corpus_dir=download/synthetic-$corpus
 lang_dir=data/lang_$token_type; [ "$token_type" = bpe ] && lang_dir=data/lang_bpe_$nbpe
