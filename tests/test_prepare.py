@@ -212,3 +212,65 @@ def test_frame_count_matches_the_feature_encoder_convolutions():
     assert V.resolve_min_duration("auto") == V.AUTO_MIN_DURATION
     assert V.resolve_min_duration("0.001") == 400 / 16000  # never below one frame
     assert V.ctc_min_frames("aa b") == 5  # a a | b + one blank between the repeated a's
+
+
+@pytest.fixture(scope="module")
+def yesno_corpus(tmp_path_factory):
+    """The yesno corpus layout (60 files named by their 8 yes/no digits) spoken by espeak-ng;
+    one file is 20 ms long, shorter than the model's receptive field."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("yesno")
+    rng = np.random.default_rng(0)
+    names = set()
+    while len(names) < 60:
+        names.add("_".join(str(d) for d in rng.integers(0, 2, 8)))
+    for i, name in enumerate(sorted(names)):
+        path = out / f"{name}.wav"
+        if i == 7:
+            sf.write(path, np.zeros(320, dtype=np.float32), 16000)
+            continue
+        text = " ".join("yes" if d == "1" else "no" for d in name.split("_"))
+        subprocess.run(["espeak-ng", "-v", "en", "-s", "220", "-w", str(path), text], check=True)
+    return out, sorted(names)[7]
+
+
+def test_any_lhotse_recipe_through_prepare_lhotse(yesno_corpus, tmp_path, caplog):
+    from toolkit.data.prepare_lhotse import prepare_lhotse
+
+    corpus, short = yesno_corpus
+    with caplog.at_level(logging.WARNING):
+        report = prepare_lhotse("yesno", corpus, tmp_path, "en", nj=1)
+    assert report.total_dropped() == 1
+    train, test = _load(tmp_path / "yesno_cuts_train.jsonl.gz"), _load(tmp_path / "yesno_cuts_test.jsonl.gz")
+    assert len(train) + len(test) == 59  # lhotse puts 30 files in each; the 20 ms one is dropped
+    dropped = [r.getMessage() for r in caplog.records if f"{short}.wav" in r.getMessage()]
+    assert len(dropped) == 1 and "too short" in dropped[0]
+    for cut in list(train) + list(test):
+        sup = cut.supervisions[0]
+        assert cut.id == sup.id and cut.sampling_rate == 16000 and sup.language == "en"
+        assert sup.text == " ".join("yes" if d == "1" else "no" for d in cut.id.split("_"))
+        assert sup.custom["orig_text"] == sup.text.upper()  # lhotse's YES/NO, normalised
+        assert abs(cut.load_audio().shape[1] / 16000 - cut.duration) < 0.01
+
+
+def test_prepare_lhotse_errors(yesno_corpus, tmp_path):
+    from toolkit.data.prepare_lhotse import prepare_lhotse
+
+    corpus, _ = yesno_corpus
+    with pytest.raises(ToolkitError, match="lhotse has no prepare_nosuch"):
+        prepare_lhotse("nosuch", corpus, tmp_path, "en")
+    with pytest.raises(ToolkitError, match="--corpus-dir .*not found"):
+        prepare_lhotse("yesno", tmp_path / "missing", tmp_path, "en")
+    with pytest.raises(ToolkitError, match="prepare_yesno failed"):
+        prepare_lhotse("yesno", tmp_path, tmp_path, "en")  # an empty folder: lhotse's own assertion
+    with pytest.raises(ToolkitError, match="--splits: dev not returned"):
+        prepare_lhotse("yesno", corpus, tmp_path, "en", splits=["dev"])
+    with pytest.raises(ToolkitError, match="ISO 639"):
+        prepare_lhotse("yesno", corpus, tmp_path, "English")
+    from toolkit.cli import main
+
+    assert main(["prepare", "lhotse", "--corpus-dir", str(corpus), "--out", str(tmp_path)]) == 1  # no --recipe
+    assert main(["prepare", "lhotse", "--recipe", "yesno", "--language", "en", "--corpus-dir", str(corpus),
+                 "--out", str(tmp_path / "cli"), "--nj", "1"]) == 0
+    assert (tmp_path / "cli" / "yesno_cuts_train.jsonl.gz").is_file()

@@ -1,4 +1,6 @@
-"""`toolkit prepare {librispeech,commonvoice}`: validated, normalised Lhotse cut manifests.
+"""`toolkit prepare {librispeech,commonvoice,lhotse}`: validated, normalised Lhotse cut manifests.
+
+(`lhotse --recipe NAME`: any other corpus lhotse has a recipe for; see toolkit.data.prepare_lhotse.)
 
 For every split this
 
@@ -64,13 +66,17 @@ class Entry:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", choices=["librispeech", "commonvoice"])
+    parser.add_argument("corpus", choices=["librispeech", "commonvoice", "lhotse"],
+                        help="lhotse: any corpus lhotse has a recipe for (--recipe NAME, --language CODE)")
     parser.add_argument("--corpus-dir", type=Path, required=True,
                         help="LibriSpeech: the folder holding LibriSpeech/ (or LibriSpeech/ itself); "
-                             "Common Voice: the folder holding <lang>/")
+                             "Common Voice: the folder holding <lang>/; lhotse: what prepare_<recipe> reads")
+    parser.add_argument("--recipe", default=None, help="lhotse: the recipe name (lhotse.recipes.prepare_<NAME>)")
+    parser.add_argument("--prefix", default=None, help="lhotse: manifest name prefix (default: the recipe name)")
     parser.add_argument("--out", type=Path, default=Path("data/manifests"))
     parser.add_argument("--languages", default=None, help="comma-separated codes (default: all found)")
-    parser.add_argument("--language", default="en", help="LibriSpeech without speaker_languages.txt: its language")
+    parser.add_argument("--language", default="en",
+                        help="LibriSpeech without speaker_languages.txt, or a lhotse recipe's corpus: its ISO code")
     parser.add_argument("--splits", default=None, help="comma-separated split names (default: all found)")
     parser.add_argument("--min-duration", default="auto", help=f"seconds or auto (= {V.AUTO_MIN_DURATION} s)")
     parser.add_argument("--max-duration", type=float, default=20.0)
@@ -85,6 +91,18 @@ def _csv_list(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.corpus == "lhotse":
+        from toolkit.data.prepare_lhotse import prepare_lhotse
+
+        if not args.recipe:
+            raise ToolkitError("toolkit prepare lhotse needs --recipe NAME (a lhotse recipe, e.g. --recipe yesno)")
+        report = prepare_lhotse(args.recipe, args.corpus_dir, args.out, args.language, prefix=args.prefix,
+                                splits=_csv_list(args.splits), min_duration=args.min_duration,
+                                max_duration=args.max_duration, check_audio=args.check_audio,
+                                overwrite=args.overwrite, nj=args.nj)
+        report_overlap(args.out, [args.prefix or args.recipe], report)
+        print(report.summary())
+        return 0
     report = prepare(args.corpus, args.corpus_dir, args.out, languages=_csv_list(args.languages),
                      splits=_csv_list(args.splits), default_language=args.language,
                      min_duration=args.min_duration, max_duration=args.max_duration,

@@ -1,0 +1,142 @@
+"""`toolkit prepare lhotse --recipe NAME`: any corpus that Lhotse has a recipe for.
+
+LibriSpeech and Common Voice have their own path in `toolkit.data.prepare` (index read and
+validated before lhotse sees a file). Every other corpus goes through lhotse's own
+`lhotse.recipes.prepare_<NAME>(corpus_dir)`, and the toolkit's rules are applied to what it
+returns:
+
+1. cuts per split from its recordings and supervisions, trimmed to the supervisions (one cut
+   per utterance, cut id = supervision id), so long recordings with segments work too;
+2. text normalised per language (`--language`, or the supervision's own ISO code), the
+   original in `custom["orig_text"]`;
+3. empty text, clips shorter than the model's receptive field (or `--min-duration`), longer
+   than `--max-duration`, or whose text needs more CTC frames than the audio has, dropped with
+   one warning line each naming the file; with `--check-audio decode` every cut is decoded
+   once and corrupt audio dropped the same way;
+4. resampled to 16 kHz and written atomically to `<out>/<prefix>_cuts_<split>.jsonl.gz`
+   (existing outputs kept unless `--overwrite`); the summary counts what was dropped and why.
+A split named "all" is written for recipes that return a single manifest pair.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from pathlib import Path
+
+from toolkit.data import validate as V
+from toolkit.utils import ToolkitError, atomic_path
+
+log = logging.getLogger("toolkit.data.prepare")
+
+ISO_CODE = re.compile(r"^[a-z]{2,3}$")
+
+
+def lhotse_recipe(name: str):
+    """`lhotse.recipes.prepare_<name>`, or a one-line error listing how to find the names."""
+    import lhotse.recipes as recipes
+
+    fn = getattr(recipes, f"prepare_{name.replace('-', '_')}", None)
+    if fn is None or not callable(fn):
+        known = sorted(n[len("prepare_"):] for n in dir(recipes) if n.startswith("prepare_"))
+        raise ToolkitError(f"--recipe {name}: lhotse has no prepare_{name}; known recipes include "
+                           f"{', '.join(known[:12])}, ... ({len(known)} in all; `lhotse prepare --help`)")
+    return fn
+
+
+def run_lhotse_recipe(name: str, corpus_dir: Path) -> dict[str, dict]:
+    """{split: {"recordings": RecordingSet, "supervisions": SupervisionSet}} from lhotse's recipe."""
+    if not corpus_dir.exists():
+        raise ToolkitError(f"--corpus-dir {corpus_dir}: not found; download the corpus (lhotse download {name} DIR) "
+                           "and point --corpus-dir at it")
+    fn = lhotse_recipe(name)
+    kwargs = {"output_dir": None} if "output_dir" in inspect.signature(fn).parameters else {}
+    try:
+        manifests = fn(corpus_dir, **kwargs)  # output_dir=None: nothing cached, nothing stale
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party recipe is a layout problem to report
+        msg = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ToolkitError(f"--corpus-dir {corpus_dir}: lhotse's prepare_{name} failed ({type(e).__name__}: {msg}); "
+                           "check that the directory holds the corpus in its distributed layout") from None
+    if isinstance(manifests, dict) and "recordings" in manifests:
+        manifests = {"all": manifests}
+    usable = {s: m for s, m in (manifests or {}).items() if isinstance(m, dict) and m.get("recordings")}
+    if not usable:
+        raise ToolkitError(f"--corpus-dir {corpus_dir}: lhotse's prepare_{name} found no recordings; "
+                           "check the directory")
+    return usable
+
+
+def split_cuts(split: str, manifests: dict, language: str, manifest: str, report: V.DropReport,
+               min_dur: float, max_dur: float):
+    """Validated, normalised, 16 kHz cuts of one split (drops recorded in `report`)."""
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
+    from toolkit.text.normalize import normalize_text
+
+    if not manifests.get("supervisions"):
+        raise ToolkitError(f"{manifest}: lhotse returned recordings without supervisions (no transcripts); "
+                           "fine-tuning needs text, pretraining can use a corpus with transcripts")
+    cuts = CutSet.from_manifests(recordings=manifests["recordings"], supervisions=manifests["supervisions"])
+    cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    kept = []
+    for cut in cuts:
+        sup = cut.supervisions[0]
+        lang = sup.language if sup.language and ISO_CODE.match(sup.language) else language
+        source = cut.recording.sources[0].source if cut.has_recording else cut.id
+        text = normalize_text(sup.text or "", lang)
+        why = V.check_text_and_duration(text, cut.duration, min_dur, max_dur)
+        if why:
+            report.drop(manifest, why, source)
+            continue
+        sup = fastcopy(sup, text=text, language=lang, custom=dict(sup.custom or {}, orig_text=sup.text))
+        kept.append(fastcopy(cut, id=sup.id, supervisions=[sup]))
+    return CutSet.from_cuts(kept).resample(V.SAMPLE_RATE).to_eager()
+
+
+def prepare_lhotse(recipe: str, corpus_dir: Path, out: Path, language: str, prefix: str | None = None,
+                   splits: list[str] | None = None, min_duration: str | float = "auto", max_duration: float = 20.0,
+                   check_audio: str = "decode", overwrite: bool = False, nj: int = 2) -> V.DropReport:
+    """Prepare every (requested) split lhotse's recipe returns; ToolkitError when nothing usable remains."""
+    if not ISO_CODE.match(language):
+        raise ToolkitError(f"--language {language!r}: give the corpus's ISO 639 code (e.g. en, de, sw)")
+    min_dur = V.resolve_min_duration(min_duration)
+    if max_duration <= min_dur:
+        raise ToolkitError(f"--max-duration {max_duration} must exceed --min-duration {min_dur}")
+    prefix = prefix or recipe
+    corpus_dir, out = Path(corpus_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = V.DropReport()
+    manifests = run_lhotse_recipe(recipe, corpus_dir)
+    unknown = [s for s in splits or [] if s not in manifests]
+    if unknown:
+        raise ToolkitError(f"--splits: {', '.join(unknown)} not returned by lhotse's prepare_{recipe} "
+                           f"(it returned: {', '.join(sorted(manifests))})")
+    usable = 0
+    for split in splits or sorted(manifests):
+        out_path = out / f"{prefix}_cuts_{split}.jsonl.gz"
+        if out_path.is_file() and not overwrite:
+            log.info("%s exists; skipping %s (use --overwrite to redo it)", out_path, split)
+            usable += 1
+            continue
+        manifest = f"{prefix}_{split}"
+        cuts = split_cuts(split, manifests[split], language, manifest, report, min_dur, max_duration)
+        if check_audio == "decode" and len(cuts):
+            bad = V.decode_errors(list(cuts), nj, f"{manifest}: decoding")
+            for cut in cuts:
+                if cut.id in bad:
+                    report.drop(manifest, bad[cut.id], cut.recording.sources[0].source)
+            cuts = cuts.filter(lambda c: c.id not in bad).to_eager()
+        if len(cuts) == 0:
+            log.warning("%s: no usable utterance; %s not written", manifest, out_path)
+            continue
+        for cut in cuts:
+            report.keep(manifest, cut.duration)
+        with atomic_path(out_path) as tmp:
+            cuts.to_file(tmp)
+        log.info("%s: wrote %d cuts (%.2f h) to %s", manifest, len(cuts), report.kept_seconds[manifest] / 3600, out_path)
+        usable += 1
+    if usable == 0:
+        raise ToolkitError(f"{corpus_dir}: no usable utterance in any split ({report.total_dropped()} dropped, "
+                           "see the warnings above); check the corpus and --min-duration/--max-duration")
+    return report
