@@ -4,17 +4,26 @@
 # corpus and are the only ones to edit: conf/recipe.conf (what it is) and local/data.sh (how it
 # gets onto disk); see the README.md written into the new recipe.
 #   local/new_recipe.sh [--corpus commonvoice|librispeech] [--language CODE] NAME
+#   local/new_recipe.sh --corpus lhotse --lhotse-recipe RECIPE --language CODE [--train-split S ...] NAME
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 corpus=commonvoice
 language=
+lhotse_recipe=
+train_split=train
+dev_split=dev
+test_splits=test
 force=false
 help_message="Usage: local/new_recipe.sh [options] NAME
 Creates recipes/NAME from the shared stages (data, lang dir, LM+graph, pretraining,
 fine-tuning, decoding, RESULTS.md).
-  --corpus commonvoice|librispeech   corpus layout read by toolkit prepare ($corpus)
-  --language CODE                    language (required for commonvoice; librispeech: en)
+  --corpus commonvoice|librispeech|lhotse   corpus read by toolkit prepare ($corpus); lhotse: any
+                                     corpus lhotse has a recipe for (toolkit prepare lhotse)
+  --language CODE                    language (required for commonvoice and lhotse; librispeech: en)
+  --lhotse-recipe NAME               --corpus lhotse: lhotse's recipe (lhotse.recipes.prepare_NAME)
+  --train-split S / --dev-split S / --test-splits \"S ...\"   --corpus lhotse: the split names
+                                     its recipe returns ($train_split / $dev_split / $test_splits)
   --force true                       overwrite an existing recipes/NAME ($force)
 Then: cd recipes/NAME && ./run.sh --synthetic true   (or point --corpus-dir at the real corpus)"
 . "$top/local/parse_options.sh"
@@ -35,14 +44,18 @@ case "$corpus" in
   librispeech)
     language=${language:-en}
     prefix=librispeech train=train-clean-100 dev=dev-clean tests="dev-clean test-clean" ;;
-  *) echo "$0: --corpus must be commonvoice or librispeech (what toolkit prepare reads), got '$corpus'" >&2; exit 1 ;;
+  lhotse)
+    [ -n "$lhotse_recipe" ] && [ -n "$language" ] || {
+      echo "$0: --corpus lhotse needs --lhotse-recipe NAME and --language CODE" >&2; exit 1; }
+    prefix=$lhotse_recipe train=$train_split dev=$dev_split tests=$test_splits ;;
+  *) echo "$0: --corpus must be commonvoice, librispeech or lhotse (what toolkit prepare reads), got '$corpus'" >&2; exit 1 ;;
 esac
 
 template=$top/recipes/shared/template
 rm -rf "$dest"
 mkdir -p "$dest/conf" "$dest/local"
 subst() {
-  sed -e "s|@NAME@|$name|g" -e "s|@CORPUS@|$corpus|g" -e "s|@LANGUAGE@|$language|g" -e "s|@PREFIX@|$prefix|g" \
+  sed -e "s|@NAME@|$name|g" -e "s|@CORPUS@|$corpus|g" -e "s|@LANGUAGE@|$language|g" -e "s|@PREFIX@|$prefix|g" -e "s|@LHOTSE_RECIPE@|$lhotse_recipe|g" \
       -e "s|@TRAIN@|$train|g" -e "s|@DEV@|$dev|g" -e "s|@TESTS@|$tests|g" "$1" > "$2"
 }
 subst "$template/run.sh" "$dest/run.sh"

@@ -259,3 +259,29 @@ def test_new_recipe_in_an_unused_language(tmp_path: Path) -> None:
         assert_all_skipped(again.stdout, range(0, 6))
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_new_recipe_for_a_corpus_lhotse_prepares(tmp_path: Path) -> None:
+    """local/new_recipe.sh --corpus lhotse: lhotse's own yesno recipe feeds every stage."""
+    from yesno_tree import make_yesno_tree
+
+    make_yesno_tree(tmp_path / "yesno")
+    name = f"test_yesno_{uuid.uuid4().hex[:8]}"
+    dest = ROOT / "recipes" / name
+    try:
+        r = bash(f"{ROOT}/local/new_recipe.sh --corpus lhotse --lhotse-recipe yesno --language en "
+                 f"--train-split train --dev-split test --test-splits test {name}")
+        assert r.returncode == 0, r.stderr
+        assert "lhotse_recipe=yesno" in (dest / "conf" / "recipe.conf").read_text()
+        opts = (f"--work-dir {tmp_path / 'work'} --corpus-dir {tmp_path / 'yesno'} "
+                f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
+        r = bash(f"{dest}/run.sh {opts}")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert (tmp_path / "work" / "data" / "manifests" / "yesno_cuts_train.jsonl.gz").is_file()
+        check_results(tmp_path / "work" / "RESULTS.md", [f"finetune_tiny_char_pretrained/yesno_test/{m}"
+                                                          for m in ("greedy", "hlg")])
+        bad = bash(f"{dest}/run.sh --work-dir {tmp_path / 'w2'} --synthetic true --stop-stage 0")
+        assert bad.returncode != 0 and "real corpus (--corpus-dir)" in bad.stderr
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)

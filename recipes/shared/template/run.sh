@@ -45,7 +45,7 @@ help_message="Usage: $0 [options]
   --pretrain-opts / --finetune-opts  extra '--set key=value' for the training commands"
 
 . "$recipe_dir/../shared/setup.sh"  # options, path.sh, cmd.sh, stage helpers; cd "$work_dir"
-[ -n "$corpus_dir" ] || corpus_dir=download/$corpus
+[ -n "$corpus_dir" ] || corpus_dir=download/${lhotse_recipe:-$corpus}
 [ "$synthetic" = true ] && corpus_dir=download/synthetic-$corpus
 lang_dir=data/lang_$token_type; [ "$token_type" = bpe ] && lang_dir=data/lang_bpe_$nbpe
 cuts() { echo data/manifests/${prefix}_cuts_$1.jsonl.gz; }
@@ -58,7 +58,7 @@ ft_dir=exp/finetune_${size}_${token_type}_$(basename "${init%.pt}" | sed 's/^las
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   if stage_begin 0 "$corpus ($language) corpus and manifests (local/data.sh)" data/manifests/.$prefix.done; then
-    "$recipe_dir/local/data.sh" "$corpus" "$language" "$corpus_dir" "$synthetic" "$synth_minutes"
+    "$recipe_dir/local/data.sh" "$corpus" "$language" "$corpus_dir" "$synthetic" "$synth_minutes" "$prefix" "$lhotse_recipe"
     stage_end
   fi
 fi
