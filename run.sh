@@ -79,7 +79,8 @@ for m in $decode_methods; do
   w=$(wer_of pretrained $m)
   if [ -z "$best" ] || awk -v a="$w" -v b="$best_wer" 'BEGIN{exit !(a < b)}'; then best=$m; best_wer=$w; fi
 done
-echo "RESULTS.md: $top/$work_dir/RESULTS.md (best method for the pretrained model: $best)"
+results=$work_dir/RESULTS.md; [[ $results = /* ]] || results=$top/$results
+echo "RESULTS.md: $results (best method for the pretrained model: $best)"
 echo "total time: $(( $(date +%s) - t0 )) s"
 echo "RESULT wer_pretrained=$(wer_of pretrained $best)"
 echo "RESULT wer_scratch=$(wer_of scratch $best)"

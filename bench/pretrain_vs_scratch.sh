@@ -10,8 +10,8 @@
 # of updates, greedy and HLG decoding. It reports the DEV set here (./run.sh reports test) with
 # the decoding method that is best for the pretrained model, and the pretraining wall time.
 #
-# Ends with RESULT lines: wer_pretrained, wer_scratch, cer_pretrained, cer_scratch (dev, %),
-# method (as a name), pretrain_seconds.
+# Ends with RESULT lines: wer_pretrained, wer_scratch, cer_pretrained, cer_scratch (dev, %) and
+# pretrain_seconds (nan when the pretraining stage was already done in that work dir).
 #
 # Usage: bench/pretrain_vs_scratch.sh [--work-dir DIR] [any other ./run.sh option]
 #   e.g. bench/pretrain_vs_scratch.sh --pretrain-updates 1000 --work-dir exp/bench_pt1000
@@ -33,7 +33,8 @@ done
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-./run.sh --work-dir "$work_dir" "${args[@]}" 2>&1 | tee "$log"
+# run.sh's own RESULT lines are the test set's; renamed so that the RESULT lines below are the only ones.
+./run.sh --work-dir "$work_dir" "${args[@]}" 2>&1 | tee "$log" | sed -E 's/^RESULT (wer_[a-z]+)=/run.sh test-set \1: /'
 
 exp=$work_dir/exp
 summary() {  # summary pretrained|scratch METHOD COLUMN -> column of the dev wer-summary.txt (2 WER, 3 CER)
@@ -41,8 +42,8 @@ summary() {  # summary pretrained|scratch METHOD COLUMN -> column of the dev wer
     "$exp/finetune_tiny_${heldout}_char_$1/decode/cv-${heldout}_dev/$2/wer-summary.txt"
 }
 best=; best_wer=
-for d in "$exp/finetune_tiny_${heldout}_char_pretrained/decode/cv-${heldout}_dev"/*/; do
-  m=$(basename "$d"); w=$(summary pretrained "$m" 2)
+for f in "$exp/finetune_tiny_${heldout}_char_pretrained/decode/cv-${heldout}_dev"/*/wer-summary.txt; do
+  m=$(basename "$(dirname "$f")"); w=$(summary pretrained "$m" 2)
   if [ -z "$best" ] || awk -v a="$w" -v b="$best_wer" 'BEGIN{exit !(a < b)}'; then best=$m; best_wer=$w; fi
 done
 # The pretraining stage's wall time as the recipe printed it (absent when it was already done).
@@ -52,5 +53,4 @@ echo "RESULT wer_pretrained=$(summary pretrained "$best" 2)"
 echo "RESULT wer_scratch=$(summary scratch "$best" 2)"
 echo "RESULT cer_pretrained=$(summary pretrained "$best" 3)"
 echo "RESULT cer_scratch=$(summary scratch "$best" 3)"
-echo "RESULT method=$best"
 echo "RESULT pretrain_seconds=${pt_seconds:-nan}"
