@@ -235,3 +235,19 @@ def test_no_collapse_warning_before_collapse_after(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="toolkit.train"):
         Trainer(cfg, CodebookTask(make_batches(6), collapse_at=0), resume=False).run()
     assert not [r for r in caplog.records if "codebook collapse" in r.getMessage()]
+
+
+def test_bf16_autocast_training_on_cpu_and_fp16_fallback(tmp_path, caplog):
+    """train.amp=bf16 runs under CPU autocast (bf16 matmuls) and still learns; fp16 needs a GPU:
+    on CPU it warns and trains in fp32."""
+    cfg = config(tmp_path, "bf16", max_updates=30, valid_interval=100, amp="bf16")
+    trainer = Trainer(cfg, ToyTask(make_batches(12), dropout=0.0), resume=False)
+    assert trainer.amp_dtype == torch.bfloat16
+    with trainer._autocast():
+        assert trainer.task.build_model()(torch.randn(2, 4)).dtype == torch.bfloat16
+    trainer.run()
+    curve = losses(tmp_path / "bf16")
+    assert all(math.isfinite(v) for v in curve.values()) and curve[30] < 0.5 * curve[1]
+    with caplog.at_level("WARNING", logger="toolkit.train"):
+        fp16 = Trainer(config(tmp_path, "fp16", max_updates=2, amp="fp16"), ToyTask(make_batches(2)), resume=False)
+    assert fp16.amp_dtype is None and any("fp16 needs a GPU" in r.getMessage() for r in caplog.records)
