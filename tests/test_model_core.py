@@ -291,7 +291,8 @@ def test_tiny_pretraining_learns_on_a_fixed_batch():
     """The contrastive loss falls well below chance (ln(1+K)) when fitting one batch."""
     torch.manual_seed(0)
     model = Wav2Vec2ForPretraining(small_cfg(num_negatives=10)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    # lr 1e-3: at 3e-3 some seeds/thread counts oscillate instead of converging (measured)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     t = torch.arange(16000) / 16000
     wav = torch.stack([torch.sin(2 * math.pi * f * t * (1 + t)) for f in (200, 350)]) + 0.05 * torch.randn(2, 16000)
     losses = []
@@ -303,7 +304,7 @@ def test_tiny_pretraining_learns_on_a_fixed_batch():
         opt.step()
         losses.append(out.metrics["contrastive_loss"].item() / out.sample_size)
     assert np.mean(losses[:5]) > 0.9 * math.log(11)
-    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    assert np.mean(losses[-10:]) < 0.4 * np.mean(losses[:5])  # measured: ~0.1 vs ~2.45 over seeds 0-2
 
 
 # ------------------------------------------------------------------------------------------
