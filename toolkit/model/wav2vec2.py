@@ -143,8 +143,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, T, D); attn_mask (B, 1, 1, T) bool, True = may attend, or None."""
         b, t, d = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        # One (D -> 3D) product instead of three: the same parameters (fairseq's q/k/v_proj keys),
+        # one larger GEMM forward and one input-gradient GEMM backward.
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = F.linear(x, w, bias).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
