@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded default: the whole toolkit on one CPU box in about 11 minutes (2 cores).
+# The embedded default: the whole toolkit on one CPU box in about 12 minutes (2 cores).
 #
 # It installs what is missing (local/install.sh), synthesises a Common Voice-format corpus in
 # six languages with espeak-ng, pretrains a `tiny` wav2vec 2.0 model on five of them (XLSR
