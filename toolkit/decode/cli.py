@@ -14,6 +14,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from toolkit.data import read_cuts
 from toolkit.utils import ToolkitError, resolve_device
 
 log = logging.getLogger("toolkit.decode")
@@ -62,20 +63,6 @@ def parse_methods(args: argparse.Namespace) -> tuple[list[str], bool]:
     return [args.method or "greedy"], False
 
 
-def load_cuts(path: str):
-    from lhotse import CutSet
-
-    if not Path(path).is_file():
-        raise ToolkitError(f"--cuts {path}: file not found; run `toolkit prepare` first")
-    try:
-        cuts = CutSet.from_file(path).to_eager()
-    except Exception as e:  # noqa: BLE001 - lhotse raises many kinds for a bad manifest
-        raise ToolkitError(f"--cuts {path}: cannot read the manifest ({type(e).__name__}: {e}); re-create it") from None
-    if len(cuts) == 0:
-        raise ToolkitError(f"--cuts {path}: the manifest is empty")
-    return cuts
-
-
 def batches(cuts, max_duration: float):
     """Cuts sorted by duration (less padding), grouped into batches of at most max_duration seconds."""
     batch, total = [], 0.0
@@ -115,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if lang_dir is None:
             raise ToolkitError(f"--method {','.join(methods)} needs --lang-dir (graphs and words.txt)")
         check_vocab(tokenizer, lang_dir)
-    cuts = load_cuts(args.cuts)
+    cuts = read_cuts(args.cuts)
     device = resolve_device(args.device)
     model = build_model(ckpt).to(device).eval()
     normalize = bool(config_of(ckpt).normalize)

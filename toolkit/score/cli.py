@@ -72,15 +72,9 @@ def markdown_lines(report: Report, name: str, cer: bool) -> list[str]:
 
 def languages_of_cuts(path: Path) -> dict[str, str]:
     """`cut id -> language` of a Lhotse cuts manifest (cuts whose supervision has a language)."""
-    if not path.is_file():
-        raise ToolkitError(f"--cuts {path}: file not found; give the Lhotse cuts manifest that was decoded")
-    from lhotse import CutSet
+    from toolkit.data import read_cuts
 
-    try:
-        cuts = CutSet.from_file(path)
-        return {c.id: c.supervisions[0].language for c in cuts if c.supervisions and c.supervisions[0].language}
-    except Exception as e:  # noqa: BLE001 - lhotse raises many kinds on a bad manifest
-        raise ToolkitError(f"--cuts {path}: not a readable Lhotse cuts manifest ({type(e).__name__}: {e})") from None
+    return {c.id: c.supervisions[0].language for c in read_cuts(path) if c.supervisions and c.supervisions[0].language}
 
 
 def run(args: argparse.Namespace) -> int:
