@@ -100,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
                                 splits=_csv_list(args.splits), min_duration=args.min_duration,
                                 max_duration=args.max_duration, check_audio=args.check_audio,
                                 overwrite=args.overwrite, nj=args.nj)
-        report_overlap(args.out, [args.prefix or args.recipe], report)
         print(report.summary())
         return 0
     report = prepare(args.corpus, args.corpus_dir, args.out, languages=_csv_list(args.languages),
@@ -287,21 +286,43 @@ def prepare_split(manifest: str, entries: list[Entry], stage_fn, out_path: Path,
         cuts = build_cuts(recordings, supervisions, good)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if check_audio == "decode":
+    by_id = {e.utt_id: e for e in good}
+    return write_cuts(cuts, manifest, out_path, report, check_audio, nj, lambda cut: by_id[cut.id].audio)
+
+
+def write_cuts(cuts, manifest: str, out_path: Path, report: V.DropReport, check_audio: str, nj: int,
+               file_of) -> bool:
+    """Last step of every preparation: with `check_audio == "decode"` drop cuts whose audio does
+    not decode (warning naming `file_of(cut)`), count the kept ones, write the manifest
+    atomically. False (nothing written) when no cut is left."""
+    if check_audio == "decode" and len(cuts):
         bad = V.decode_errors(list(cuts), nj, f"{manifest}: decoding")
-        by_id = {e.utt_id: e for e in good}
-        for cid, why in bad.items():
-            report.drop(manifest, why, by_id[cid].audio)
+        for cut in cuts:
+            if cut.id in bad:
+                report.drop(manifest, bad[cut.id], file_of(cut))
         cuts = cuts.filter(lambda c: c.id not in bad).to_eager()
+    if len(cuts) == 0:
+        log.warning("%s: no usable utterance left; %s not written", manifest, out_path)
+        return False
     for cut in cuts:
         report.keep(manifest, cut.duration)
-    if len(cuts) == 0:
-        log.warning("%s: no usable utterance left after decoding; %s not written", manifest, out_path)
-        return False
     with atomic_path(out_path) as tmp:
         cuts.to_file(tmp)
     log.info("%s: wrote %d cuts (%.2f h) to %s", manifest, len(cuts), report.kept_seconds[manifest] / 3600, out_path)
     return True
+
+
+def duration_limits(min_duration: str | float, max_duration: float) -> float:
+    """--min-duration resolved (auto = the model's receptive field); one-line error unless below --max-duration."""
+    min_dur = V.resolve_min_duration(min_duration)
+    if max_duration <= min_dur:
+        raise ToolkitError(f"--max-duration {max_duration} must exceed --min-duration {min_dur}")
+    return min_dur
+
+
+def nothing_usable(corpus_dir: Path, report: V.DropReport) -> ToolkitError:
+    return ToolkitError(f"{corpus_dir}: no usable utterance in any split ({report.total_dropped()} dropped, "
+                        "see the warnings above); check the corpus and --min-duration/--max-duration")
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,9 +392,7 @@ def prepare(corpus: str, corpus_dir: Path, out: Path, languages: list[str] | Non
             max_duration: float = 20.0, check_audio: str = "decode", overwrite: bool = False,
             nj: int = 2) -> V.DropReport:
     """Prepare every requested split; ToolkitError when nothing usable remains at all."""
-    min_dur = V.resolve_min_duration(min_duration)
-    if max_duration <= min_dur:
-        raise ToolkitError(f"--max-duration {max_duration} must exceed --min-duration {min_dur}")
+    min_dur = duration_limits(min_duration, max_duration)
     corpus_dir = Path(corpus_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -396,7 +415,6 @@ def prepare(corpus: str, corpus_dir: Path, out: Path, languages: list[str] | Non
         usable += prepare_split(f"{prefix}_{split}", entries, stage_fn, out_path, report, min_dur, max_duration,
                                 check_audio, nj)
     if usable == 0:
-        raise ToolkitError(f"{corpus_dir}: no usable utterance in any split ({report.total_dropped()} dropped, "
-                           "see the warnings above); check the corpus and --min-duration/--max-duration")
+        raise nothing_usable(corpus_dir, report)
     report_overlap(out, [j[0] for j in jobs], report)
     return report

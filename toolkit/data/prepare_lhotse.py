@@ -25,7 +25,8 @@ import re
 from pathlib import Path
 
 from toolkit.data import validate as V
-from toolkit.utils import ToolkitError, atomic_path
+from toolkit.data.prepare import duration_limits, nothing_usable, report_overlap, write_cuts
+from toolkit.utils import ToolkitError
 
 log = logging.getLogger("toolkit.data.prepare")
 
@@ -66,7 +67,12 @@ def run_lhotse_recipe(name: str, corpus_dir: Path) -> dict[str, dict]:
     return usable
 
 
-def split_cuts(split: str, manifests: dict, language: str, manifest: str, report: V.DropReport,
+def _source(cut) -> str:
+    """The audio file behind a cut, for drop warnings."""
+    return cut.recording.sources[0].source if cut.has_recording else cut.id
+
+
+def split_cuts(manifests: dict, language: str, manifest: str, report: V.DropReport,
                min_dur: float, max_dur: float):
     """Validated, normalised, 16 kHz cuts of one split (drops recorded in `report`)."""
     from lhotse import CutSet
@@ -83,11 +89,10 @@ def split_cuts(split: str, manifests: dict, language: str, manifest: str, report
     for cut in cuts:
         sup = cut.supervisions[0]
         lang = sup.language if sup.language and ISO_CODE.match(sup.language) else language
-        source = cut.recording.sources[0].source if cut.has_recording else cut.id
         text = normalize_text(sup.text or "", lang)
         why = V.check_text_and_duration(text, cut.duration, min_dur, max_dur)
         if why:
-            report.drop(manifest, why, source)
+            report.drop(manifest, why, _source(cut))
             continue
         sup = fastcopy(sup, text=text, language=lang, custom=dict(sup.custom or {}, orig_text=sup.text))
         kept.append(fastcopy(cut, id=sup.id, supervisions=[sup]))
@@ -100,9 +105,7 @@ def prepare_lhotse(recipe: str, corpus_dir: Path, out: Path, language: str, pref
     """Prepare every (requested) split lhotse's recipe returns; ToolkitError when nothing usable remains."""
     if not ISO_CODE.match(language):
         raise ToolkitError(f"--language {language!r}: give the corpus's ISO 639 code (e.g. en, de, sw)")
-    min_dur = V.resolve_min_duration(min_duration)
-    if max_duration <= min_dur:
-        raise ToolkitError(f"--max-duration {max_duration} must exceed --min-duration {min_dur}")
+    min_dur = duration_limits(min_duration, max_duration)
     prefix = prefix or recipe
     corpus_dir, out = Path(corpus_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,23 +123,9 @@ def prepare_lhotse(recipe: str, corpus_dir: Path, out: Path, language: str, pref
             usable += 1
             continue
         manifest = f"{prefix}_{split}"
-        cuts = split_cuts(split, manifests[split], language, manifest, report, min_dur, max_duration)
-        if check_audio == "decode" and len(cuts):
-            bad = V.decode_errors(list(cuts), nj, f"{manifest}: decoding")
-            for cut in cuts:
-                if cut.id in bad:
-                    report.drop(manifest, bad[cut.id], cut.recording.sources[0].source)
-            cuts = cuts.filter(lambda c: c.id not in bad).to_eager()
-        if len(cuts) == 0:
-            log.warning("%s: no usable utterance; %s not written", manifest, out_path)
-            continue
-        for cut in cuts:
-            report.keep(manifest, cut.duration)
-        with atomic_path(out_path) as tmp:
-            cuts.to_file(tmp)
-        log.info("%s: wrote %d cuts (%.2f h) to %s", manifest, len(cuts), report.kept_seconds[manifest] / 3600, out_path)
-        usable += 1
+        cuts = split_cuts(manifests[split], language, manifest, report, min_dur, max_duration)
+        usable += write_cuts(cuts, manifest, out_path, report, check_audio, nj, _source)
     if usable == 0:
-        raise ToolkitError(f"{corpus_dir}: no usable utterance in any split ({report.total_dropped()} dropped, "
-                           "see the warnings above); check the corpus and --min-duration/--max-duration")
+        raise nothing_usable(corpus_dir, report)
+    report_overlap(out, [prefix], report)
     return report
