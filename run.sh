@@ -9,7 +9,7 @@
 # comparing pretrained and scratch per decoding method. Every stage is the Common Voice recipe's
 # (recipes/commonvoice/run.sh); this script only chooses its settings.
 # The last lines are `RESULT wer_pretrained=<x>` and `RESULT wer_scratch=<y>` (test WER, %, with
-# the decoding method that is best for the pretrained model).
+# the decoding method that is best for the pretrained model), after the same method's CER lines.
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$top"
@@ -22,6 +22,7 @@ heldout_language=it
 pretrain_minutes=8                   # synthetic audio per pretraining language
 finetune_minutes=10                  # transcribed train audio of the held-out language
 decode_methods="greedy hlg"
+report_set=test                      # the set of the comparison table and the RESULT lines (dev or test)
 pretrain_updates=800                 # tiny pretraining updates (20 s of audio each)
 finetune_updates=1000                # tiny fine-tuning updates (20 s of audio each), for each of the two
 pretrain_opts=                       # extra "--set key=value" for toolkit pretrain
@@ -37,6 +38,7 @@ Options (default):
   --pretrain-minutes M              synthetic audio per pretraining language ($pretrain_minutes)
   --finetune-minutes M              transcribed audio for fine-tuning ($finetune_minutes)
   --decode-methods \"greedy hlg\"     decoding methods ($decode_methods)
+  --report-set dev|test             set of the comparison table and RESULT lines ($report_set)
   --pretrain-updates N              pretraining updates ($pretrain_updates)
   --finetune-updates N              updates of each fine-tuning ($finetune_updates)
   --pretrain-opts / --finetune-opts extra '--set key=value' options for the training commands"
@@ -54,16 +56,17 @@ recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage 
   --pretrain-opts "--set train.max_updates=$pretrain_updates $pretrain_opts" \
   --finetune-opts "--set train.max_updates=$finetune_updates $finetune_opts"
 
-# The comparison: one row per method, test-set WER of both fine-tunings (from wer-summary.txt).
+# The comparison: one row per method, WER/CER of both fine-tunings on $report_set (from wer-summary.txt).
 [ "$stop_stage" -ge 7 ] || exit 0
+case "$report_set" in dev|test) ;; *) echo "$0: --report-set must be dev or test, got '$report_set'" >&2; exit 1 ;; esac
 exp=$work_dir/exp
 summary_of() {  # summary_of pretrained|scratch METHOD COLUMN -> column of wer-summary.txt (2 WER, 3 CER)
-  awk -F'\t' -v c="$3" 'NR == 2 {print $c}' "$exp/finetune_tiny_${heldout_language}_char_$1/decode/cv-${heldout_language}_test/$2/wer-summary.txt"
+  awk -F'\t' -v c="$3" 'NR == 2 {print $c}' "$exp/finetune_tiny_${heldout_language}_char_$1/decode/cv-${heldout_language}_${report_set}/$2/wer-summary.txt"
 }
 wer_of() { summary_of "$1" "$2" 2; }
 {
   echo
-  echo "## Pretrained vs scratch: $heldout_language (held out of pretraining), test set"
+  echo "## Pretrained vs scratch: $heldout_language (held out of pretraining), $report_set set"
   echo
   echo "Pretraining languages: $pretrain_languages; about $finetune_minutes minutes of transcribed audio for fine-tuning."
   echo
@@ -82,5 +85,7 @@ done
 results=$work_dir/RESULTS.md; [[ $results = /* ]] || results=$top/$results
 echo "RESULTS.md: $results (best method for the pretrained model: $best)"
 echo "total time: $(( $(date +%s) - t0 )) s"
+echo "RESULT cer_pretrained=$(summary_of pretrained $best 3)"
+echo "RESULT cer_scratch=$(summary_of scratch $best 3)"
 echo "RESULT wer_pretrained=$(wer_of pretrained $best)"
 echo "RESULT wer_scratch=$(wer_of scratch $best)"
