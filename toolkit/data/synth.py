@@ -49,7 +49,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -59,6 +58,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
+from toolkit import external
 from toolkit.data.textgen import SentenceGenerator, available_languages, load_lexicon
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 
@@ -130,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
 # Planning: speakers, splits and sentences (pure functions of the arguments)
 
 def check_tools(fmt: str) -> None:
-    need = ["espeak-ng", "sox" if fmt == "librispeech" else "ffmpeg"]
-    for tool in need:
-        if shutil.which(tool) is None:
-            raise ToolkitError(f"{tool} not found on PATH; install it (apt-get install {tool}) to synthesise a corpus")
+    why = f"to synthesise a {fmt}-format corpus"
+    external.require("espeak-ng", why)
+    if fmt == "librispeech":
+        external.require("sox", why)
+    else:
+        external.require("ffmpeg", why)
 
 
 def espeak_voices(language: str) -> list[str]:
@@ -141,7 +143,8 @@ def espeak_voices(language: str) -> list[str]:
     candidates = ESPEAK_VOICES.get(language, [language])
     found = []
     for voice in candidates:
-        out = subprocess.run(["espeak-ng", f"--voices={voice}"], capture_output=True, text=True).stdout
+        out = external.run("espeak-ng", [f"--voices={voice}"], "to list its voices", capture_output=True,
+                           text=True).stdout
         if any(line.split()[1:2] == [voice] for line in out.splitlines()[1:]):
             found.append(voice)
     if not found:
@@ -236,14 +239,14 @@ MP3_BATCH = 16  # utterances per ffmpeg process: its start-up costs more than en
 def espeak_wav(utt: Utterance) -> bytes:
     """The utterance as espeak-ng's 22.05 kHz WAV bytes (text on stdin: never taken for an option)."""
     spk = utt.speaker
-    return subprocess.run(["espeak-ng", "-v", spk.voice, "-s", str(spk.rate), "-p", str(spk.pitch), "--stdout"],
-                          input=utt.text.encode("utf-8"), capture_output=True, check=True).stdout
+    return external.run("espeak-ng", ["-v", spk.voice, "-s", str(spk.rate), "-p", str(spk.pitch), "--stdout"],
+                        "to synthesise speech", input=utt.text.encode("utf-8"), capture_output=True,
+                        check=True).stdout
 
 
-def _run_encoder(cmd: list[str], what: Path, stdin: bytes | None = None) -> None:
-    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+def _check_encoder(proc, what: Path) -> None:
     if proc.returncode != 0:
-        raise ToolkitError(f"{what}: {cmd[0]} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+        raise ToolkitError(f"{what}: {Path(proc.args[0]).name} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 def synthesize_batch(utts: list[Utterance]) -> list[float]:
@@ -260,12 +263,13 @@ def synthesize_batch(utts: list[Utterance]) -> list[float]:
     mp3 = [u for u in todo if u.path.suffix != ".flac"]
     for u in flac:
         with atomic_path(u.path) as tmp:
-            _run_encoder(["sox", "-D", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", "-t", "flac", str(tmp)],
-                         u.path, espeak_wav(u))
+            _check_encoder(external.run("sox", ["-D", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16",
+                                                "-t", "flac", str(tmp)], "to encode FLAC", input=espeak_wav(u),
+                                        capture_output=True), u.path)
     if mp3:
         with tempfile.TemporaryDirectory(prefix=".synth-", dir=mp3[0].path.parent) as tmpdir, \
                 contextlib.ExitStack() as stack:
-            cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+            cmd = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
             for k, u in enumerate(mp3):
                 wav = Path(tmpdir) / f"{k}.wav"
                 wav.write_bytes(espeak_wav(u))
@@ -274,7 +278,7 @@ def synthesize_batch(utts: list[Utterance]) -> list[float]:
                 tmp = stack.enter_context(atomic_path(u.path))
                 cmd += ["-map", str(k), "-ar", "48000", "-ac", "1", "-b:a", "64k", "-map_metadata", "-1",
                         "-fflags", "+bitexact", "-f", "mp3", str(tmp)]
-            _run_encoder(cmd, mp3[0].path.parent)
+            _check_encoder(external.run("ffmpeg", cmd, "to encode MP3", capture_output=True), mp3[0].path.parent)
     return [sf.info(str(u.path)).duration for u in utts]
 
 

@@ -19,11 +19,11 @@ import gzip
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from toolkit import external
 from toolkit.lm.arpa import read_arpa, validate_arpa, write_arpa
 from toolkit.lm.kneser_ney import DEFAULT_FALLBACK, prune_thresholds, train_kneser_ney
 from toolkit.utils import ToolkitError, atomic_path, read_utf8_lines
@@ -65,22 +65,23 @@ def read_text(path: Path) -> list[str]:
     return lines
 
 
-def lmplz_command(lmplz: str, args: argparse.Namespace, arpa: Path, tmp_dir: str) -> list[str]:
-    """The lmplz invocation for our options (modest memory: the machine is shared)."""
-    cmd = [lmplz, "-o", str(args.order), "--text", str(args.text), "--arpa", str(arpa),
+def lmplz_arguments(args: argparse.Namespace, arpa: Path, tmp_dir: str) -> list[str]:
+    """The lmplz options for ours (modest memory: the machine is shared)."""
+    cmd = ["-o", str(args.order), "--text", str(args.text), "--arpa", str(arpa),
            "-S", "20%", "-T", tmp_dir, "--discount_fallback", *map(str, args.discount_fallback)]
     if args.prune:
         cmd += ["--prune", *map(str, args.prune)]
     return cmd
 
 
-def train_with_lmplz(lmplz: str, args: argparse.Namespace) -> None:
+def train_with_lmplz(args: argparse.Namespace) -> None:
     """Run lmplz into a temporary directory beside --out, validate, then move (or gzip) into place."""
-    log.info("using KenLM's lmplz (%s) to estimate the model", lmplz)
+    log.info("using KenLM's lmplz to estimate the model")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=".lmplz.") as tmp_dir:
         arpa = Path(tmp_dir) / "lm.arpa"
-        proc = subprocess.run(lmplz_command(lmplz, args, arpa, tmp_dir), capture_output=True, text=True)
+        proc = external.run("lmplz", lmplz_arguments(args, arpa, tmp_dir), "to estimate the LM with KenLM",
+                            capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise ToolkitError(f"lmplz failed on --text {args.text} ({last}); retry with --engine toolkit")
@@ -98,13 +99,14 @@ def run_train(args: argparse.Namespace) -> None:
         raise ToolkitError(f"--order {args.order}: the n-gram order must be at least 1")
     if args.order == 1:
         log.warning("--order 1: a unigram ARPA is valid, but KenLM refuses to load models below order 2")
-    lmplz = shutil.which("lmplz") if args.engine in ("auto", "lmplz") else None
-    if args.engine == "lmplz" and lmplz is None:
-        raise ToolkitError("--engine lmplz: lmplz is not on PATH; install KenLM or use --engine toolkit")
+    lmplz = args.engine in ("auto", "lmplz") and external.available("lmplz")
+    if args.engine == "lmplz" and not lmplz:
+        raise ToolkitError(f"--engine lmplz: lmplz is not on PATH ({external.install_hint('lmplz')}); "
+                           "or use --engine toolkit")
     sentences = read_text(args.text)
     start = time.perf_counter()
     if lmplz:
-        train_with_lmplz(lmplz, args)
+        train_with_lmplz(args)
     else:
         model, info = train_kneser_ney(sentences, args.order, args.prune, args.discount_fallback)
         write_arpa(model, args.out)

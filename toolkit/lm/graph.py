@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -263,11 +262,11 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
             with gzip.open(arpa, "rb") as src, open(plain, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             arpa = plain
-        cmd = [
-            sys.executable, "-m", "kaldilm", f"--read-symbol-table={words_txt}", "--disambig-symbol=#0",
-            f"--max-order={max_order}", "--max-arpa-warnings=0", str(arpa), str(out),
-        ]
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        from toolkit.external import run_python_module
+
+        proc = run_python_module("kaldilm", [f"--read-symbol-table={words_txt}", "--disambig-symbol=#0",
+                                             f"--max-order={max_order}", "--max-arpa-warnings=0", arpa, out],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not out.is_file():
             errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("[E]") or "ERROR" in ln]
             why = errors[-1] if errors else f"kaldilm exited with {proc.returncode}"

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +105,14 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray | None, int]:
 
 def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     """Decode with ffmpeg to 16 kHz mono float32 (formats libsndfile does not know)."""
-    if shutil.which("ffmpeg") is None:
+    from toolkit import external
+
+    if not external.available("ffmpeg"):
         raise ToolkitError(f"{path}: cannot decode the audio (not a format soundfile reads, and ffmpeg is "
-                           "not installed); convert it to WAV/FLAC")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-           "-ar", str(SAMPLE_RATE), "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
+                           f"not installed: {external.install_hint('ffmpeg')}); or convert it to WAV/FLAC")
+    proc = external.run("ffmpeg", ["-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
+                                   "-ar", str(SAMPLE_RATE), "-"], "to decode this audio format",
+                        capture_output=True, check=False)
     if proc.returncode != 0 or not proc.stdout:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
         raise ToolkitError(f"{path}: cannot decode the audio (corrupt or unsupported file: "
