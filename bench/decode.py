@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toolkit.decode.greedy import greedy_ids  # noqa: E402
-from toolkit.decode.wfst import HlgDecoder, WfstOptions  # noqa: E402
+from toolkit.decode.options import SearchOptions  # noqa: E402
+from toolkit.decode.wfst import HlgDecoder  # noqa: E402
 from toolkit.lm.graph import Lang, compile_graphs  # noqa: E402
 
 FRAME_SECONDS = 0.02  # wav2vec 2.0 frame rate
@@ -140,7 +141,7 @@ def main() -> None:
                   for ids in greedy_ids(batch, lengths)]
 
         lang = Lang.load(d)
-        ours = HlgDecoder(paths.HLG, WfstOptions(beam=args.beam, max_active=args.max_active))
+        ours = HlgDecoder(paths.HLG, SearchOptions(beam=args.beam, max_active=args.max_active))
         from torchaudio.models.decoder import ctc_decoder
 
         fl = ctc_decoder(lexicon=str(d / "lexicon.txt"), tokens=tokens, lm=str(d / "lm.arpa"), nbest=1,

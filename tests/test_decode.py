@@ -11,7 +11,8 @@ import torch
 from graph_fixtures import FOUR_WORDS as WORDS
 from graph_fixtures import char_lang, ctc_frames, four_word_lang, spell_ids
 from toolkit.decode.greedy import greedy_decode, greedy_ids
-from toolkit.decode.wfst import WfstOptions, decode_matrices
+from toolkit.decode.options import SearchOptions
+from toolkit.decode.wfst import decode_matrices
 from toolkit.lm.graph import Lang, compile_graphs
 from toolkit.utils import ToolkitError
 
@@ -55,7 +56,7 @@ def test_greedy_text_uses_the_tokenizer(lang):
 
 def hlg_words(lang_dir, mats, method="hlg", nj=1, **kw):
     lg = Lang.load(lang_dir)
-    out = decode_matrices(mats, method, lang_dir / "HLG.fst", WfstOptions(**kw.pop("opts", {})), nj=nj,
+    out = decode_matrices(mats, method, lang_dir / "HLG.fst", SearchOptions(**kw.pop("opts", {})), nj=nj,
                           backoff_id=lg.words["#0"], **kw)
     return [" ".join(lg.words_of(ids)) for ids, _ in out]
 
@@ -80,7 +81,7 @@ def test_lattice_rescoring_with_a_larger_lm(lang):
     lp = ctc_frames(spell_ids(lang, "ab cab"), lg.num_tokens, ambiguous={4: [lg.tokens["o"]]})
     lp[:, lg.tokens["a"]] = np.maximum(lp[:, lg.tokens["a"]], lp[:, lg.tokens["o"]])  # a tie
     assert hlg_words(lang, [lp]) == ["ab cob"]
-    from toolkit.lm.compile import rescore_grammar
+    from toolkit.lm.graph import rescore_grammar
 
     g2 = rescore_grammar(lang, lang / "lm.arpa")
     assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2) == ["ab cab"]
@@ -169,8 +170,9 @@ def test_decode_command_writes_reports_for_each_method(tmp_path, lang):
     ckpt, model, tok, cfg = tiny_checkpoint(tmp_path, lang)
     cuts_path, cuts = make_cuts(tmp_path, [("ab cab", "xx"), ("ba", "yy"), ("cob ab", "xx")])
     out = tmp_path / "decode"
+    compile_graphs(lang, lang / "lm.arpa")
     rc = main(["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--lang-dir", str(lang),
-               "--methods", "greedy,hlg", "--lm", str(lang / "lm.arpa"), "--out-dir", str(out),
+               "--methods", "greedy,hlg", "--out-dir", str(out),
                "--max-duration", "2.0", "--nj", "1"])
     assert rc == 0
     for m in ["greedy", "hlg"]:
@@ -226,3 +228,34 @@ def test_k2_methods_without_k2_say_how_to_install_it(tmp_path, lang):
     cuts_path, _ = make_cuts(tmp_path, [("ab", "xx")])
     assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--lang-dir", str(lang),
                  "--method", "k2-ctc", "--out-dir", str(tmp_path / "o")]) == 1
+
+
+def test_decode_refuses_graphs_of_another_lang_dir(tmp_path, lang, capsys):
+    """A lang dir rebuilt after its graphs were compiled (words.txt changed: word ids mean other words)
+    must not decode with the old HLG; missing or empty graphs are one-line errors naming compile-graph."""
+    from toolkit.cli import main
+
+    ckpt, *_ = tiny_checkpoint(tmp_path, lang)
+    cuts_path, _ = make_cuts(tmp_path, [("ab cab", "xx")])
+    args = ["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--lang-dir", str(lang),
+            "--method", "hlg", "--out-dir", str(tmp_path / "o")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "HLG.fst: not found" in err and "toolkit compile-graph --lang-dir" in err and err.count("\n") == 1
+    compile_graphs(lang, lang / "lm.arpa")
+    assert main(args) == 0
+    capsys.readouterr()
+    # the lang dir changes (another word list: same tokens, other word ids); HLG.fst stays behind
+    words = (lang / "words.txt").read_text().splitlines()
+    (lang / "words.txt").write_text("\n".join(words[:2] + [words[3], words[2]] + words[4:]) + "\n")
+    hlg_before = (lang / "HLG.fst").read_bytes()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "HLG.fst: built from another words.txt" in err and "toolkit compile-graph" in err
+    assert (lang / "HLG.fst").read_bytes() == hlg_before  # decode never rebuilds graphs
+    compile_graphs(lang, lang / "lm.arpa")
+    assert main(args) == 0
+    capsys.readouterr()
+    (lang / "HLG.fst").write_bytes(b"")
+    assert main(args) == 1
+    assert "empty file" in capsys.readouterr().err

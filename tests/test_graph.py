@@ -146,9 +146,10 @@ def test_bad_arpa_and_bad_lang_dir_raise_one_line_errors(lang, tmp_path):
 # ---------------------------------------------------------------------------------------- HLG
 
 def best_words(hlg_path, lang_dir, log_probs) -> list[str]:
-    from toolkit.decode.wfst import HlgDecoder, WfstOptions
+    from toolkit.decode.options import SearchOptions
+    from toolkit.decode.wfst import HlgDecoder
 
-    return Lang.load(lang_dir).words_of(HlgDecoder(hlg_path, WfstOptions()).decode(log_probs))
+    return Lang.load(lang_dir).words_of(HlgDecoder(hlg_path, SearchOptions()).decode(log_probs))
 
 
 def test_hlg_decodes_a_known_path(lang):
@@ -220,13 +221,13 @@ def test_gzipped_arpa_gives_the_same_graph(lang, tmp_path):
 
 def test_rescoring_grammar_is_recorded_for_decode(lang, tmp_path):
     from toolkit.cli import main
-    from toolkit.lm.compile import find_rescore_grammar
+    from toolkit.lm.graph import rescore_grammar_path
 
     with pytest.raises(ToolkitError, match="--rescore-lm"):
-        find_rescore_grammar(lang, None)
+        rescore_grammar_path(lang)
     assert main(["compile-graph", "--lang-dir", str(lang), "--lm", str(lang / "lm.arpa"), "--order", "1",
                  "--rescore-lm", str(lang / "lm.arpa")]) == 0
-    assert find_rescore_grammar(lang, None) == lang / "G_2_rescore.fst"
+    assert rescore_grammar_path(lang) == lang / "G_2_rescore.fst"
     assert (lang / "G_1.fst").is_file()
     # A rescoring LM of the first-pass order has its own file: HLG's G is never replaced by it.
     first_pass = (lang / "G_1.fst").read_bytes()
@@ -234,5 +235,5 @@ def test_rescoring_grammar_is_recorded_for_decode(lang, tmp_path):
     uni.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-0.5\t</s>\n-99\t<s>\n-0.5\tab\n\n\\end\\\n")
     assert main(["compile-graph", "--lang-dir", str(lang), "--lm", str(lang / "lm.arpa"), "--order", "1",
                  "--rescore-lm", str(uni)]) == 0
-    assert find_rescore_grammar(lang, None) == lang / "G_1_rescore.fst"
+    assert rescore_grammar_path(lang) == lang / "G_1_rescore.fst"
     assert (lang / "G_1.fst").read_bytes() == first_pass

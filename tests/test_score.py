@@ -298,7 +298,7 @@ def test_split_decoding_scored_once_with_merged_timing_and_cut_languages(tmp_pat
     from lhotse.testing.dummies import dummy_cut, dummy_supervision
 
     from toolkit.cli import main
-    from toolkit.decode.timing import Timing
+    from toolkit.score.timing import Timing
 
     cuts = []
     for i, lang in enumerate(["de", "de", "fr"]):

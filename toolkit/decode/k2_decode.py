@@ -12,26 +12,16 @@ max_active_states)`` and ``k2.shortest_path(lattice, use_double_scores=True)``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from toolkit.decode.options import DEFAULT_K2_NBEST, Hypothesis, SearchOptions
 from toolkit.lm.k2_graph import import_k2
+from toolkit.utils import ToolkitError
 
 
-@dataclass
-class K2Options:
-    acoustic_scale: float = 1.0
-    search_beam: float = 20.0
-    output_beam: float = 8.0
-    min_active_states: int = 30
-    max_active_states: int = 10000
-    lm_scale: float = 1.0
-    num_paths: int = 100
-
-
-def get_lattice(graph, log_probs: torch.Tensor, lengths: torch.Tensor, opts: K2Options):
+def get_lattice(graph, log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions):
     """Pruned intersection of ``graph`` with each utterance's (T_i, V) log-probs.
 
     Returns the lattice FsaVec and, for each of its FSAs, the batch index it belongs to (k2 wants
@@ -45,9 +35,8 @@ def get_lattice(graph, log_probs: torch.Tensor, lengths: torch.Tensor, opts: K2O
     idx = torch.tensor(order, dtype=torch.int32)
     segments = torch.stack([idx, torch.zeros_like(idx), lengths[idx.long()]], dim=1).to(torch.int32)
     dense = k2.DenseFsaVec(log_probs.float() * opts.acoustic_scale, segments)
-    lattice = k2.intersect_dense_pruned(graph, dense, search_beam=opts.search_beam, output_beam=opts.output_beam,
-                                        min_active_states=opts.min_active_states,
-                                        max_active_states=opts.max_active_states)
+    lattice = k2.intersect_dense_pruned(graph, dense, search_beam=opts.beam, output_beam=opts.lattice_beam,
+                                        min_active_states=opts.min_active, max_active_states=opts.max_active)
     return lattice, order
 
 
@@ -78,54 +67,42 @@ def lattice_word_fst(lat, lm_scale: float):
     """
     from kaldifst.utils.k2_converter import k2_to_openfst
 
-    from toolkit.decode.wfst import word_acceptor
+    from toolkit.decode.wfst import word_fst_from_text
 
     lat = lat.to("cpu")
     lat.scores = (lat.scores - lat.lm_scores) / lm_scale
-    fst = k2_to_openfst(lat, olabels="aux_labels")
-    arcs, finals = [], []
-    for line in fst.to_str().splitlines():
-        p = line.split()
-        if len(p) >= 4:
-            arcs.append((p[0], p[1], p[3], float(p[4]) if len(p) > 4 else 0.0))
-        elif p:
-            finals.append((p[0], float(p[1]) if len(p) > 1 else 0.0))
-    return word_acceptor(arcs, finals)
+    return word_fst_from_text(k2_to_openfst(lat, olabels="aux_labels").to_str(), float)
 
 
 class K2Search:
-    """``search(log_probs (B,T,V), lengths) -> [(text, seconds)]`` for the k2 methods of `toolkit decode`."""
+    """``search(log_probs (B,T,V), lengths) -> [Hypothesis]`` for the k2 methods (see toolkit.decode.search)."""
 
-    def __init__(self, method: str, args, lang_dir: Path | None, tokenizer, device):
+    def __init__(self, method: str, opts: SearchOptions, lang_dir: Path | None, tokenizer, device):
         from toolkit.lm.k2_graph import k2_ctc_topo
 
         import_k2()
         self.method = method
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.opts = K2Options(acoustic_scale=args.acoustic_scale, search_beam=args.beam,
-                              output_beam=args.lattice_beam, max_active_states=args.max_active,
-                              lm_scale=args.lm_scale, num_paths=args.num_paths or 100)
+        self.opts = opts
+        self.num_paths = opts.num_paths if opts.num_paths is not None else DEFAULT_K2_NBEST
+        if method == "k2-nbest-rescore" and self.num_paths < 1:
+            raise ToolkitError(f"--num-paths {opts.num_paths}: k2-nbest-rescore rescores the N best paths, N >= 1")
         self.lang = None
         self.G = None
         if method == "k2-ctc":
             self.graph = k2_ctc_topo(tokenizer.vocab_size, device=device)
             return
-        self._load_hlg(args, lang_dir)
+        self._load_hlg(lang_dir)
 
-    def _load_hlg(self, args, lang_dir: Path) -> None:
-        from toolkit.lm.graph import Lang, compile_graphs, read_fst, remove_backoff_disambig
-        from toolkit.lm.k2_graph import load_k2_hlg, save_k2_graphs
+    def _load_hlg(self, lang_dir: Path) -> None:
+        from toolkit.lm.graph import Lang, checked_graph, read_fst, remove_backoff_disambig, rescore_grammar_path
+        from toolkit.lm.k2_graph import load_k2_hlg
 
         self.lang = Lang.load(lang_dir)
-        if args.lm:
-            compile_graphs(lang_dir, args.lm, order=args.order)
-            save_k2_graphs(lang_dir, args.lm, order=args.order)
-        self.graph = load_k2_hlg(Path(lang_dir) / "HLG.pt", self.device)
+        self.graph = load_k2_hlg(checked_graph(lang_dir, "HLG.pt"), self.device)
         if self.method == "k2-nbest-rescore":
-            from toolkit.lm.compile import find_rescore_grammar
-
-            G = read_fst(find_rescore_grammar(lang_dir, args.rescore_lm))
+            G = read_fst(rescore_grammar_path(lang_dir))
             self.G = remove_backoff_disambig(G, self.lang.words["#0"])
             self.graph.lm_scores = self.graph.scores.clone()
 
@@ -144,17 +121,17 @@ class K2Search:
 
             for j, b in enumerate(order):
                 rescored = rescore_word_fst(lattice_word_fst(lattice[j], self.opts.lm_scale), self.G,
-                                            self.opts.num_paths)
+                                            self.num_paths)
                 if rescored is not None:
                     out[b] = rescored
         return out
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[tuple[str, float]]:
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         t0 = time.perf_counter()
         ids = self.decode_ids(log_probs, lengths)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         per = (time.perf_counter() - t0) / max(len(ids), 1)
         if self.method == "k2-ctc":
-            return [(self.tokenizer.decode(x), per) for x in ids]
-        return [(" ".join(self.lang.words_of(x)), per) for x in ids]
+            return [Hypothesis(self.tokenizer.decode(x), per) for x in ids]
+        return [Hypothesis(" ".join(self.lang.words_of(x)), per) for x in ids]

@@ -15,35 +15,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import kaldi_decoder
 import kaldifst
 import numpy as np
 
+from toolkit.decode.options import SearchOptions
 from toolkit.lm.graph import read_fst, remove_backoff_disambig
 from toolkit.utils import ToolkitError
-
-
-@dataclass
-class WfstOptions:
-    """Search options; names follow Kaldi's decoders."""
-
-    acoustic_scale: float = 1.0
-    beam: float = 16.0
-    max_active: int = 10000
-    min_active: int = 20
-    lattice_beam: float = 8.0
-    lm_scale: float = 1.0  # weight of the rescoring LM relative to the scaled acoustics
-    num_paths: int = 0  # rescoring: 0 = whole lattice, N > 0 = the N best distinct word sequences
-
-    def check(self) -> None:
-        if self.acoustic_scale <= 0 or self.beam <= 0 or self.lattice_beam <= 0 or self.lm_scale <= 0:
-            raise ToolkitError("--acoustic-scale, --beam, --lattice-beam and --lm-scale must be positive")
-        if self.max_active < self.min_active:
-            raise ToolkitError(f"--max-active {self.max_active} must be at least min-active {self.min_active}")
 
 
 def to_matrix(log_probs, acoustic_scale: float = 1.0) -> np.ndarray:
@@ -59,7 +39,7 @@ def to_matrix(log_probs, acoustic_scale: float = 1.0) -> np.ndarray:
 class HlgDecoder:
     """One-best decoding over HLG.fst; ``decode`` returns the word ids of the best path."""
 
-    def __init__(self, hlg: str | os.PathLike, opts: WfstOptions):
+    def __init__(self, hlg: str | os.PathLike, opts: SearchOptions):
         opts.check()
         self.opts = opts
         self.graph = read_fst(hlg)  # the decoder keeps a pointer to it: it must live as long
@@ -90,20 +70,28 @@ def word_acceptor(arcs: list[tuple[str, str, str, float]], finals: list[tuple[st
     return fst
 
 
+def word_fst_from_text(fst_text: str, cost: Callable[[str], float]) -> kaldifst.StdVectorFst:
+    """Word acceptor of a lattice in OpenFst text form (``src dst ilabel olabel [weight]`` arcs,
+    ``state [weight]`` finals): the output labels (words) become both labels, and ``cost(weight)``
+    each arc's cost (a missing weight field costs 0). Kaldi lattices and k2 lattices (converted to
+    OpenFst text) differ only in their weight field, which `cost` reads."""
+    arcs, finals = [], []
+    for line in fst_text.splitlines():
+        p = line.split()
+        if len(p) >= 4:
+            arcs.append((p[0], p[1], p[3], cost(p[4]) if len(p) > 4 else 0.0))
+        elif p:
+            finals.append((p[0], cost(p[1]) if len(p) > 1 else 0.0))
+    return word_acceptor(arcs, finals)
+
+
 def lattice_to_word_fst(lat, acoustic_weight: float) -> kaldifst.StdVectorFst:
     """Word acceptor of a raw Kaldi lattice with arc costs ``acoustic_weight`` x the acoustic cost only.
 
-    The lattice's graph costs (first-pass LM) are dropped so that a new LM can replace them.
+    Kaldi lattice weights are ``graph,acoustic``: the graph costs (first-pass LM) are dropped so that
+    a new LM can replace them.
     """
-    arcs, finals = [], []
-    for line in lat.to_str().splitlines():
-        p = line.split()
-        if len(p) >= 4:  # arc: src dst ilabel olabel [graph,acoustic]
-            ac = float(p[4].split(",")[1]) if len(p) > 4 else 0.0
-            arcs.append((p[0], p[1], p[3], ac * acoustic_weight))
-        elif p:  # final state: s [graph,acoustic]
-            finals.append((p[0], float(p[1].split(",")[1]) * acoustic_weight if len(p) > 1 else 0.0))
-    return word_acceptor(arcs, finals)
+    return word_fst_from_text(lat.to_str(), lambda w: float(w.split(",")[1]) * acoustic_weight)
 
 
 def lm_cost(G: kaldifst.StdVectorFst, words: Sequence[int]) -> float:
@@ -139,7 +127,7 @@ def rescore_word_fst(words: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst, num
 class LatticeRescorer:
     """Lattice decoding over HLG.fst, then whole-lattice rescoring with a larger G (``G_<n>.fst``)."""
 
-    def __init__(self, hlg: str | os.PathLike, rescore_g: str | os.PathLike, backoff_id: int, opts: WfstOptions):
+    def __init__(self, hlg: str | os.PathLike, rescore_g: str | os.PathLike, backoff_id: int, opts: SearchOptions):
         opts.check()
         self.opts = opts
         self.graph = read_fst(hlg)
@@ -157,7 +145,7 @@ class LatticeRescorer:
         ok, lat = self.decoder.get_raw_lattice(use_final_probs=True)
         if ok and lat.num_states > 0:
             # total = acoustic + lm_scale * LM  ==  acoustic / lm_scale + LM  (same arg-min)
-            out = rescore_word_fst(lattice_to_word_fst(lat, 1.0 / self.opts.lm_scale), self.G, self.opts.num_paths)
+            out = rescore_word_fst(lattice_to_word_fst(lat, 1.0 / self.opts.lm_scale), self.G, self.opts.num_paths or 0)
             if out is not None:
                 return out
         # No path survives with the new LM (e.g. its vocabulary misses a word): keep the first pass.
@@ -197,10 +185,10 @@ class WfstRunner:
     test set; use it as a context manager. ``nj`` = 1 decodes in this process.
     """
 
-    def __init__(self, method: str, hlg: str | os.PathLike, opts: WfstOptions, nj: int = 1,
+    def __init__(self, method: str, hlg: str | os.PathLike, opts: SearchOptions, nj: int = 1,
                  rescore_g: str | os.PathLike | None = None, backoff_id: int | None = None):
         if method == "hlg-rescore" and (rescore_g is None or backoff_id is None):
-            raise ToolkitError("--method hlg-rescore needs --rescore-lm (a larger ARPA LM)")
+            raise ToolkitError("--method hlg-rescore needs a rescoring LM: run `toolkit compile-graph --rescore-lm LM`")
         self.spec = {"method": method, "hlg": str(hlg), "opts": opts,
                      "rescore_g": rescore_g and str(rescore_g), "backoff_id": backoff_id}
         self.nj = max(1, nj)
@@ -236,7 +224,7 @@ class WfstRunner:
         self.close()
 
 
-def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathLike, opts: WfstOptions,
+def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathLike, opts: SearchOptions,
                     nj: int = 1, rescore_g: str | os.PathLike | None = None,
                     backoff_id: int | None = None) -> list[tuple[list[int], float]]:
     """Decode (T, V) log-prob matrices (float32 numpy); (word ids, seconds) per matrix, in order."""
@@ -244,7 +232,3 @@ def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathL
         return runner.decode(mats)
 
 
-def check_graph(path: Path, what: str) -> Path:
-    if not Path(path).is_file():
-        raise ToolkitError(f"{path}: {what} not found; run `toolkit compile-graph` with --lm first")
-    return Path(path)

@@ -122,7 +122,14 @@ def write_arpa(model: ArpaModel, path: str | os.PathLike) -> None:
 # Reading and validation
 
 
+def is_gzip(path: str | os.PathLike) -> bool:
+    """True when the file starts with gzip's magic bytes (whatever its name says)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _open_text(path: Path) -> IO[str]:
+    """An ARPA file as strict UTF-8 text, gunzipped when its magic bytes say gzip."""
     if not path.is_file():
         raise ToolkitError(f"{path}: ARPA file not found; train one with `toolkit lm train` or check the path")
     raw = path.open("rb")
@@ -211,6 +218,31 @@ def _parse_entry(path: Path, lineno: int, line: str, order: int) -> tuple[Ngram,
     if logp > 1e-6 or math.isnan(logp) or math.isnan(bow):
         raise _bad(path, lineno, f"log10 probability {fields[0]} is not <= 0")
     return tuple(fields[1:order + 1]), logp, bow
+
+
+def arpa_counts(path: str | os.PathLike) -> list[int]:
+    """The n-gram counts the `\\data\\` header announces, per order, read without the n-grams."""
+    path = Path(path)
+    counts: list[int] = []
+    in_header = False
+    for lineno, line in _lines(path):
+        if line == "\\data\\":
+            in_header = True
+        elif in_header and line.startswith("ngram "):
+            key, _, value = line[6:].partition("=")
+            if not (key.strip().isdigit() and value.strip().isdigit()) or int(key) != len(counts) + 1:
+                raise _bad(path, lineno, f"bad count line {line!r} (want 'ngram {len(counts) + 1}=<count>')")
+            counts.append(int(value))
+        elif in_header and line:
+            break
+    if not counts:
+        raise ToolkitError(f"{path}: not an ARPA file (no \\data\\ section with 'ngram N=' lines); give an ARPA LM")
+    return counts
+
+
+def arpa_order(path: str | os.PathLike) -> int:
+    """Highest n-gram order declared in an ARPA file's header (one-line errors as `arpa_counts`)."""
+    return len(arpa_counts(path))
 
 
 def validate_arpa(path: str | os.PathLike) -> list[int]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from toolkit.utils import ToolkitError
 
 log = logging.getLogger("toolkit.compile-graph")
-RESCORE_ENTRY = "rescore_G"  # graphs.json entry naming the rescoring G
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,42 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true")
 
 
-def rescore_grammar(lang_dir: str | Path, lm: str | Path, force: bool = False) -> Path:
-    """Build (or reuse) G_<order>_rescore.fst of a rescoring LM; returns its path.
-
-    Its own name, so that a rescoring LM of the first-pass LM's order never overwrites the G
-    that HLG.fst was built from (and is never mistaken for it)."""
-    from toolkit.lm.graph import GraphCache, arpa_order, build_grammar_fst, write_fst
-
-    d = Path(lang_dir)
-    order = arpa_order(lm)
-    name = f"G_{order}_rescore.fst"
-    cache = GraphCache(d)
-    key = cache.key([Path(lm), d / "words.txt"], order=order)
-    if force or not cache.fresh(name, key):
-        log.info("building %s from %s", name, lm)
-        write_fst(build_grammar_fst(lm, d / "words.txt", order), d / name)
-        cache.record(name, key)
-    if cache.entries.get(RESCORE_ENTRY) != name:
-        cache.record(RESCORE_ENTRY, name)  # so `toolkit decode` finds it without --rescore-lm
-    return d / name
-
-
-def find_rescore_grammar(lang_dir: str | Path, lm: str | Path | None) -> Path:
-    """G of --rescore-lm (built if needed), else the one `compile-graph --rescore-lm` recorded."""
-    from toolkit.lm.graph import GraphCache
-
-    if lm:
-        return rescore_grammar(lang_dir, lm)
-    name = GraphCache(lang_dir).entries.get(RESCORE_ENTRY)
-    if not name or not (Path(lang_dir) / name).is_file():
-        raise ToolkitError(f"{lang_dir}: no rescoring LM; give --rescore-lm (a larger ARPA LM) or run "
-                           "`toolkit compile-graph --rescore-lm LM` first")
-    return Path(lang_dir) / name
-
-
 def run(args: argparse.Namespace) -> int:
-    from toolkit.lm.graph import compile_graphs
+    from toolkit.lm.graph import compile_graphs, rescore_grammar
 
     if args.order is not None and args.order < 1:
         raise ToolkitError(f"--order {args.order}: must be at least 1")

@@ -32,40 +32,19 @@ from pathlib import Path
 
 import kaldifst
 
+from toolkit.lm.arpa import arpa_order, is_gzip
+from toolkit.text.symbols import is_disambig, read_symbol_table
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 TOKEN_OFFSET = 1  # graph input label = token id + 1, so 0 can mean epsilon
-GRAPH_VERSION = 1  # bump when the construction changes, so cached graphs are rebuilt
+GRAPH_VERSION = 2  # bump when the construction or graphs.json changes, so cached graphs are rebuilt
 SPECIAL_WORDS = ("<eps>", "#0", "<s>", "</s>")
 
 
 # ---------------------------------------------------------------------------------------
 # Lang dir text files
-
-def read_symbols(path: str | os.PathLike) -> dict[str, int]:
-    """Read a ``symbol id`` table (tokens.txt, words.txt); ids must be unique integers."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: not found; build the lang dir first (toolkit lang-dir)")
-    table: dict[str, int] = {}
-    seen: set[int] = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ToolkitError(f"{path}:{n}: expected 'symbol id', got {line!r}; fix or rebuild the file")
-        sym, idx = parts[0], int(parts[1])
-        if sym in table or idx in seen:
-            raise ToolkitError(f"{path}:{n}: duplicate symbol or id in {line!r}; rebuild the file")
-        table[sym] = idx
-        seen.add(idx)
-    if not table:
-        raise ToolkitError(f"{path}: empty symbol table; rebuild the lang dir")
-    return table
-
 
 def read_lexicon(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
     """Read ``lexicon.txt``: ``word tok tok ...`` per line (a word may have several lines)."""
@@ -97,7 +76,7 @@ class Lang:
 
     def __post_init__(self) -> None:
         # icefall appends #0, #1, ... to tokens.txt; they are graph symbols, not model outputs.
-        self.tokens = {t: i for t, i in self.tokens.items() if not (t.startswith("#") and t[1:].isdigit())}
+        self.tokens = {t: i for t, i in self.tokens.items() if not is_disambig(t)}
         self.id2word = {i: w for w, i in self.words.items()}
         if self.tokens.get("<blk>", 0) != 0 or 0 not in self.tokens.values():
             raise ToolkitError(f"{self.dir}/tokens.txt: the CTC blank must have id 0; rebuild the lang dir")
@@ -119,7 +98,7 @@ class Lang:
         d = Path(lang_dir)
         if not d.is_dir():
             raise ToolkitError(f"{d}: lang dir not found; create it with `toolkit lang-dir` or fix --lang-dir")
-        return cls(d, read_symbols(d / "tokens.txt"), read_symbols(d / "words.txt"), read_lexicon(d / "lexicon.txt"))
+        return cls(d, read_symbol_table(d / "tokens.txt"), read_symbol_table(d / "words.txt"), read_lexicon(d / "lexicon.txt"))
 
     @property
     def num_tokens(self) -> int:
@@ -223,31 +202,6 @@ def build_lexicon_fst(lang: Lang) -> tuple[kaldifst.StdVectorFst, int]:
     return fst, first_disambig
 
 
-def _open_text(path: Path):
-    """An ARPA file, plain or gzipped (LibriSpeech's LMs come as .arpa.gz)."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
-def arpa_order(arpa: str | os.PathLike) -> int:
-    """Highest n-gram order declared in an ARPA file's \\data\\ section."""
-    arpa = Path(arpa)
-    if not arpa.is_file():
-        raise ToolkitError(f"{arpa}: ARPA LM not found; train one with `toolkit lm train` or fix --lm")
-    order = 0
-    with _open_text(arpa) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("ngram ") and "=" in line:
-                order = max(order, int(line[6:].split("=")[0]))
-            elif line.startswith("\\1-grams"):
-                break
-    if order == 0:
-        raise ToolkitError(f"{arpa}: not an ARPA file (no \\data\\ section with 'ngram N=' lines); fix --lm")
-    return order
-
-
 def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max_order: int = -1) -> kaldifst.StdVectorFst:
     """G from an ARPA file through kaldilm's arpa2fst (``#0`` on back-off arcs, <s>/</s> removed).
 
@@ -257,7 +211,7 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
     arpa_order(arpa)  # clear error for a missing or non-ARPA file
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "G.fst"
-        if str(arpa).endswith(".gz"):  # kaldilm reads plain text only
+        if is_gzip(arpa):  # kaldilm reads plain text only
             plain = Path(tmp) / "lm.arpa"
             with gzip.open(arpa, "rb") as src, open(plain, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -320,7 +274,10 @@ def build_hlg(H: kaldifst.StdVectorFst, L: kaldifst.StdVectorFst, G: kaldifst.St
 
 
 # ---------------------------------------------------------------------------------------
-# Cached compilation into the lang dir
+# Cached compilation into the lang dir, with provenance
+
+LANG_FILES = ("tokens.txt", "words.txt", "lexicon.txt")  # the lang-dir files a graph is built from
+
 
 def file_hash(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
@@ -331,15 +288,27 @@ def file_hash(path: str | os.PathLike) -> str:
 
 
 class GraphCache:
-    """``graphs.json`` in the lang dir: for each graph file, the key of the inputs it was built from."""
+    """``graphs.json`` in the lang dir: how each graph file was built.
+
+    ``{"version": GRAPH_VERSION, "graphs": {name: {"key": ..., "lang_files": {file: sha256}}},
+    "rescore_G": name}``. ``key`` hashes every input (lang-dir files, the LM) and option, so
+    `compile-graph` rebuilds exactly what changed; ``lang_files`` lets a decoder check that a graph
+    still belongs to the lang dir beside it (`checked_graph`). A record of another version counts
+    as empty: everything is rebuilt.
+    """
 
     def __init__(self, lang_dir: str | os.PathLike):
         self.dir = Path(lang_dir)
         self.path = self.dir / "graphs.json"
+        self.graphs: dict[str, dict] = {}
+        self.rescore_g: str | None = None
         try:
-            self.entries: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except json.JSONDecodeError:
-            self.entries = {}  # a damaged record only costs a rebuild
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = {}  # a damaged record only costs a rebuild
+        if isinstance(data, dict) and data.get("version") == GRAPH_VERSION:
+            self.graphs = dict(data.get("graphs") or {})
+            self.rescore_g = data.get("rescore_G")
 
     @staticmethod
     def key(inputs: list[Path], **options) -> str:
@@ -347,11 +316,69 @@ class GraphCache:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def fresh(self, name: str, key: str) -> bool:
-        return self.entries.get(name) == key and (self.dir / name).is_file()
+        return (self.graphs.get(name) or {}).get("key") == key and (self.dir / name).is_file()
 
-    def record(self, name: str, key: str) -> None:
-        self.entries[name] = key
-        atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+    def record(self, name: str, key: str, lang_files: tuple[str, ...] = LANG_FILES) -> None:
+        """Note that `name` was built from inputs `key`, and from these lang-dir files as they are now."""
+        self.graphs[name] = {"key": key, "lang_files": {f: file_hash(self.dir / f) for f in lang_files}}
+        self._save()
+
+    def set_rescore_grammar(self, name: str) -> None:
+        self.rescore_g = name
+        self._save()
+
+    def _save(self) -> None:
+        data = {"version": GRAPH_VERSION, "graphs": self.graphs, "rescore_G": self.rescore_g}
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def remove_graphs(lang_dir: str | os.PathLike) -> list[str]:
+    """Delete every compiled graph of a lang dir and its record (the lang dir is being rebuilt)."""
+    d = Path(lang_dir)
+    removed = []
+    for name in list(GraphCache(d).graphs) + ["graphs.json"]:
+        if (d / name).is_file():
+            (d / name).unlink()
+            removed.append(name)
+    # graphs recorded by an older version of graphs.json
+    for pattern in ("H.fst", "L_disambig.fst", "G_*.fst", "HLG.fst", "HLG.pt", "G_*.pt"):
+        for p in d.glob(pattern):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def compile_hint(lang_dir: Path, name: str) -> str:
+    if name == "HLG.pt":
+        return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM --k2`"
+    if name.endswith("_rescore.fst"):
+        return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM --rescore-lm BIG_LM`"
+    return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM`"
+
+
+def checked_graph(lang_dir: str | os.PathLike, name: str) -> Path:
+    """Path of a compiled graph that still belongs to this lang dir, or a one-line ToolkitError.
+
+    Refused: a missing graph, one without a build record, and one built from other versions of the
+    lang dir's tokens.txt / words.txt / lexicon.txt (the lang dir was rebuilt since: its word ids
+    mean other words now, and decoding would print wrong words).
+    """
+    d = Path(lang_dir)
+    path = d / name
+    fix = compile_hint(d, name)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: not found; build it with {fix}")
+    entry = GraphCache(d).graphs.get(name)
+    if not entry or "lang_files" not in entry:
+        raise ToolkitError(f"{path}: no build record in {d / 'graphs.json'} (built by another tool or version); "
+                           f"rebuild it with {fix} --force")
+    for f, digest in entry["lang_files"].items():
+        if not (d / f).is_file() or file_hash(d / f) != digest:
+            raise ToolkitError(f"{path}: built from another {f} than the one in {d} (the lang dir changed since); "
+                               f"rebuild it with {fix}")
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"{path}: empty file; rebuild it with {fix} --force")
+    return path
 
 
 def write_fst(fst: kaldifst.StdVectorFst, path: Path) -> None:
@@ -361,10 +388,18 @@ def write_fst(fst: kaldifst.StdVectorFst, path: Path) -> None:
 
 
 def read_fst(path: str | os.PathLike) -> kaldifst.StdVectorFst:
+    """Read an OpenFst binary; one-line ToolkitError for a missing, empty or corrupt file."""
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"{path}: graph not found; run `toolkit compile-graph` first")
-    return kaldifst.StdVectorFst.read(str(path))
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"{path}: empty graph file; rebuild it with `toolkit compile-graph --force`")
+    try:
+        return kaldifst.StdVectorFst.read(str(path))
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[-1][:120] if str(e).strip() else "unreadable"
+        raise ToolkitError(f"{path}: not a readable OpenFst graph ({why}); rebuild it with "
+                           "`toolkit compile-graph --force`") from None
 
 
 @dataclass
@@ -387,12 +422,12 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
     d = lang.dir
     cache = GraphCache(d)
     rebuilt: list[str] = []
-    text_inputs = [d / "tokens.txt", d / "words.txt", d / "lexicon.txt"]
+    text_inputs = [d / f for f in LANG_FILES]
 
     h_key = cache.key([d / "tokens.txt"], compact=compact)
     if force or not cache.fresh("H.fst", h_key):
         write_fst(build_ctc_topo(lang.num_tokens, compact=compact), d / "H.fst")
-        cache.record("H.fst", h_key)
+        cache.record("H.fst", h_key, ("tokens.txt",))
         rebuilt.append("H.fst")
     l_key = cache.key(text_inputs)
     if force or not cache.fresh("L_disambig.fst", l_key):
@@ -407,7 +442,7 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
     g_key = cache.key([Path(lm), d / "words.txt"], order=order)
     if force or not cache.fresh(g_name, g_key):
         write_fst(build_grammar_fst(lm, d / "words.txt", order), d / g_name)
-        cache.record(g_name, g_key)
+        cache.record(g_name, g_key, ("words.txt",))
         rebuilt.append(g_name)
     hlg_key = cache.key(text_inputs + [Path(lm)], order=order, compact=compact)
     if force or not cache.fresh("HLG.fst", hlg_key):
@@ -417,3 +452,34 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
         cache.record("HLG.fst", hlg_key)
         rebuilt.append("HLG.fst")
     return GraphPaths(d / "H.fst", d / "L_disambig.fst", d / g_name, d / "HLG.fst", rebuilt)
+
+
+def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: bool = False) -> Path:
+    """Build (or reuse) G_<order>_rescore.fst of a rescoring LM and record it as the lang dir's
+    rescoring G (where the decoders find it); returns its path.
+
+    Its own name, so that a rescoring LM of the first-pass LM's order never overwrites the G
+    that HLG.fst was built from (and is never mistaken for it)."""
+    d = Path(lang_dir)
+    Lang.load(d)  # a clear error for a missing or broken lang dir
+    order = arpa_order(lm)
+    name = f"G_{order}_rescore.fst"
+    cache = GraphCache(d)
+    key = cache.key([Path(lm), d / "words.txt"], order=order)
+    if force or not cache.fresh(name, key):
+        logger.info("building %s from %s", name, lm)
+        write_fst(build_grammar_fst(lm, d / "words.txt", order), d / name)
+        cache.record(name, key, ("words.txt",))
+    if cache.rescore_g != name:
+        cache.set_rescore_grammar(name)
+    return d / name
+
+
+def rescore_grammar_path(lang_dir: str | os.PathLike) -> Path:
+    """The rescoring G recorded by `rescore_grammar` (checked like every graph), or a one-line error."""
+    d = Path(lang_dir)
+    name = GraphCache(d).rescore_g
+    if not name:
+        raise ToolkitError(f"{d}: no rescoring LM compiled; run `toolkit compile-graph --lang-dir {d} "
+                           "--lm LM --rescore-lm BIG_LM` first (hlg-rescore and k2-nbest-rescore need it)")
+    return checked_graph(d, name)

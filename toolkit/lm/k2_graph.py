@@ -14,7 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from toolkit.lm.graph import TOKEN_OFFSET, GraphCache, Lang, arpa_order, build_lexicon_fst, read_fst
+from toolkit.lm.arpa import arpa_order
+from toolkit.lm.graph import TOKEN_OFFSET, GraphCache, Lang, build_lexicon_fst, read_fst
 from toolkit.utils import ToolkitError, atomic_torch_save
 
 log = logging.getLogger(__name__)

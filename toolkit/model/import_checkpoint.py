@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from toolkit.text.symbols import read_token_list
 from toolkit.utils import ToolkitError
 
 log = logging.getLogger(__name__)
@@ -204,24 +205,6 @@ def vocab_from_tokens(state: dict, tokens: list[str], blank: int, unk: int | Non
     return state, vocab
 
 
-def read_tokens_txt(path: Path) -> list[str]:
-    """Tokens of an icefall `tokens.txt` (`SYMBOL ID` a line), in id order."""
-    if not path.is_file():
-        raise ToolkitError(f"{path}: vocabulary file not found; pass a tokens.txt (SYMBOL ID per line)")
-    pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise ToolkitError(f"{path}:{n}: expected 'SYMBOL ID', got {line!r}")
-        pairs.append((int(parts[1]), parts[0]))
-    pairs.sort()
-    if [i for i, _ in pairs] != list(range(len(pairs))):
-        raise ToolkitError(f"{path}: token ids must be 0..N-1 without gaps")
-    return [t for _, t in pairs]
-
-
 # ---------------------------------------------------------------------------------------
 # Hugging Face
 
@@ -366,7 +349,7 @@ def import_torchaudio(src: Path, config_json: str | None, vocab_path: str | None
         raise ToolkitError(f"{config_json}: {e}") from None
     kind = infer_kind(sd)
     sd, vocab = ctc_vocab_from_file(
-        sd, kind, vocab_path, read_tokens_txt,
+        sd, kind, vocab_path, read_token_list,
         missing=f"{src}: the state dict has a CTC head (aux) but no vocabulary; "
                 "pass --vocab tokens.txt (SYMBOL ID per line, blank first)")
     return cfg, sd, kind, vocab

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         languages = {**from_cuts, **(languages or {})}
     timing = None
     if args.timing:
-        from toolkit.decode.timing import Timing
+        from toolkit.score.timing import Timing
 
         timing = Timing.read(args.timing, args.key)
     if args.out_dir is not None:

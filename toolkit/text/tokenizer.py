@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from toolkit.text.symbols import read_token_list
 from toolkit.utils import ToolkitError
 
 __all__ = ["Tokenizer", "BLANK", "UNK", "WORD_BOUNDARY", "check_training_text"]
@@ -249,23 +250,9 @@ class Tokenizer:
         path = lang_dir / "tokens.txt"
         if not path.is_file():
             raise ToolkitError(f"{path}: not found; build the lang dir with `toolkit lang-dir`")
-        tokens = _read_symbol_table(path)
-        while tokens and tokens[-1].startswith("#") and tokens[-1][1:].isdigit():
-            tokens.pop()
+        tokens = read_token_list(path)
         bpe = lang_dir / "bpe.model"
         if bpe.is_file():
             return cls("bpe", tokens, bpe.read_bytes())
         return cls("char", tokens)
 
-
-def _read_symbol_table(path: Path) -> list[str]:
-    """`symbol id` lines with ids 0..N-1 in order -> list of symbols."""
-    symbols: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) != len(symbols):
-            raise ToolkitError(f"{path}:{lineno}: expected 'symbol {len(symbols)}', got {line!r}; rebuild the lang dir")
-        symbols.append(parts[0])
-    return symbols

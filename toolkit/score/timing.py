@@ -1,4 +1,7 @@
-"""Per-utterance decoding times and the real-time factor (processing seconds / audio seconds)."""
+"""Per-utterance decoding times and the real-time factor (processing seconds / audio seconds).
+
+Written by `toolkit decode` (timing.txt), merged and reported by `toolkit score --timing`.
+"""
 from __future__ import annotations
 
 import os
