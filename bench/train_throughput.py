@@ -65,7 +65,7 @@ def bench_preset(name: str, batch: int, seconds: float, steps: int, device: torc
 
     from toolkit.model.presets import get_preset
     from toolkit.model.wav2vec2 import Wav2Vec2ForCTC, Wav2Vec2ForPretraining
-    from toolkit.train.tasks import ctc_loss_fitting
+    from toolkit.model.wav2vec2 import ctc_loss
 
     cfg = quiet(get_preset(name))
     vocab = 32
@@ -115,7 +115,7 @@ def bench_preset(name: str, batch: int, seconds: float, steps: int, device: torc
     def our_ctc() -> None:
         copt.zero_grad()
         lp, ol = ours_ctc(audio, lengths)
-        loss, kept, _ = ctc_loss_fitting(lp, ol, targets, target_lengths)
+        loss, kept, _ = ctc_loss(lp, ol, targets, target_lengths)
         (loss / kept).backward()
         copt.step()
 

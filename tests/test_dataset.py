@@ -13,7 +13,9 @@ import soundfile as sf
 import torch
 from lhotse import CutSet, Recording, SupervisionSegment
 
-from toolkit.data.dataset import AudioDataset, ctc_min_frames, num_frames
+from toolkit.data.dataset import AudioDataset
+from toolkit.model.config import num_frames
+from toolkit.model.wav2vec2 import ctc_min_frames
 from toolkit.text.tokenizer import Tokenizer
 from toolkit.utils import ToolkitError
 
@@ -185,4 +187,4 @@ def test_frame_formula_matches_torchaudio_and_ctc_need() -> None:
         _, out_len = fe(torch.zeros(1, n), torch.tensor([n]))
         assert num_frames(n) == int(out_len[0])
     assert num_frames(399) == 0
-    assert ctc_min_frames([1, 1, 2, 2, 2, 3]) == 6 + 3
+    assert ctc_min_frames(torch.tensor([[1, 1, 2, 2, 2, 3]]), torch.tensor([6])).tolist() == [6 + 3]

@@ -254,7 +254,7 @@ def test_bf16_autocast_forward_backward_finite():
     ctc = Wav2Vec2ForCTC(small_cfg(), 11)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lp, lens = ctc(torch.randn(2, 16000), torch.tensor([16000, 9000]))
-        loss = ctc_loss(lp, lens, torch.tensor([[1, 2, 3], [4, 5, -1]]), torch.tensor([3, 2]))
+        loss = ctc_loss(lp, lens, torch.tensor([[1, 2, 3], [4, 5, -1]]), torch.tensor([3, 2])).loss
     assert lp.dtype == torch.float32 and torch.isfinite(loss)
 
 
@@ -264,7 +264,7 @@ def test_freeze_feature_encoder_and_ctc_masking():
     model.freeze_feature_encoder()
     model.train()
     lp, lens = model(torch.randn(2, 16000))
-    ctc_loss(lp, lens, torch.tensor([[1, 2], [3, 4]]), torch.tensor([2, 2])).backward()
+    ctc_loss(lp, lens, torch.tensor([[1, 2], [3, 4]]), torch.tensor([2, 2])).loss.backward()
     assert all(p.grad is None for p in model.wav2vec2.feature_extractor.parameters())
     assert model.wav2vec2.post_extract_proj.weight.grad is not None and model.wav2vec2.mask_emb.grad is not None
     model.eval()
@@ -281,9 +281,13 @@ def test_ctc_loss_matches_torch_and_zero_infinity():
     ol = torch.tensor([10, 7])
     ref = sum(F.ctc_loss(lp[b, :ol[b]][:, None], targets[b:b + 1, :tl[b]], ol[b:b + 1], tl[b:b + 1], reduction="sum")
               for b in range(2))
-    assert torch.isclose(ctc_loss(lp, ol, targets, tl), ref)
-    impossible = ctc_loss(lp, torch.tensor([2, 7]), targets, tl)  # 2 frames cannot fit "1 2 2"
-    assert torch.isfinite(impossible)
+    out = ctc_loss(lp, ol, targets, tl)
+    assert torch.isclose(out.loss, ref) and (out.kept, out.dropped) == (2, 0)
+    # 2 frames cannot fit "1 2 2" (it needs 4: three labels and a blank between the 2s): left out, counted
+    impossible = ctc_loss(lp, torch.tensor([2, 7]), targets, tl)
+    assert torch.isfinite(impossible.loss) and (impossible.kept, impossible.dropped) == (1, 1)
+    ref1 = F.ctc_loss(lp[1, :7][:, None], targets[1:2, :1], ol[1:2], tl[1:2], reduction="sum")
+    assert torch.isclose(impossible.loss, ref1)
 
 
 @pytest.mark.slow

@@ -61,10 +61,10 @@ class ShardTask(Task):
         return BatchStream([{k: v[self.rows] for k, v in full_batch().items()}] * 4)
 
     def step(self, model, batch, num_updates):
-        from toolkit.train.tasks import ctc_loss_fitting
+        from toolkit.model.wav2vec2 import ctc_loss
 
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
-        loss, kept, _ = ctc_loss_fitting(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        loss, kept, _ = ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
         return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=1.0)
 
 

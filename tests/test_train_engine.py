@@ -188,7 +188,7 @@ def test_average_checkpoints_and_plot(tmp_path):
 
 
 def test_ctc_drops_and_counts_utterances_too_short_for_their_labels():
-    from toolkit.train.tasks import ctc_loss_fitting, ctc_min_frames
+    from toolkit.model.wav2vec2 import ctc_loss, ctc_min_frames
 
     targets = torch.tensor([[1, 1, 2, -1], [3, 4, 5, 6], [2, 2, 2, 2]])
     target_lengths = torch.tensor([3, 4, 4])
@@ -197,7 +197,7 @@ def test_ctc_drops_and_counts_utterances_too_short_for_their_labels():
     g = torch.Generator().manual_seed(0)
     log_probs = torch.randn(3, 6, 8, generator=g).log_softmax(-1)
     out_lengths = torch.tensor([6, 3, 6])  # utterance 1 has 3 < 4 frames, utterance 2 has 6 < 7
-    loss, kept, dropped = ctc_loss_fitting(log_probs, out_lengths, targets, target_lengths)
+    loss, kept, dropped = ctc_loss(log_probs, out_lengths, targets, target_lengths)
     assert (kept, dropped) == (1, 2)
     ref = torch.nn.functional.ctc_loss(log_probs[:1].transpose(0, 1), targets[:1, :3], out_lengths[:1],
                                        target_lengths[:1], blank=0, reduction="sum")

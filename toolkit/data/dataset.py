@@ -20,7 +20,7 @@ Batch contract (ARCHITECTURE.md, "Data"), B cuts, S samples at 16 kHz:
 
 Semantics follow fairseq's RawAudioDataset:
 - `normalize=True` (LARGE / XLSR checkpoints): each utterance is normalised to zero mean and
-  unit variance over its own samples, `F.layer_norm(wav, wav.shape)`, before cropping or
+  unit variance over its own samples (`toolkit.model.wav2vec2.normalize_waveform`), before cropping or
   padding, so padding stays exactly 0 and never enters the statistics.
 - `crop_to_shortest=True` (pretraining): every utterance is randomly cropped to
   min(shortest in the batch, max_sample_size); the batch then has no padding.
@@ -41,32 +41,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from toolkit.model.config import SAMPLE_RATE, num_frames, receptive_field
+from toolkit.model.wav2vec2 import ctc_min_frames, normalize_waveform
 from toolkit.utils import ToolkitError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 SPEED_FACTORS = (0.9, 1.0, 1.1)
-# wav2vec 2.0 feature encoder (every preset): kernels 10,3,3,3,3,2,2 / strides 5,2,2,2,2,2,2
-_CONV = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2))
-MIN_SAMPLES = 400  # receptive field of one frame
-
-
-def num_frames(num_samples: int) -> int:
-    """Frames the wav2vec 2.0 feature encoder outputs for `num_samples` samples."""
-    n = num_samples
-    for kernel, stride in _CONV:
-        n = (n - kernel) // stride + 1
-        if n <= 0:
-            return 0
-    return n
-
-
-def ctc_min_frames(ids: list[int]) -> int:
-    """Frames CTC needs for a label sequence: one per label plus a blank between repeats."""
-    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+MIN_SAMPLES = receptive_field()  # one frame of the wav2vec 2.0 feature encoder (400 samples)
 
 
 def audio_source(cut: Any) -> str:
@@ -155,12 +138,13 @@ class AudioDataset(torch.utils.data.Dataset):
             ids = None
             if self.tokenizer is not None:
                 ids = self.tokenizer.encode(_text(cut))
-                need, have = ctc_min_frames(ids), num_frames(wav.numel())
+                need = int(ctc_min_frames(torch.tensor([ids]), torch.tensor([len(ids)]))[0]) if ids else 0
+                have = num_frames(wav.numel())
                 if need > have:
                     self._drop(cut, f"{len(ids)} labels need {need} CTC frames but the audio gives {have}")
                     continue
             if self.normalize:
-                wav = F.layer_norm(wav, wav.shape)
+                wav = normalize_waveform(wav)
             kept.append((cut, wav, ids))
         if not kept:
             log.error("every cut of a batch was dropped (first: %s, %s); check the audio files and transcripts",

@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from toolkit.data import validate as V
+from toolkit.model.config import SAMPLE_RATE
 from toolkit.utils import ToolkitError, atomic_path
 
 log = logging.getLogger("toolkit.data.prepare")
@@ -270,7 +271,7 @@ def build_cuts(recordings, supervisions, entries: list[Entry]):
     # Cut id = utterance id (lhotse appends a position index), so a cut keeps its id in
     # every manifest that holds it (train-clean-100 and its Libri-light subsets).
     cuts = CutSet.from_cuts(fastcopy(c, id=c.supervisions[0].id) for c in cuts)
-    return cuts.resample(V.SAMPLE_RATE).to_eager()
+    return cuts.resample(SAMPLE_RATE).to_eager()
 
 
 def prepare_split(manifest: str, entries: list[Entry], stage_fn, out_path: Path, report: V.DropReport,

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from toolkit.data import validate as V
+from toolkit.model.config import SAMPLE_RATE
 from toolkit.data.prepare import duration_limits, nothing_usable, report_overlap, write_cuts
 from toolkit.utils import ToolkitError
 
@@ -96,7 +97,7 @@ def split_cuts(manifests: dict, language: str, manifest: str, report: V.DropRepo
             continue
         sup = fastcopy(sup, text=text, language=lang, custom=dict(sup.custom or {}, orig_text=sup.text))
         kept.append(fastcopy(cut, id=sup.id, supervisions=[sup]))
-    return CutSet.from_cuts(kept).resample(V.SAMPLE_RATE).to_eager()
+    return CutSet.from_cuts(kept).resample(SAMPLE_RATE).to_eager()
 
 
 def prepare_lhotse(recipe: str, corpus_dir: Path, out: Path, language: str, prefix: str | None = None,

@@ -27,12 +27,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from toolkit.model.config import SAMPLE_RATE, num_frames, receptive_field
+
 log = logging.getLogger("toolkit.data.prepare")
 
 AUTO_MIN_DURATION = 0.1
-SAMPLE_RATE = 16000
-RECEPTIVE_FIELD = 400  # samples of the wav2vec 2.0 feature encoder
-FRAME_STRIDE = 320
 
 
 @dataclass
@@ -70,20 +69,18 @@ def resolve_min_duration(value: str | float) -> float:
     """`auto` -> AUTO_MIN_DURATION; never below one encoder frame."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return AUTO_MIN_DURATION
-    return max(float(value), RECEPTIVE_FIELD / SAMPLE_RATE)
+    return max(float(value), receptive_field() / SAMPLE_RATE)
 
 
-def num_frames(duration: float) -> int:
-    """Encoder frames for `duration` seconds at 16 kHz (0 when shorter than the receptive field)."""
-    samples = round(duration * SAMPLE_RATE)
-    return 0 if samples < RECEPTIVE_FIELD else (samples - RECEPTIVE_FIELD) // FRAME_STRIDE + 1
+def text_min_frames(text: str) -> int:
+    """Frames character CTC needs for a normalised transcript: its characters with `|` between
+    words, plus one blank between repeated characters (`toolkit.model.wav2vec2.ctc_min_frames`)."""
+    import torch
 
+    from toolkit.model.wav2vec2 import ctc_min_frames
 
-def ctc_min_frames(text: str) -> int:
-    """Frames character CTC needs: one per character (`|` between words) plus one per repeat."""
-    chars = list("|".join(text.split()))
-    repeats = sum(1 for a, b in zip(chars, chars[1:]) if a == b)
-    return len(chars) + repeats
+    chars = [ord(c) for c in "|".join(text.split())]
+    return int(ctc_min_frames(torch.tensor([chars]), torch.tensor([len(chars)]))[0]) if chars else 0
 
 
 def header_duration(path: Path) -> tuple[float | None, str]:
@@ -109,7 +106,7 @@ def check_text_and_duration(text: str, duration: float, min_duration: float, max
         return f"too short ({duration:.3f} s < --min-duration {min_duration:g} s)"
     if duration > max_duration:
         return f"too long ({duration:.2f} s > --max-duration {max_duration:g} s)"
-    need, have = ctc_min_frames(text), num_frames(duration)
+    need, have = text_min_frames(text), num_frames(round(duration * SAMPLE_RATE))
     if need > have:
         return f"text too long for the audio ({need} CTC frames needed, {have} available)"
     return ""

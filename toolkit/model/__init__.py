@@ -10,8 +10,10 @@ from toolkit.model.wav2vec2 import (
     Wav2Vec2ForPretraining,
     Wav2Vec2Model,
     Wav2Vec2Output,
+    CTCLoss,
     ctc_loss,
+    ctc_min_frames,
 )
 
 __all__ = ["Wav2Vec2Config", "PRESETS", "get_preset", "Wav2Vec2Model", "Wav2Vec2Output",
-           "Wav2Vec2ForPretraining", "PretrainingOutput", "Wav2Vec2ForCTC", "ctc_loss"]
+           "Wav2Vec2ForPretraining", "PretrainingOutput", "Wav2Vec2ForCTC", "CTCLoss", "ctc_loss", "ctc_min_frames"]

@@ -19,8 +19,34 @@ ConvLayers = list[tuple[int, int, int]]
 DEFAULT_CONV_LAYERS: ConvLayers = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
 
+SAMPLE_RATE = 16000  # every wav2vec 2.0 / XLSR model reads 16 kHz audio; everything else resamples to it
+
+
 def _default_conv_layers() -> ConvLayers:
     return list(DEFAULT_CONV_LAYERS)
+
+
+def num_frames(num_samples: int, conv_layers: ConvLayers | None = None) -> int:
+    """Frames the feature encoder outputs for `num_samples` samples (0 when shorter than one frame).
+
+    floor((L - k) / s) + 1 per convolution; with the standard layers this is
+    (num_samples - 400) // 320 + 1 from 400 samples (25 ms) on.
+    """
+    n = int(num_samples)
+    for _, kernel, stride in conv_layers or DEFAULT_CONV_LAYERS:
+        n = (n - kernel) // stride + 1
+        if n <= 0:
+            return 0
+    return n
+
+
+def receptive_field(conv_layers: ConvLayers | None = None) -> int:
+    """Samples one output frame sees (400 with the standard layers)."""
+    rf, jump = 1, 1
+    for _, k, s in conv_layers or DEFAULT_CONV_LAYERS:
+        rf += (k - 1) * jump
+        jump *= s
+    return rf
 
 
 @dataclass
@@ -107,11 +133,7 @@ class Wav2Vec2Config:
 
     @property
     def receptive_field(self) -> int:
-        rf, jump = 1, 1
-        for _, k, s in self.conv_feature_layers:
-            rf += (k - 1) * jump
-            jump *= s
-        return rf
+        return receptive_field(self.conv_feature_layers)
 
     # -- checks and (de)serialisation --------------------------------------------------------
     def validate(self) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toolkit.model.config import SAMPLE_RATE
+from toolkit.model.wav2vec2 import normalize_waveform
 from toolkit.utils import ToolkitError, atomic_path, resolve_device
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +63,8 @@ def extract(encoder: torch.nn.Module, wav: torch.Tensor, layer: int | None, norm
             device: torch.device) -> np.ndarray:
     """Frames x dim float32 output of `layer` (None: final output) for one mono 16 kHz waveform."""
     x = wav.to(device=device, dtype=torch.float32)[None]
-    if normalize:  # fairseq's RawAudioDataset: layer norm over the whole waveform, no affine
-        x = torch.nn.functional.layer_norm(x, x.shape[-1:])
+    if normalize:
+        x = normalize_waveform(x)
     out = encoder(x, output_hidden_states=layer is not None)
     h = out.x if layer is None else out.hidden_states[layer]
     return h[0].float().cpu().numpy()

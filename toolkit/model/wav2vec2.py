@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -518,12 +519,45 @@ class Wav2Vec2ForCTC(nn.Module):
         return log_probs, out_lengths
 
 
-def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
-             target_lengths: torch.Tensor, blank: int = 0) -> torch.Tensor:
-    """Summed CTC loss with `zero_infinity` (impossible alignments contribute 0, not inf).
+def normalize_waveform(wav: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over the last axis (one utterance's samples), no affine: fairseq's
+    `task.normalize`, for models trained on normalised audio (LARGE / XLSR). Apply before padding."""
+    return F.layer_norm(wav, wav.shape[-1:])
 
-    log_probs (B, T, V), targets (B, L) padded with any value (e.g. -1) past `target_lengths`.
+
+def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Frames a CTC path needs per utterance: one per label plus a blank between each equal pair.
+
+    targets (B, L) padded with any value past `target_lengths` (B,); returns (B,) long.
     """
+    t = targets.clamp(min=0)
+    positions = torch.arange(1, t.shape[1], device=t.device)[None]
+    repeats = (t[:, 1:] == t[:, :-1]) & (positions < target_lengths[:, None])
+    return target_lengths + repeats.sum(1)
+
+
+class CTCLoss(NamedTuple):
+    loss: torch.Tensor  # summed over the kept utterances (fp32 scalar)
+    kept: int  # utterances whose frames can hold their labels
+    dropped: int  # utterances that cannot be aligned (left out of the loss)
+
+
+def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
+             target_lengths: torch.Tensor, blank: int = 0) -> CTCLoss:
+    """Summed CTC loss over the utterances whose frames can hold their labels (labels + repeats).
+
+    log_probs (B, T, V) log-softmax output, out_lengths (B,) valid frames, targets (B, L) padded with
+    any value (e.g. -1) past `target_lengths` (B,). An utterance with fewer frames than
+    `ctc_min_frames` has no CTC alignment: it would give an infinite loss, so it is left out and
+    counted in `dropped` (such utterances drive CTC to blank-only output when they are zeroed
+    silently instead). `zero_infinity` guards the rest. Computed in fp32 outside autocast.
+    """
+    fits = out_lengths >= ctc_min_frames(targets, target_lengths)
+    kept = int(fits.sum())
+    if kept == 0:
+        return CTCLoss(log_probs.sum() * 0.0, 0, int(fits.numel()))
+    lp = log_probs[fits].float().transpose(0, 1)
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
-        return F.ctc_loss(log_probs.float().transpose(0, 1), targets.clamp_min(0), out_lengths, target_lengths,
+        loss = F.ctc_loss(lp, targets[fits].clamp(min=0), out_lengths[fits], target_lengths[fits],
                           blank=blank, reduction="sum", zero_infinity=True)
+    return CTCLoss(loss, kept, int(fits.numel()) - kept)

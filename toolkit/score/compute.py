@@ -175,12 +175,13 @@ def count_errors(alignments: Sequence[UttAlignment], unit: str) -> ErrorStats:
 
 def bootstrap_ci(alignments: Sequence[UttAlignment], replications: int = BOOTSTRAP_REPLICATIONS,
                  seed: int = 0) -> tuple[float, float] | None:
-    """95% bootstrap interval of the error rate (percent, lower bound clipped at 0).
+    """95% bootstrap interval of the error rate (percent, lower bound clipped at 0); None with
+    `replications` 0 (no interval wanted, e.g. validation during training).
 
     Bisani & Ney via `kaldialign.bootstrap_wer_ci`: utterances resampled with replacement,
     mean +- 1.96 standard deviations of the resampled rates. None without reference tokens.
     """
-    if not alignments or sum(len(a.ref) for a in alignments) == 0:
+    if replications <= 0 or not alignments or sum(len(a.ref) for a in alignments) == 0:
         return None
     ci = kaldialign.bootstrap_wer_ci([a.ref for a in alignments], [a.hyp for a in alignments],
                                      replications=replications, seed=seed)

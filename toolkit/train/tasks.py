@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import torch
 
+from toolkit.model.config import SAMPLE_RATE
+from toolkit.model.wav2vec2 import ctc_loss
 from toolkit.train import ddp
 from toolkit.train.config import TrainConfig
 from toolkit.train.engine import BatchStream, StepOutput, Task
@@ -171,7 +173,7 @@ class PretrainTask(Task):
             if key in metrics:
                 metrics[key] /= n
         return StepOutput(loss=out.loss, sample_size=float(out.sample_size),
-                          audio_seconds=float(batch["lengths"].sum()) / 16000.0, metrics=metrics)
+                          audio_seconds=float(batch["lengths"].sum()) / SAMPLE_RATE, metrics=metrics)
 
     def validate(self, model: torch.nn.Module, num_updates: int) -> dict[str, float]:
         if not self.cfg.data.dev_cuts:
@@ -209,31 +211,6 @@ def _one_epoch(stream: BatchStream, limit: int = 0):  # noqa: ANN202
 
 # ---------------------------------------------------------------------------------------
 # CTC fine-tuning
-
-def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
-    """Frames a CTC path needs per utterance: labels plus one blank between each equal pair."""
-    t = targets.clamp(min=0)
-    repeats = (t[:, 1:] == t[:, :-1]) & (torch.arange(1, t.shape[1], device=t.device)[None] < target_lengths[:, None])
-    return target_lengths + repeats.sum(1)
-
-
-def ctc_loss_fitting(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
-                     target_lengths: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """Summed CTC loss (zero_infinity) over the utterances whose frames can hold their labels.
-
-    Returns (loss, kept, dropped). Utterances with fewer frames than labels + repeats cannot be
-    aligned: CTC would give them an infinite loss, so they are dropped and counted (DESIGN §9).
-    """
-    fits = out_lengths >= ctc_min_frames(targets, target_lengths)
-    kept = int(fits.sum())
-    if kept == 0:
-        return log_probs.sum() * 0.0, 0, int(fits.numel())
-    lp = log_probs[fits].float().transpose(0, 1)
-    with torch.autocast(device_type=log_probs.device.type, enabled=False):
-        loss = torch.nn.functional.ctc_loss(lp, targets[fits].clamp(min=0), out_lengths[fits], target_lengths[fits],
-                                            blank=0, reduction="sum", zero_infinity=True)
-    return loss, kept, int(fits.numel()) - kept
-
 
 class CTCTask(Task):
     """CTC fine-tuning: pretrained (or random) wav2vec2 + a new linear head over the vocabulary."""
@@ -321,44 +298,45 @@ class CTCTask(Task):
             return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0,
                               metrics={"dropped_utterances": pre_dropped}, sums=("dropped_utterances",))
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
-        loss, kept, dropped = ctc_loss_fitting(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        loss, kept, dropped = ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
         dropped += pre_dropped
         if dropped:
             logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
-        return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=float(batch["lengths"].sum()) / 16000.0,
+        return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=float(batch["lengths"].sum()) / SAMPLE_RATE,
                           metrics={"dropped_utterances": float(dropped)}, sums=("dropped_utterances",))
 
     def validate(self, model: torch.nn.Module, num_updates: int) -> dict[str, float]:
+        """Dev CTC loss and greedy WER/CER, scored by `toolkit.score.score_pairs` (the same numbers
+        `toolkit score` gives for these hypotheses)."""
         if not self.cfg.data.dev_cuts:
             return {}
-        import jiwer
-
         from toolkit.decode.greedy import greedy_ids
+        from toolkit.score import score_pairs
 
         cuts = load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts")
         stream = make_stream(self.cfg, cuts, self._dataset(0, train=False), ddp.DistInfo(), seed=0, shuffle=False)
         device = next(model.parameters()).device
-        refs, hyps = [], []
+        refs: dict[str, str] = {}
+        hyps: dict[str, str] = {}
         loss = 0.0
         kept = blank_only = 0
         for batch in _one_epoch(stream, self.cfg.train.max_valid_batches):
             log_probs, out_lengths = model(batch["audio"].to(device), batch["lengths"].to(device))
-            l, k, _ = ctc_loss_fitting(log_probs, out_lengths, batch["targets"].to(device),
-                                    batch["target_lengths"].to(device))
+            l, k, _ = ctc_loss(log_probs, out_lengths, batch["targets"].to(device), batch["target_lengths"].to(device))
             loss, kept = loss + float(l), kept + k
-            for ref, ids in zip(batch["texts"], greedy_ids(log_probs.float(), out_lengths)):
+            for cid, ref, ids in zip(batch["cut_ids"], batch["texts"], greedy_ids(log_probs.float(), out_lengths)):
                 blank_only += not ids
                 if ref.strip():
-                    refs.append(ref)
-                    hyps.append(self.tokenizer.decode(ids))
+                    refs[cid] = ref
+                    hyps[cid] = self.tokenizer.decode(ids)
         if not refs:
             return {}
         if blank_only == len(hyps) and num_updates >= self.cfg.train.blank_warn_updates:
             logger.warning("greedy dev output is all blank after %d updates: check lr, the vocabulary's case "
                            "against the text, and train.freeze_finetune_updates", num_updates)
-        return {"ctc_loss": loss / max(kept, 1), "wer": 100.0 * jiwer.wer(refs, hyps),
-                "cer": 100.0 * jiwer.cer(refs, hyps), "blank_only": blank_only / len(hyps),
-                "utterances": float(len(refs))}
+        report = score_pairs(refs, hyps, replications=0)
+        return {"ctc_loss": loss / max(kept, 1), "wer": report.wer.rate, "cer": report.cer.rate,
+                "blank_only": blank_only / len(hyps), "utterances": float(len(refs))}
 
     def best_metric(self) -> Optional[str]:
         return "wer"
