@@ -196,3 +196,29 @@ def test_to_dict_from_dict_and_pickle_round_trip(kind: str) -> None:
             assert other.encode(s) == tok.encode(s)
     with pytest.raises(ToolkitError, match="malformed"):
         Tokenizer.from_dict({"tokens": []})
+
+
+def test_ascii_fast_path_equals_the_general_path() -> None:
+    """normalize_text takes a shortcut for plain ASCII (LM texts of hundreds of millions of words);
+    it must give exactly what the step-by-step contract gives."""
+    import random
+
+    from toolkit.text.normalize import _normalize_general
+
+    rng = random.Random(0)
+    alphabet = "aZ09' \t`-.'AbCdI"
+    cases = ["DON'T", "'QUOTED'", "ROCK 'N' ROLL", "A''B", "''", "'", "x'", "'y", "ONE  TWO", "", "   ",
+             "STUDENTS' FEES", "O'BRIEN'S", "I", "İ"]
+    cases += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    for lang in ("en", "tr", "und"):
+        for text in cases:
+            assert normalize_text(text, lang) == _normalize_general(text, lang), (lang, text)
+
+
+def test_normalize_word_of_external_files() -> None:
+    from toolkit.text.normalize import normalize_word
+
+    assert normalize_word("D'ARTAGNAN", "en") == "d'artagnan"
+    assert [normalize_word(w, "en") for w in ("<UNK>", "<s>", "</S>")] == ["<unk>", "<s>", "</s>"]
+    assert [normalize_word(w, "en") for w in ("<NOISE>", "[laughter]", ",", "--", "A.B", "")] == [None] * 6
+    assert normalize_word("IŞIK", "tr") == "ışık" and normalize_word("Straße", "de") == "straße"

@@ -164,3 +164,27 @@ def read_utf8_lines(path: str | os.PathLike, option: str, what: str) -> list[str
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise ToolkitError(f"{option} {path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+
+
+def open_text_lines(path: str | os.PathLike, option: str, what: str) -> Iterator[str]:
+    """Stream the lines (without line ends) of a UTF-8 text file, gunzipped when its magic bytes
+    say gzip (`lm-norm.txt.gz`); for files too large for `read_utf8_lines`. One-line ToolkitError
+    naming `option`, the file and the line for a missing, non-UTF-8 or truncated file."""
+    import gzip
+    import io
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{option} {path}: file not found; give {what}")
+    raw = path.open("rb")
+    gz = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    n = 0
+    with io.TextIOWrapper(gzip.open(raw) if gz else raw, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, start=1):
+                yield line.rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ToolkitError(f"{option} {path}:{n + 1}: not UTF-8; convert the file to UTF-8") from None
+        except (EOFError, OSError) as e:
+            raise ToolkitError(f"{option} {path}:{n + 1}: unreadable ({e}); the file is truncated or corrupt") from None

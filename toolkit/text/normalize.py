@@ -28,9 +28,10 @@ transcript of punctuation only); callers decide whether to drop such utterances.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 
-__all__ = ["normalize_text", "APOSTROPHE_VARIANTS"]
+__all__ = ["normalize_text", "normalize_word", "APOSTROPHE_VARIANTS", "SENTENCE_MARKERS"]
 
 # Characters people (and keyboards) use for the apostrophe. U+02BC (modifier letter
 # apostrophe) is a letter in Unicode, but in transcripts it plays the same role.
@@ -83,6 +84,15 @@ def _lower(text: str, language: str) -> str:
     return text.lower()
 
 
+# Fast path for plain ASCII letters, digits, spaces and apostrophes (LibriSpeech's LM text, openslr's
+# ARPA and lexicon files: hundreds of millions of words). For such text the contract above reduces
+# to: apostrophes not between two letters/digits become spaces, lower-case, collapse spaces. The
+# backtick is an apostrophe variant, and Turkic languages lower-case I differently, so neither
+# takes this path. tests/test_text.py checks that both paths agree.
+_ASCII_PLAIN = re.compile(r"[A-Za-z0-9' ]*")
+_LOOSE_APOSTROPHE = re.compile(r"(?<![A-Za-z0-9])'|'(?![A-Za-z0-9])")
+
+
 def normalize_text(text: str, language: str) -> str:
     """Normalise one transcript for language `language` (ISO code such as 'en', 'tr', 'hi').
 
@@ -91,6 +101,15 @@ def normalize_text(text: str, language: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"normalize_text expects str, got {type(text).__name__}")
+    if _ASCII_PLAIN.fullmatch(text) and _base_language(language) not in _TURKIC:
+        if "'" in text:
+            text = _LOOSE_APOSTROPHE.sub(" ", text)
+        return " ".join(text.lower().split())
+    return _normalize_general(text, language)
+
+
+def _normalize_general(text: str, language: str) -> str:
+    """The contract step by step, for any text (`normalize_text` without its ASCII fast path)."""
     text = unicodedata.normalize("NFKC", text)
     text = text.translate(_APOSTROPHE_TABLE)
     text = _strip_punctuation(text)
@@ -98,3 +117,24 @@ def normalize_text(text: str, language: str) -> str:
     # lower() can produce decomposed sequences (e.g. for some Latin capitals); keep NFC.
     text = unicodedata.normalize("NFC", text)
     return " ".join(text.split())
+
+
+# The ARPA / lang-dir symbols that are not words: kept as they are (any case: `<UNK>` is `<unk>`).
+SENTENCE_MARKERS = {"<s>": "<s>", "</s>": "</s>", "<unk>": "<unk>"}
+
+
+def normalize_word(word: str, language: str) -> str | None:
+    """One word of an external LM, lexicon or word list, normalised like the transcripts.
+
+    `<s>`, `</s>` and `<unk>` (in any case) stay the markers they are. Returns None for a word
+    that does not normalise to exactly one word: punctuation or symbols only (`,` `--`), another
+    bracketed symbol (`<NOISE>`, `[laughter]`: not speech words), or one that punctuation splits
+    (`A.B`): such a word cannot be one word of the transcripts.
+    """
+    marker = SENTENCE_MARKERS.get(word.lower())
+    if marker is not None:
+        return marker
+    if len(word) > 2 and word[0] in "<[" and word[-1] in ">]":
+        return None
+    norm = normalize_text(word, language)
+    return norm if norm and " " not in norm else None
