@@ -14,6 +14,7 @@ help_message="Usage: local/run_tests.sh [--all true|false] [pytest args...]
 
 local/install.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export PATH=$top/.venv/bin:$PATH  # the programs install.sh put there (lmplz), as path.sh does for the recipes
 marker=(-m "not slow")
 [ "$all" = true ] && marker=()
 set +e

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 import subprocess
 import sys
@@ -159,6 +160,33 @@ def test_kenlm_agrees_with_our_scorer(tmp_path, order, prune):
     assert ken.order == order
 
 
+@pytest.mark.skipif(shutil.which("lmplz") is None, reason="KenLM's lmplz is not on PATH (local/install.sh builds it)")
+@pytest.mark.parametrize("order,prune", [(2, None), (3, None), (4, None), (3, ["0", "1", "1"]), (4, ["0", "0", "1"])])
+def test_lmplz_and_the_toolkit_estimator_agree_per_ngram(tmp_path, order, prune):
+    """Both engines of `toolkit lm train` on the same text give the same n-grams, each log10
+    probability and back-off within 1e-4 (pruned too). The one difference is <s>'s unigram
+    probability, a placeholder no query uses (lmplz writes 0, the toolkit SRILM's -99)."""
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(make_corpus(3000, seed=order, vocab_size=300)) + "\n", encoding="utf-8")
+    models = {}
+    for engine in ("lmplz", "toolkit"):
+        out = tmp_path / f"{engine}.arpa.gz"
+        proc = run_cli("lm", "train", "--order", str(order), "--text", str(text), "--out", str(out), "--engine", engine,
+                       *(["--prune", *prune] if prune else []))
+        assert proc.returncode == 0, proc.stderr
+        models[engine] = read_arpa(out)
+    ken, ours = models["lmplz"], models["toolkit"]
+    assert ours.order == ken.order == order
+    for k in range(order):
+        assert ours.ngrams[k].keys() == ken.ngrams[k].keys(), k + 1
+        for g, (p, b) in ken.ngrams[k].items():
+            if g != (BOS,):
+                assert ours.ngrams[k][g][0] == pytest.approx(p, abs=1e-4), g
+            assert ours.ngrams[k][g][1] == pytest.approx(b, abs=1e-4), g
+    if prune:
+        assert len(ours.ngrams[-1]) < sum(1 for _ in make_corpus(3000, seed=order, vocab_size=300))
+
+
 def test_arpa_roundtrip_gzip(tmp_path):
     model, _ = train_kneser_ney(make_corpus(100), order=3)
     write_arpa(model, tmp_path / "lm.arpa.gz")
@@ -257,35 +285,50 @@ def test_cli_train_errors(tmp_path, args, msg):
     assert not (tmp_path / "o.arpa").exists()
 
 
-def test_cli_uses_lmplz_when_on_path(tmp_path):
-    # A stand-in lmplz that records its arguments and writes a valid ARPA where --arpa says.
+def test_cli_uses_lmplz_above_the_threshold(tmp_path):
+    # A stand-in lmplz that records its arguments and the text it was given, and writes a valid
+    # ARPA where --arpa says.
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "lmplz"
     fake.write_text(
         "#!/bin/sh\n"
         f"echo \"$@\" > {tmp_path}/argv\n"
-        "while [ $# -gt 0 ]; do if [ \"$1\" = --arpa ]; then out=$2; fi; shift; done\n"
+        "while [ $# -gt 0 ]; do if [ \"$1\" = --arpa ]; then out=$2; fi; "
+        f"if [ \"$1\" = --text ]; then cp \"$2\" {tmp_path}/text_seen; fi; shift; done\n"
         f"cat {tmp_path}/good.arpa > \"$out\"\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "good.arpa").write_text(GOOD, encoding="utf-8")
     text = tmp_path / "text.txt"
-    text.write_text("a b\n", encoding="utf-8")
+    text.write_text("A B, c!\n\nD'ARTAGNAN said\n", encoding="utf-8")
     out = tmp_path / "lm.arpa"
     env = _env_without_lmplz(str(bindir))
-    proc = run_cli("lm", "train", "--order", "4", "--text", str(text), "--out", str(out), "--prune", "0", "1", env=env)
+    proc = run_cli("lm", "train", "--order", "4", "--text", str(text), "--out", str(out), "--prune", "0", "1",
+                   "--lmplz-above", "3", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "lmplz" in proc.stderr
+    assert "estimator: lmplz" in proc.stderr
     argv = (tmp_path / "argv").read_text().split()
-    assert argv[argv.index("-o") + 1] == "4" and argv[argv.index("--text") + 1] == str(text)
+    assert argv[argv.index("-o") + 1] == "4"
     assert argv[argv.index("--prune") + 1: argv.index("--prune") + 3] == ["0", "1"]
+    # lmplz reads the normalised text (as the transcripts are normalised), blank lines left out
+    assert (tmp_path / "text_seen").read_text(encoding="utf-8") == "a b c\nd'artagnan said\n"
     assert out.read_text(encoding="utf-8") == GOOD
-    (tmp_path / "argv").unlink()
-    proc = run_cli("lm", "train", "--order", "2", "--text", str(text), "--out", str(tmp_path / "t.arpa"),
-                   "--engine", "toolkit", env=env)
-    assert proc.returncode == 0 and "toolkit estimator" in proc.stderr
-    assert not (tmp_path / "argv").exists()  # --engine toolkit did not call lmplz
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".lm_train")]  # temp dir removed
+    # at or below the threshold (5 words), auto takes the toolkit's estimator; so does --engine toolkit
+    for extra in (["--lmplz-above", "5"], ["--engine", "toolkit", "--lmplz-above", "0"]):
+        (tmp_path / "argv").unlink(missing_ok=True)
+        proc = run_cli("lm", "train", "--order", "2", "--text", str(text), "--out", str(tmp_path / "t.arpa"),
+                       *extra, env=env)
+        assert proc.returncode == 0 and "toolkit estimator" in proc.stderr, proc.stderr
+        assert not (tmp_path / "argv").exists()
+        assert set(read_arpa(tmp_path / "t.arpa").vocab) == {"<s>", "</s>", "<unk>", "a", "b", "c", "d'artagnan", "said"}
+    # above the threshold without lmplz: one line saying what to do, nothing written
+    proc = run_cli("lm", "train", "--order", "2", "--text", str(text), "--out", str(tmp_path / "n.arpa"),
+                   "--lmplz-above", "1", env=_env_without_lmplz())
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
+    assert "more than --lmplz-above 1" in proc.stderr and "local/install.sh" in proc.stderr
+    assert not (tmp_path / "n.arpa").exists()
 
 
 def test_cli_perplexity_matches_kenlm(tmp_path):

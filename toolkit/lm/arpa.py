@@ -89,7 +89,7 @@ class ArpaModel:
 # Writing
 
 
-def _format_entry(ngram: Ngram, logp: float, bow: float | None) -> str:
+def format_entry(ngram: Ngram, logp: float, bow: float | None) -> str:
     # 7 decimals of log10: far below the 1e-4 agreement the tests ask of probabilities.
     text = f"{logp:.7f}\t{' '.join(ngram)}"
     return text if bow is None else f"{text}\t{bow:.7f}"
@@ -114,7 +114,7 @@ def write_arpa(model: ArpaModel, path: str | os.PathLike) -> None:
                 for ngram in sorted(table):
                     logp, bow = table[ngram]
                     write_bow = not top and ngram[-1] != EOS
-                    f.write(_format_entry(ngram, logp, bow if write_bow else None) + "\n")
+                    f.write(format_entry(ngram, logp, bow if write_bow else None) + "\n")
             f.write("\n\\end\\\n")
 
 

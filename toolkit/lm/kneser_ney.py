@@ -18,11 +18,13 @@ The recipe, as KenLM's `lmplz` does it:
    bottoming out in the uniform distribution over the vocabulary (words, </s>, <unk>).
    Because every listed n-gram stores its interpolated probability, the ARPA back-off of a
    history is exactly gamma(h), and each distribution sums to one.
-5. Optional count pruning (`lmplz --prune` semantics: drop order-k n-grams, k >= 2, that occur
-   in the text at most threshold-k times (raw occurrences, as lmplz compares), keeping any that
-   a kept longer n-gram needs as prefix or suffix). Discounts and probabilities come from the
-   unpruned counts; the back-off weights of affected histories are renormalised so every
-   distribution still sums to one.
+5. Optional count pruning, exactly as `lmplz --prune` does it: order-k n-grams (k >= 2) that
+   occur in the text at most threshold-k times (raw occurrences) are dropped. Discounts come from
+   the unpruned counts. A dropped n-gram's whole adjusted count moves into its history's gamma:
+       gamma(h) = (sum_kept D(a) + sum_pruned a) / S(h),
+   and the kept ones interpolate with that gamma, so every distribution still sums to one and
+   the ARPA back-off of h is gamma(h). (Counts are monotone, so a kept n-gram's prefix and
+   suffix are always kept.)
 """
 from __future__ import annotations
 
@@ -103,33 +105,39 @@ def compute_discounts(counts: Counter, fallback: Sequence[float] = DEFAULT_FALLB
     return d, False
 
 
-def _context_stats(counts: Counter, disc: Sequence[float]) -> tuple[dict[IdGram, float], dict[IdGram, float]]:
-    """S(h) and gamma(h) for every history h of one order."""
+def _context_stats(counts: Counter, disc: Sequence[float], kept: set[IdGram] | None
+                   ) -> tuple[dict[IdGram, float], dict[IdGram, float]]:
+    """S(h) and gamma(h) for every history h of one order (`kept`: the n-grams surviving pruning)."""
     total: dict[IdGram, float] = defaultdict(float)
     mass: dict[IdGram, float] = defaultdict(float)
     for gram, c in counts.items():
         h = gram[:-1]
         total[h] += c
-        mass[h] += disc[min(c, 3) - 1]
+        mass[h] += disc[min(c, 3) - 1] if kept is None or gram in kept else c
     return total, {h: mass[h] / total[h] for h in total}
 
 
 def interpolate(
-    counts: list[Counter], discounts: list[Sequence[float]], vocab_size: int
+    counts: list[Counter], discounts: list[Sequence[float]], vocab_size: int,
+    keep: list[set[IdGram]] | None = None,
 ) -> tuple[list[dict[IdGram, float]], list[dict[IdGram, float]]]:
     """Interpolated probabilities per order and gamma(h) per history (both keyed by id tuples).
 
     `vocab_size` is the size of the predicted vocabulary (words, </s>, <unk>): the uniform
-    distribution at the bottom of the recursion. Returns (probs, gammas) where probs[k-1]
-    maps the k-grams of the model to p(w | h) and gammas[k-1] maps histories of length k-1.
+    distribution at the bottom of the recursion. `keep` (per order, from `prune_ngrams`) limits
+    the n-grams to those surviving pruning. Returns (probs, gammas) where probs[k-1] maps the
+    k-grams of the model to p(w | h) and gammas[k-1] maps histories of length k-1.
     """
     probs: list[dict[IdGram, float]] = []
     gammas: list[dict[IdGram, float]] = []
     for k, (table, disc) in enumerate(zip(counts, discounts), start=1):
-        total, gamma = _context_stats(table, disc)
+        kept = keep[k - 1] if keep is not None and k > 1 else None
+        total, gamma = _context_stats(table, disc, kept)
         lower = probs[-1] if probs else None
         p: dict[IdGram, float] = {}
         for gram, c in table.items():
+            if kept is not None and gram not in kept:
+                continue
             h = gram[:-1]
             back = lower[gram[1:]] if lower is not None else 1.0 / vocab_size
             p[gram] = max(c - disc[min(c, 3) - 1], 0.0) / total[h] + gamma[h] * back
@@ -172,41 +180,6 @@ def prune_ngrams(occurrences: list[Counter], thresholds: Sequence[int]) -> list[
                 kept.add(g[:-1])
         keep[k - 1] = kept
     return keep
-
-
-def backoff_weights(
-    counts: list[Counter],
-    discounts: list[Sequence[float]],
-    probs: list[dict[IdGram, float]],
-    gammas: list[dict[IdGram, float]],
-    keep: list[set[IdGram]] | None,
-) -> list[dict[IdGram, float]]:
-    """Back-off weight per history (index k-1 for histories of length k), renormalised after pruning.
-
-    With the children of h split into kept and pruned:
-        bow(h) = gamma(h) + sum_pruned max(a - D, 0) / S(h) / (1 - sum_kept p(w | h[1:])),
-    which makes sum_w p_model(w | h) = 1; without pruning it is gamma(h) exactly.
-    """
-    bows: list[dict[IdGram, float]] = []
-    for k in range(1, len(counts)):  # histories of length k, children at order k+1
-        table, disc = counts[k], discounts[k]
-        total = defaultdict(float)
-        for g, c in table.items():
-            total[g[:-1]] += c
-        pruned_mass: dict[IdGram, float] = defaultdict(float)
-        kept_lower: dict[IdGram, float] = defaultdict(float)
-        lower = probs[k - 1]
-        for g, c in table.items():
-            h = g[:-1]
-            if keep is None or g in keep[k]:
-                kept_lower[h] += lower[g[1:]]
-            else:
-                pruned_mass[h] += max(c - disc[min(c, 3) - 1], 0.0) / total[h]
-        bow = dict(gammas[k])
-        for h, m in pruned_mass.items():
-            bow[h] += m / max(1.0 - kept_lower[h], 1e-12)
-        bows.append(bow)
-    return bows
 
 
 def _to_ids(sentences: Iterable[str], vocab: dict[str, int], info: KneserNeyInfo) -> list[list[int]]:
@@ -254,10 +227,9 @@ def train_kneser_ney(
         log.warning("discounts of order(s) %s undefined from count-of-counts (small text); using fallback %s",
                     info.fallback_orders, tuple(discount_fallback))
     info.discounts = [tuple(d) for d in discounts]
-    probs, gammas = interpolate(counts, discounts, vocab_size=len(vocab) - 1)  # <s> is never predicted
     keep = prune_ngrams(occurrence_counts(full, order), thresholds) if thresholds else None
-    bows = backoff_weights(counts, discounts, probs, gammas, keep)
-    model = _build_model(probs, bows, keep, vocab)
+    probs, gammas = interpolate(counts, discounts, len(vocab) - 1, keep)  # <s> is never predicted
+    model = _build_model(probs, gammas[1:], vocab)
     info.ngram_counts = [len(t) for t in model.ngrams]
     return model, info
 
@@ -265,10 +237,10 @@ def train_kneser_ney(
 def _build_model(
     probs: list[dict[IdGram, float]],
     bows: list[dict[IdGram, float]],
-    keep: list[set[IdGram]] | None,
     vocab: dict[str, int],
 ) -> ArpaModel:
-    """String-keyed ARPA model in log10; <s> gets lmplz's -99 and its back-off as a history."""
+    """String-keyed ARPA model in log10 (`probs` holds only the n-grams kept); `bows[k-1]` maps the
+    histories of length k to their back-off gamma. <s> gets lmplz's -99 and its back-off as a history."""
     words = [""] * len(vocab)
     for w, i in vocab.items():
         words[i] = w
@@ -277,8 +249,6 @@ def _build_model(
         bow = bows[k - 1] if k - 1 < len(bows) else {}
         table = {}
         for g, prob in p.items():
-            if keep is not None and k > 1 and g not in keep[k - 1]:
-                continue
             b = bow.get(g, 1.0)
             table[tuple(words[i] for i in g)] = (math.log10(prob), math.log10(b) if b > 0 else -99.0)
         ngrams.append(table)
