@@ -232,7 +232,8 @@ def test_rescoring_grammar_is_recorded_for_decode(lang, tmp_path):
     # A rescoring LM of the first-pass order has its own file: HLG's G is never replaced by it.
     first_pass = (lang / "G_1.fst").read_bytes()
     uni = tmp_path / "uni.arpa"
-    uni.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-0.5\t</s>\n-99\t<s>\n-0.5\tab\n\n\\end\\\n")
+    uni.write_text("\\data\\\nngram 1=6\n\n\\1-grams:\n-0.5\t</s>\n-99\t<s>\n-0.5\tab\n-0.7\tba\n"
+                       "-0.9\tcab\n-0.9\tcob\n\n\\end\\\n")
     assert main(["compile-graph", "--lang-dir", str(lang), "--lm", str(lang / "lm.arpa"), "--order", "1",
                  "--rescore-lm", str(uni)]) == 0
     assert rescore_grammar_path(lang) == lang / "G_1_rescore.fst"

@@ -33,14 +33,18 @@ from pathlib import Path
 import kaldifst
 
 from toolkit.lm.arpa import arpa_order, is_gzip
+from toolkit.lm.vocab import (NORMALIZATION_VERSION, WordMap, arpa_unigrams, coverage, diagnose, normalize_arpa,
+                              oov_rate, word_map)
 from toolkit.text.symbols import is_disambig, read_symbol_table
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 TOKEN_OFFSET = 1  # graph input label = token id + 1, so 0 can mean epsilon
-GRAPH_VERSION = 2  # bump when the construction or graphs.json changes, so cached graphs are rebuilt
+GRAPH_VERSION = 3  # bump when the construction or graphs.json changes, so cached graphs are rebuilt
 SPECIAL_WORDS = ("<eps>", "#0", "<s>", "</s>")
+DEFAULT_LANGUAGE = "und"  # normalisation without language-specific rules (all but Turkic lower-casing)
+DEFAULT_MIN_COVERAGE = 0.5  # compile-graph refuses an LM that has fewer of the lexicon's words
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,16 +206,25 @@ def build_lexicon_fst(lang: Lang) -> tuple[kaldifst.StdVectorFst, int]:
     return fst, first_disambig
 
 
-def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max_order: int = -1) -> kaldifst.StdVectorFst:
+def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max_order: int = -1,
+                      language: str = DEFAULT_LANGUAGE, wmap: WordMap | None = None) -> kaldifst.StdVectorFst:
     """G from an ARPA file through kaldilm's arpa2fst (``#0`` on back-off arcs, <s>/</s> removed).
 
-    kaldilm aborts the process on malformed input, so it runs in a child process; n-grams with words
-    missing from words.txt are skipped (kaldilm warns).
+    The ARPA's words are normalised like the transcripts first (`toolkit.lm.vocab.normalize_arpa`;
+    a file whose words are normal already is used as it is), so an UPPER-case LM gives the G of its
+    lower-case twin. kaldilm aborts the process on malformed input, so it runs in a child process;
+    n-grams with words missing from words.txt are skipped (`compile_graphs` checks the coverage first).
     """
     arpa_order(arpa)  # clear error for a missing or non-ARPA file
+    wmap = wmap or word_map(arpa_unigrams(arpa), language)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "G.fst"
-        if is_gzip(arpa):  # kaldilm reads plain text only
+        if not wmap.identity:
+            plain = Path(tmp) / "lm.arpa"
+            info = normalize_arpa(arpa, plain, language, wmap)
+            logger.info("%s: words normalised for language %s: %s", arpa, language, info.summary())
+            arpa = plain
+        elif is_gzip(arpa):  # kaldilm reads plain text only
             plain = Path(tmp) / "lm.arpa"
             with gzip.open(arpa, "rb") as src, open(plain, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -229,6 +242,42 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
     if fst.num_states == 0:
         raise ToolkitError(f"{arpa}: the LM shares no words with {words_txt}; build the LM from the lang dir's text")
     return fst
+
+
+@dataclass
+class LmCoverage:
+    """How well an LM fits a lang dir: the share of the lexicon's words it has, the dev OOV rate."""
+
+    lm: str
+    coverage: float
+    lexicon_words: int
+    dev_oov_rate: float | None = None
+    dev_tokens: int = 0
+
+    def describe(self) -> str:
+        text = f"the LM has {100 * self.coverage:.1f}% of the {self.lexicon_words} lexicon words"
+        if self.dev_oov_rate is not None:
+            text += f"; dev OOV rate against the lexicon {100 * self.dev_oov_rate:.2f}% of {self.dev_tokens} words"
+        return text
+
+
+def check_lm_coverage(lang: Lang, lm: str | os.PathLike, wmap: WordMap, min_coverage: float,
+                      dev_sentences: list[str] | None = None, option: str = "--lm") -> LmCoverage:
+    """The LM's coverage of the lexicon (and the dev OOV rate); a one-line ToolkitError below ``min_coverage``.
+
+    A G that knows few of the lexicon's words gives an HLG that can say little or nothing (an
+    UPPER-case LM against lower-case words used to give an empty graph without a word of warning).
+    """
+    lex_words = {w for w, _ in lang.lexicon}
+    cov, n = coverage(lex_words, wmap.words())
+    result = LmCoverage(str(lm), cov, n)
+    if dev_sentences is not None:
+        result.dev_oov_rate, _, result.dev_tokens = oov_rate(dev_sentences, lex_words)
+    if cov < min_coverage:
+        raise ToolkitError(f"{option} {lm}: {result.describe()} of {lang.dir / 'lexicon.txt'}, below --min-coverage "
+                           f"{100 * min_coverage:.0f}%; likely cause: {diagnose(lex_words, wmap.mapping, wmap.words())}")
+    logger.info("%s: %s", lm, result.describe())
+    return result
 
 
 def relabel(fst: kaldifst.StdVectorFst, ilabel_map=None, olabel_map=None) -> kaldifst.StdVectorFst:
@@ -409,14 +458,33 @@ class GraphPaths:
     G: Path | None
     HLG: Path | None
     rebuilt: list[str]
+    coverage: LmCoverage | None = None
+
+
+def lang_dir_language(lang_dir: str | os.PathLike) -> str:
+    """The language `toolkit lang-dir` recorded for a lang dir (its transcripts'), else DEFAULT_LANGUAGE."""
+    from toolkit.text.lang_dir import recorded_language
+
+    return recorded_language(lang_dir) or DEFAULT_LANGUAGE
+
+
+def _lm_inputs(lang: Lang, lm: str | os.PathLike, language: str | None, min_coverage: float,
+               dev_sentences: list[str] | None, option: str = "--lm") -> tuple[str, WordMap, LmCoverage]:
+    language = language or lang_dir_language(lang.dir)
+    wmap = word_map(arpa_unigrams(lm), language)
+    return language, wmap, check_lm_coverage(lang, lm, wmap, min_coverage, dev_sentences, option)
 
 
 def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = None, order: int | None = None,
-                   compact: bool = False, force: bool = False) -> GraphPaths:
+                   compact: bool = False, force: bool = False, language: str | None = None,
+                   min_coverage: float = DEFAULT_MIN_COVERAGE, dev_sentences: list[str] | None = None) -> GraphPaths:
     """Build (or reuse) H.fst, L_disambig.fst and, given an ARPA ``lm``, G_<order>.fst and HLG.fst.
 
-    ``order`` caps the n-gram order used (default: the ARPA's own). A graph is rebuilt only when the
-    content of an input file or an option changed (``force`` rebuilds everything).
+    ``order`` caps the n-gram order used (default: the ARPA's own). The LM's words are normalised
+    for ``language`` (default: the lang dir's recorded language) and must cover ``min_coverage``
+    of the lexicon's words (`check_lm_coverage`; ``dev_sentences`` adds the dev OOV rate to the
+    report). A graph is rebuilt only when the content of an input file or an option changed
+    (``force`` rebuilds everything).
     """
     lang = Lang.load(lang_dir)
     d = lang.dir
@@ -437,38 +505,43 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
     if lm is None:
         return GraphPaths(d / "H.fst", d / "L_disambig.fst", None, None, rebuilt)
 
+    language, wmap, cov = _lm_inputs(lang, lm, language, min_coverage, dev_sentences)
     order = order or arpa_order(lm)
     g_name = f"G_{order}.fst"
-    g_key = cache.key([Path(lm), d / "words.txt"], order=order)
+    norm = {"language": language, "normalization": NORMALIZATION_VERSION}
+    g_key = cache.key([Path(lm), d / "words.txt"], order=order, **norm)
     if force or not cache.fresh(g_name, g_key):
-        write_fst(build_grammar_fst(lm, d / "words.txt", order), d / g_name)
+        write_fst(build_grammar_fst(lm, d / "words.txt", order, language, wmap), d / g_name)
         cache.record(g_name, g_key, ("words.txt",))
         rebuilt.append(g_name)
-    hlg_key = cache.key(text_inputs + [Path(lm)], order=order, compact=compact)
+    hlg_key = cache.key(text_inputs + [Path(lm)], order=order, compact=compact, **norm)
     if force or not cache.fresh("HLG.fst", hlg_key):
         _, first_disambig = build_lexicon_fst(lang)
         HLG = build_hlg(read_fst(d / "H.fst"), read_fst(d / "L_disambig.fst"), read_fst(d / g_name), first_disambig)
         write_fst(HLG, d / "HLG.fst")
         cache.record("HLG.fst", hlg_key)
         rebuilt.append("HLG.fst")
-    return GraphPaths(d / "H.fst", d / "L_disambig.fst", d / g_name, d / "HLG.fst", rebuilt)
+    return GraphPaths(d / "H.fst", d / "L_disambig.fst", d / g_name, d / "HLG.fst", rebuilt, cov)
 
 
-def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: bool = False) -> Path:
+def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: bool = False,
+                    language: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE) -> Path:
     """Build (or reuse) G_<order>_rescore.fst of a rescoring LM and record it as the lang dir's
-    rescoring G (where the decoders find it); returns its path.
+    rescoring G (where the decoders find it); returns its path. Its words are normalised and its
+    coverage of the lexicon checked as for the first-pass LM.
 
     Its own name, so that a rescoring LM of the first-pass LM's order never overwrites the G
     that HLG.fst was built from (and is never mistaken for it)."""
     d = Path(lang_dir)
-    Lang.load(d)  # a clear error for a missing or broken lang dir
+    lang = Lang.load(d)  # a clear error for a missing or broken lang dir
+    language, wmap, _ = _lm_inputs(lang, lm, language, min_coverage, None, "--rescore-lm")
     order = arpa_order(lm)
     name = f"G_{order}_rescore.fst"
     cache = GraphCache(d)
-    key = cache.key([Path(lm), d / "words.txt"], order=order)
+    key = cache.key([Path(lm), d / "words.txt"], order=order, language=language, normalization=NORMALIZATION_VERSION)
     if force or not cache.fresh(name, key):
         logger.info("building %s from %s", name, lm)
-        write_fst(build_grammar_fst(lm, d / "words.txt", order), d / name)
+        write_fst(build_grammar_fst(lm, d / "words.txt", order, language, wmap), d / name)
         cache.record(name, key, ("words.txt",))
     if cache.rescore_g != name:
         cache.set_rescore_grammar(name)
