@@ -56,8 +56,8 @@ def test_greedy_text_uses_the_tokenizer(lang):
 
 def hlg_words(lang_dir, mats, method="hlg", nj=1, **kw):
     lg = Lang.load(lang_dir)
-    out = decode_matrices(mats, method, lang_dir / "HLG.fst", SearchOptions(**kw.pop("opts", {})), nj=nj,
-                          backoff_id=lg.words["#0"], **kw)
+    kw.setdefault("backoff_id", lg.words["#0"])
+    out = decode_matrices(mats, method, lang_dir / "HLG.fst", SearchOptions(**kw.pop("opts", {})), nj=nj, **kw)
     return [" ".join(lg.words_of(ids)) for ids, _ in out]
 
 
@@ -114,6 +114,121 @@ def test_acoustic_scale_trades_acoustics_against_the_lm(lang):
     assert hlg_words(lang, [lp], opts={"acoustic_scale": 0.05}) == ["ab cab"]
     with pytest.raises(ToolkitError, match="positive"):
         hlg_words(lang, [lp], opts={"beam": -1.0})
+
+
+# ------------------------------------------------------------------ LM scale x word penalty sweep
+
+def crafted_frames(lg, spec):
+    """(T, V) log-probs from per-frame logits {token: logit} (every other token far below)."""
+    lp = np.full((len(spec), lg.num_tokens), -20.0, dtype=np.float32)
+    for f, logits in enumerate(spec):
+        for tok, v in logits.items():
+            lp[f, lg.tokens[tok]] = v
+    return (lp - np.log(np.exp(lp).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+def said(word, alt=None):
+    """Frames of a word said clearly: each token (| included) twice, then a blank; ``alt`` =
+    (position, token, logit) gives a rival token at that position, e.g. an 'o' for the 'a' of cab."""
+    frames = []
+    for i, ch in enumerate(word + "|"):
+        f = {ch: 0.0, "<blk>": -8.0}
+        if alt and i == alt[0]:
+            f[alt[1]] = alt[2]
+        frames += [f, f, {"<blk>": 0.0, ch: -8.0}]
+    return frames
+
+
+def faint(word, margin):
+    """Frames where emitting ``word`` beats all-blank by ``margin`` nats in all (a word or a noise)."""
+    per = margin / (len(word) + 1)
+    return [{ch: 0.0, "<blk>": -per} for ch in word + "|"] + [{"<blk>": 0.0}]
+
+
+def brute_force_best(lp, lg, arpa, lm_scale, penalty, max_words=3):
+    """The best word sequence by exhaustive search, from independent references: torchaudio's CTC
+    forced alignment (Viterbi acoustic cost) and KenLM's sentence score (-ln)."""
+    import math
+
+    import kenlm
+    import torchaudio
+
+    ken = kenlm.Model(str(arpa))
+    words = [w for w in lg.words if w not in ("<eps>", "#0", "<s>", "</s>")]
+    best = None
+    for n in range(1, max_words + 1):
+        for seq in itertools.product(words, repeat=n):
+            ids = [lg.tokens[c] for w in seq for c in w + "|"]
+            try:
+                _, scores = torchaudio.functional.forced_align(torch.from_numpy(lp)[None], torch.tensor([ids]), blank=0)
+            except RuntimeError:
+                continue  # too few frames for this sequence
+            cost = -float(scores.sum()) - lm_scale * ken.score(" ".join(seq)) * math.log(10) + penalty * n
+            if best is None or cost < best[0]:
+                best = (cost, " ".join(seq))
+    return best[1]
+
+
+@pytest.mark.parametrize("method", ["hlg", "hlg-rescore"])
+def test_sweep_picks_the_known_best_lm_scale_and_word_penalty(lang, method):
+    """Four utterances built so that exactly one (lm_scale, word_penalty) of the grid gets all right:
+    the LM must outweigh an 'o' that sounds a bit likelier than the 'a' of "ab cab" (lm_scale >= 2) but
+    not a clear "ab cob" (lm_scale < 4); a faint spurious "ab" after "ba" must be suppressed (penalty
+    >= 2) but a faint real one kept (penalty < 4). Every grid point's hypotheses are checked against an
+    exhaustive search scored by torchaudio's forced alignment and KenLM, and the choice against jiwer.
+    hlg-rescore: a unigram first pass rescored with the bigram, which must give the same choices."""
+    import jiwer
+
+    from toolkit.decode.search import WfstSearch
+    from toolkit.decode.tuning import choose, score_sweep, sweep_settings
+    from toolkit.lm.graph import rescore_grammar
+
+    compile_graphs(lang, lang / "lm.arpa", order=1 if method == "hlg-rescore" else None)
+    rescore_grammar(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    sil = [{"<blk>": 0.0}]
+    # LM: "ab cab" vs "ab cob" differ by 1.0 log10 = 2.30 nats; "ba ab" vs "ba" by 1.8 log10 = 4.14 nats
+    utts = {"u1": ("ab cab", said("ab") + said("cab", (1, "o", 3.45 / 2))),
+            "u2": ("ab cob", said("ab") + said("cob", (1, "a", -6.9 / 2))),
+            "u3": ("ba", said("ba") + faint("ab", 9.3)),
+            "u4": ("ba ab", said("ba") + faint("ab", 11.3))}
+    mats = {u: crafted_frames(lg, sil + spec) for u, (_, spec) in utts.items()}
+    refs = {u: ref for u, (ref, _) in utts.items()}
+    grid = sweep_settings([0.5, 1.0, 2.0, 4.0], [-2.0, 0.0, 2.0, 4.0], 1.0, 0.0)
+    opts = SearchOptions(beam=30.0, lattice_beam=30.0)
+    lengths = [m.shape[0] for m in mats.values()]
+    batch = np.zeros((len(mats), max(lengths), lg.num_tokens), dtype=np.float32)  # padded like a model batch
+    for i, m in enumerate(mats.values()):
+        batch[i, : len(m)] = m
+    with WfstSearch(method, opts, lang, sweep=grid) as search:
+        hyps = search(torch.from_numpy(batch), torch.tensor(lengths))
+    per_cut = {u: h.sweep for u, h in zip(mats, hyps)}
+    if method == "hlg":  # the hypothesis of the options' own setting (1, 0) is the plain HLG one-best
+        assert [h.text for h in hyps] == hlg_words(lang, list(mats.values()), opts={"beam": 30.0})
+    reference_wer = {}
+    for k, (scale, penalty) in enumerate(grid):
+        want = {u: brute_force_best(mats[u], lg, lang / "lm.arpa", scale, penalty) for u in mats}
+        assert {u: per_cut[u][k] for u in mats} == want, (scale, penalty)
+        reference_wer[(scale, penalty)] = jiwer.wer([refs[u] for u in mats], [want[u] for u in mats])
+    points = score_sweep(refs, per_cut, grid)
+    for p in points:
+        assert p.wer == pytest.approx(100 * reference_wer[(p.lm_scale, p.word_penalty)])
+    best = choose(points)
+    assert (best.lm_scale, best.word_penalty) == (2.0, 2.0) and best.word_errors == 0
+    assert sorted(reference_wer.values())[1] > 0  # the best is unique: every other setting errs
+
+
+def test_word_penalty_and_lm_scale_apply_to_plain_hlg_decoding(lang):
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    lp = crafted_frames(lg, [{"<blk>": 0.0}] + said("ba") + faint("ab", 9.3))
+    assert hlg_words(lang, [lp]) == ["ba ab"]
+    kw = {}
+    # the faint "ab" gains 9.3 nats of acoustics and costs 4.14 nats of LM (x lm_scale) + the penalty
+    assert hlg_words(lang, [lp], opts={"word_penalty": 4.0}, **kw) == ["ba ab"]
+    assert hlg_words(lang, [lp], opts={"word_penalty": 6.0}, **kw) == ["ba"]   # the insertion is suppressed
+    assert hlg_words(lang, [lp], opts={"lm_scale": 3.0}, **kw) == ["ba"]      # ... or the LM outweighs it
+    assert hlg_words(lang, [lp], opts={"word_penalty": -4.0, "lm_scale": 3.0}, **kw) == ["ba ab"]
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -259,3 +374,87 @@ def test_decode_refuses_graphs_of_another_lang_dir(tmp_path, lang, capsys):
     (lang / "HLG.fst").write_bytes(b"")
     assert main(args) == 1
     assert "empty file" in capsys.readouterr().err
+
+
+def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, lang, capsys):
+    import json
+
+    from toolkit.cli import main
+
+    ckpt, *_ = tiny_checkpoint(tmp_path, lang)
+    compile_graphs(lang, lang / "lm.arpa")
+    dev_cuts, _ = make_cuts(tmp_path, [("ab cab", "xx"), ("ba", "xx"), ("cob zzz", "xx")])
+    dev = tmp_path / "decode" / "dev"
+    base = ["decode", "--checkpoint", str(ckpt), "--lang-dir", str(lang), "--methods", "greedy,hlg"]
+    assert main(base + ["--cuts", str(dev_cuts), "--out-dir", str(dev), "--sweep-lm-scales", "0.5,1,2",
+                        "--sweep-word-penalties", "0,1"]) == 0
+    rows = [ln.split("\t") for ln in (dev / "hlg" / "sweep.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert [(float(r[0]), float(r[1])) for r in rows] == [(s, p) for s in (0.5, 1.0, 2.0) for p in (0.0, 1.0)]
+    tuning = json.loads((dev / "hlg" / "tuning.json").read_text())
+    results = json.loads((dev / "hlg" / "results.json").read_text())
+    # the dev outputs are those of the chosen setting, and say so
+    assert results["lm"]["lm_scale"] == tuning["lm_scale"] and results["lm"]["word_penalty"] == tuning["word_penalty"]
+    chosen = [r for r in rows if (float(r[0]), float(r[1])) == (tuning["lm_scale"], tuning["word_penalty"])][0]
+    from toolkit.score.compute import ErrorStats
+
+    assert float(chosen[2]) == pytest.approx(ErrorStats.from_dict(results["wer"]).rate, abs=0.01)
+    assert min(float(r[3]) for r in rows) == float(chosen[3])
+    # OOV rate of the references against the lang dir's words: "zzz" is 1 of 5 words
+    assert results["oov"]["oov_words"] == 1 and results["oov"]["words"] == 5
+    assert results["oov"]["oov_rate"] == pytest.approx(100 / 5)
+    assert not (dev / "greedy" / "sweep.txt").exists() and "lm" not in json.loads((dev / "greedy" / "results.json").read_text())
+
+    (tmp_path / "t").mkdir()
+    test_cuts, _ = make_cuts(tmp_path / "t", [("ba ab", "xx")])
+    test = tmp_path / "decode" / "test"
+    assert main(base + ["--cuts", str(test_cuts), "--out-dir", str(test), "--tuning-from", str(dev)]) == 0
+    lm = json.loads((test / "hlg" / "results.json").read_text())["lm"]
+    assert (lm["lm_scale"], lm["word_penalty"]) == (tuning["lm_scale"], tuning["word_penalty"])
+    assert lm["tuned_on"] == str(dev / "hlg" / "tuning.json")
+    capsys.readouterr()
+    # no tuning for the method: one line naming the file and how to make it
+    assert main(base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "x"), "--tuning-from", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no tuning.json for method hlg" in err and "--sweep-lm-scales" in err and err.count("\n") == 1
+    assert main(base[:-2] + ["--method", "greedy", "--cuts", str(test_cuts), "--out-dir", str(tmp_path / "y"),
+                             "--sweep-lm-scales", "1,2"]) == 1
+    assert "none of the methods greedy can be swept" in capsys.readouterr().err
+
+
+def test_lattice_best_paths_equal_openfst_shortest_path_per_setting(lang):
+    """The sweep's dynamic programme against OpenFst's shortest path on the same lattice, re-weighted
+    arc by arc, for flat (untrained-model) posteriors that make big lattices."""
+    import kaldi_decoder
+    import kaldifst
+
+    from toolkit.decode.wfst import LatticeArcs, to_matrix
+    from toolkit.lm.graph import read_fst
+
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    settings = [(0.3, 0.0), (1.0, 0.0), (1.0, 2.5), (2.0, -1.0), (5.0, 1.0)]
+    graph = read_fst(lang / "HLG.fst")
+    decoder = kaldi_decoder.LatticeSimpleDecoder(graph, kaldi_decoder.LatticeSimpleDecoderConfig(beam=12.0, lattice_beam=6.0))
+    rng = np.random.default_rng(7)
+    for T in (30, 80):
+        lp = rng.normal(0.0, 0.7, size=(T, lg.num_tokens)).astype(np.float32)
+        lp -= np.log(np.exp(lp).sum(axis=1, keepdims=True))
+        decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(lp)))
+        ok, lat = decoder.get_raw_lattice(use_final_probs=True)
+        assert ok and lat.num_states > 100
+        arcs = LatticeArcs.from_lattice(lat)
+        ours = arcs.best_paths(settings)
+        text = lat.to_str()
+        for (scale, penalty), words in zip(settings, ours):
+            lines = []
+            for line in text.splitlines():
+                p = line.split()
+                if len(p) >= 4:
+                    g, a = map(float, p[4].split(","))
+                    lines.append(f"{p[0]} {p[1]} {p[3]} {p[3]} {a + scale * g + (penalty if p[3] != '0' else 0.0)}")
+                elif p:
+                    g, a = map(float, p[1].split(","))
+                    lines.append(f"{p[0]} {a + scale * g}")
+            best = kaldifst.shortest_path(kaldifst.compile("\n".join(lines) + "\n"))
+            ok, _, want, _ = kaldifst.get_linear_symbol_sequence(best)
+            assert ok and [w for w in want if w] == words, (T, scale, penalty)

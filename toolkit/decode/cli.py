@@ -5,17 +5,26 @@ The model runs once per batch and every method decodes the same log-probs
 wer-summary.txt, results.json (`toolkit.score.write_reports`) and timing.txt to --out-dir (or
 --out-dir/<method> with --methods), and logs the real-time factor. Graphs are never built here:
 `toolkit compile-graph` builds them, and a missing or stale graph is a one-line error naming it.
+
+LM weight and word insertion penalty (`toolkit.decode.tuning`): on dev,
+`--sweep-lm-scales 0.3,0.5,0.7,1,1.5 --sweep-word-penalties -1,0,1` decodes each lattice once, scores
+every setting, and writes sweep.txt, tuning.json and the usual outputs with the best setting; on
+test, `--tuning-from DEV_OUT_DIR` applies each method's chosen setting. results.json records the
+LM scale and penalty used and where they were chosen, and the OOV rate of the references against
+the lang dir's words.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from contextlib import ExitStack
 from pathlib import Path
 
 from toolkit.data import read_cuts
 from toolkit.decode.options import SearchOptions
-from toolkit.decode.search import METHODS, decode_cuts, make_searcher
+from toolkit.decode.search import METHODS, WFST_METHODS, decode_cuts, make_searcher
+from toolkit.decode.tuning import TUNING_FILE, choose, parse_grid, read_tuning, score_sweep, sweep_settings, write_sweep
 from toolkit.utils import ToolkitError, resolve_device
 
 log = logging.getLogger("toolkit.decode")
@@ -31,7 +40,10 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lattice pruning beam of the lattice methods (k2: output_beam)")
     parser.add_argument("--max-active", type=int, default=d.max_active, help="most active states per frame")
     parser.add_argument("--min-active", type=int, default=d.min_active, help="fewest active states per frame")
-    parser.add_argument("--lm-scale", type=float, default=d.lm_scale, help="weight of the rescoring LM")
+    parser.add_argument("--lm-scale", type=float, default=d.lm_scale,
+                        help="weight of the LM against the acoustics (rescoring LM; first-pass LM of hlg)")
+    parser.add_argument("--word-penalty", type=float, default=d.word_penalty,
+                        help="cost per hypothesised word after the LM scale (word insertion penalty; hlg, hlg-rescore)")
     parser.add_argument("--num-paths", type=int, default=d.num_paths,
                         help="n-best rescoring with the N best word sequences (default: hlg-rescore the whole "
                              "lattice, k2-nbest-rescore 100; 0 = whole lattice, hlg-rescore only)")
@@ -40,7 +52,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 def search_options(args: argparse.Namespace) -> SearchOptions:
     opts = SearchOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
                          max_active=args.max_active, min_active=args.min_active, lm_scale=args.lm_scale,
-                         num_paths=args.num_paths)
+                         word_penalty=args.word_penalty, num_paths=args.num_paths)
     opts.check()
     return opts
 
@@ -55,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated methods, each written into --out-dir/<method> (e.g. greedy,hlg)")
     parser.add_argument("--out-dir", required=True, help="decode/<test-set> directory")
     add_search_arguments(parser)
+    parser.add_argument("--sweep-lm-scales", default=None, metavar="S1,S2,...",
+                        help="tune on this set: LM scales to try (with --sweep-word-penalties; hlg, hlg-rescore)")
+    parser.add_argument("--sweep-word-penalties", default=None, metavar="P1,P2,...",
+                        help="tune on this set: word insertion penalties to try")
+    parser.add_argument("--tuning-from", default=None, metavar="DEV_OUT_DIR",
+                        help="use the LM scale and word penalty chosen by a sweep (DEV_OUT_DIR/<method>/tuning.json)")
     parser.add_argument("--nj", type=int, default=1, help="worker processes for the CPU WFST search")
     parser.add_argument("--device", default="auto", help="model device: auto, cpu, cuda, cuda:N")
     parser.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per model batch")
@@ -75,6 +93,35 @@ def parse_methods(args: argparse.Namespace) -> tuple[list[str], bool]:
     return [args.method or "greedy"], False
 
 
+def method_options(methods: list[str], opts: SearchOptions, args: argparse.Namespace, single: bool
+                   ) -> tuple[dict[str, SearchOptions], dict[str, dict]]:
+    """Per method: the search options (with the tuned LM scale / penalty of --tuning-from) and what
+    results.json records about them."""
+    per_method, records = {}, {}
+    for m in methods:
+        o, rec = opts, {}
+        if m in WFST_METHODS:
+            if args.tuning_from:
+                rec = read_tuning(args.tuning_from, m, single)
+                o = dataclasses.replace(opts, lm_scale=rec["lm_scale"], word_penalty=rec["word_penalty"])
+            else:
+                rec = {"lm_scale": opts.lm_scale, "word_penalty": opts.word_penalty, "tuned_on": None}
+        per_method[m], records[m] = o, rec
+    return per_method, records
+
+
+def reference_oov(refs: dict[str, str], lang_dir: Path | None) -> dict | None:
+    """OOV rate of the references against the lang dir's words (what no graph can recognise)."""
+    if lang_dir is None or not (lang_dir / "words.txt").is_file():
+        return None
+    from toolkit.lm.vocab import oov_rate
+    from toolkit.text.symbols import read_symbol_table
+
+    words = set(read_symbol_table(lang_dir / "words.txt"))
+    rate, oov, tokens = oov_rate(refs.values(), words)
+    return {"oov_rate": 100.0 * rate, "oov_words": oov, "words": tokens, "lexicon": str(lang_dir / "words.txt")}
+
+
 def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
     from toolkit.score import write_reports
@@ -82,6 +129,15 @@ def run(args: argparse.Namespace) -> int:
 
     methods, subdirs = parse_methods(args)
     opts = search_options(args)
+    lm_scales = parse_grid(args.sweep_lm_scales, "--sweep-lm-scales", positive=True)
+    penalties = parse_grid(args.sweep_word_penalties, "--sweep-word-penalties")
+    sweep = sweep_settings(lm_scales, penalties, opts.lm_scale, opts.word_penalty) if lm_scales or penalties else None
+    if sweep and args.tuning_from:
+        raise ToolkitError("give either the --sweep-* options (tune on this set) or --tuning-from (use a tuning), not both")
+    swept = [m for m in methods if m in WFST_METHODS] if sweep else []
+    if sweep and not swept:
+        raise ToolkitError(f"--sweep-*: none of the methods {','.join(methods)} can be swept; use {' or '.join(WFST_METHODS)}")
+    per_method, tuning = method_options(methods, opts, args, single=not subdirs)
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] != "ctc":
         raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; fine-tune it first")
@@ -91,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     lang_dir = Path(args.lang_dir) if args.lang_dir else None
     with ExitStack() as stack:
         # searchers first: a missing graph fails before the model is loaded
-        searchers = {m: stack.enter_context(make_searcher(m, opts, lang_dir, tokenizer, device, nj=args.nj))
+        searchers = {m: stack.enter_context(make_searcher(m, per_method[m], lang_dir, tokenizer, device, nj=args.nj,
+                                                          sweep=sweep if m in swept else None))
                      for m in methods}
         model = build_model(ckpt).to(device).eval()
         normalize = bool(config_of(ckpt).normalize)
@@ -100,11 +157,28 @@ def run(args: argparse.Namespace) -> int:
 
     out_root = Path(args.out_dir)
     languages = result.languages if any(result.languages.values()) else None
+    oov = reference_oov(result.refs, lang_dir)
     for m in methods:
         out_dir = out_root / m if subdirs else out_root
+        hyps = result.hyps[m]
+        if m in swept:
+            points = score_sweep(result.refs, result.sweeps[m], sweep)
+            best = choose(points)
+            k = points.index(best)
+            hyps = {c: h[k] for c, h in result.sweeps[m].items()}
+            write_sweep(out_dir, m, points, best, str(args.cuts))
+            tuning[m] = {"lm_scale": best.lm_scale, "word_penalty": best.word_penalty,
+                         "tuned_on": str(out_dir / TUNING_FILE)}
+            log.info("decode: %s sweep over %d settings: best lm_scale %g, word_penalty %g (%%WER %.2f); see %s",
+                     m, len(points), best.lm_scale, best.word_penalty, best.wer, out_dir / "sweep.txt")
         summary = result.timings[m].summary()
-        write_reports(out_dir, result.refs, result.hyps[m], args.key or m, languages=languages, timing=summary)
+        extra = {**({"lm": tuning[m]} if m in tuning and tuning[m] else {}),
+                 **({"oov": oov} if oov and m != "greedy" else {})}
+        write_reports(out_dir, result.refs, hyps, args.key or m, languages=languages, timing=summary, extra=extra)
         result.timings[m].write(out_dir / "timing.txt")
         log.info("decode: %s -> %s (RTF %.4f: forward %.1f s + search %.1f s over %.1f s of audio)", m, out_dir,
                  summary["rtf"], summary["forward_seconds"], summary["search_seconds"], summary["audio_seconds"])
+    if oov:
+        log.info("decode: %.2f%% of the reference words (%d of %d) are not in %s", oov["oov_rate"], oov["oov_words"],
+                 oov["words"], oov["lexicon"])
     return 0

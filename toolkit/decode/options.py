@@ -1,6 +1,7 @@
 """What every decoding backend (kaldi-decoder, k2) shares: the search options and the result type."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from toolkit.utils import ToolkitError
@@ -18,7 +19,11 @@ class SearchOptions:
       ``intersect_dense_pruned(output_beam=...)`` is the same thing under another name).
     - ``max_active`` / ``min_active``: bounds on active states per frame (Kaldi ``max-active`` /
       ``min-active``; k2 ``max_active_states`` / ``min_active_states``).
-    - ``lm_scale``: weight of the rescoring LM against the scaled acoustics (rescoring methods).
+    - ``lm_scale``: weight of the LM against the scaled acoustics: of the rescoring LM (rescoring
+      methods) and of the first-pass LM (``hlg``: then decoded through a lattice, as a sweep is).
+    - ``word_penalty``: cost added per hypothesised word (the word insertion penalty, in the LM's
+      units: -ln p), after the LM scale; positive values favour fewer words. ``hlg`` and
+      ``hlg-rescore`` only.
     - ``num_paths``: n-best rescoring with the N best distinct word sequences; None = the method's
       default (``hlg-rescore``: the whole lattice; ``k2-nbest-rescore``: 100). 0 = whole lattice
       (``hlg-rescore`` only).
@@ -30,6 +35,7 @@ class SearchOptions:
     max_active: int = 3000
     min_active: int = 20
     lm_scale: float = 1.0
+    word_penalty: float = 0.0
     num_paths: int | None = None
 
     def check(self) -> None:
@@ -38,13 +44,17 @@ class SearchOptions:
             raise ToolkitError("--acoustic-scale, --beam, --lattice-beam and --lm-scale must be positive")
         if self.min_active < 1 or self.max_active < self.min_active:
             raise ToolkitError(f"--max-active {self.max_active} must be at least min-active {self.min_active} (>= 1)")
+        if not math.isfinite(self.word_penalty):
+            raise ToolkitError(f"--word-penalty {self.word_penalty}: must be a finite number")
         if self.num_paths is not None and self.num_paths < 0:
             raise ToolkitError(f"--num-paths {self.num_paths}: must be >= 0")
 
 
 @dataclass
 class Hypothesis:
-    """One utterance's result: its words and the search time spent on it (seconds)."""
+    """One utterance's result: its words and the search time spent on it (seconds); in a sweep,
+    ``sweep`` holds the words under each (lm_scale, word_penalty) setting, in the sweep's order."""
 
     text: str
     seconds: float
+    sweep: list[str] | None = None

@@ -59,19 +59,28 @@ def check_vocab(tokenizer: Any, lang_dir: Path) -> None:
 
 
 def make_searcher(method: str, opts: SearchOptions, lang_dir: str | Path | None, tokenizer: Any,
-                  device: torch.device | str = "cpu", nj: int = 1) -> Searcher:
+                  device: torch.device | str = "cpu", nj: int = 1,
+                  sweep: list[tuple[float, float]] | None = None) -> Searcher:
     """The searcher of one method. Every method but greedy needs ``lang_dir`` with its compiled graphs
-    (and a vocabulary equal to ``tokenizer``'s); ``nj`` worker processes serve the CPU WFST search."""
+    (and a vocabulary equal to ``tokenizer``'s); ``nj`` worker processes serve the CPU WFST search.
+    ``sweep``: (lm_scale, word_penalty) settings whose hypotheses each utterance also gets
+    (``Hypothesis.sweep``; `hlg` and `hlg-rescore` only)."""
     if method not in METHODS:
         raise ToolkitError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
     opts.check()
+    if sweep and method not in WFST_METHODS:
+        raise ToolkitError(f"--method {method}: an LM-scale/word-penalty sweep works with {' and '.join(WFST_METHODS)} "
+                           "only; decode it without the sweep options")
     if method == "greedy":
         return GreedySearch(tokenizer)
     if lang_dir is None:
         raise ToolkitError(f"--method {method} needs --lang-dir (graphs and words.txt)")
     check_vocab(tokenizer, Path(lang_dir))
     if method in WFST_METHODS:
-        return WfstSearch(method, opts, Path(lang_dir), nj)
+        return WfstSearch(method, opts, Path(lang_dir), nj, sweep)
+    if opts.word_penalty != 0.0:
+        raise ToolkitError(f"--word-penalty {opts.word_penalty}: not supported by the k2 methods; "
+                           f"use {' or '.join(WFST_METHODS)}")
     from toolkit.decode.k2_decode import K2Search
 
     return K2Search(method, opts, Path(lang_dir), tokenizer, device)
@@ -99,16 +108,21 @@ class GreedySearch:
 
 
 class WfstSearch:
-    """kaldi-decoder over the lang dir's HLG.fst (and its rescoring G for ``hlg-rescore``)."""
+    """kaldi-decoder over the lang dir's HLG.fst (and its rescoring G for ``hlg-rescore``); with an LM
+    scale, a word penalty or a sweep, through a lattice (`toolkit.decode.wfst.LatticeSearch`)."""
 
-    def __init__(self, method: str, opts: SearchOptions, lang_dir: Path, nj: int = 1):
+    def __init__(self, method: str, opts: SearchOptions, lang_dir: Path, nj: int = 1,
+                 sweep: list[tuple[float, float]] | None = None):
         from toolkit.decode.wfst import WfstRunner
         from toolkit.lm.graph import Lang, checked_graph, rescore_grammar_path
 
         self.lang = Lang.load(lang_dir)
+        self.sweep = sweep
         hlg = checked_graph(lang_dir, "HLG.fst")
         rescore_g = rescore_grammar_path(lang_dir) if method == "hlg-rescore" else None
-        self.runner = WfstRunner(method, hlg, opts, nj=nj, rescore_g=rescore_g, backoff_id=self.lang.words["#0"])
+        settings = ([(opts.lm_scale, opts.word_penalty)] + list(sweep)) if sweep else None
+        self.runner = WfstRunner(method, hlg, opts, nj=nj, rescore_g=rescore_g, backoff_id=self.lang.words["#0"],
+                                 settings=settings)
 
     def __enter__(self) -> "WfstSearch":
         return self
@@ -120,7 +134,14 @@ class WfstSearch:
         from toolkit.decode.wfst import to_matrix
 
         mats = [to_matrix(log_probs[i, : int(lengths[i])]) for i in range(log_probs.shape[0])]
-        return [Hypothesis(" ".join(self.lang.words_of(ids)), secs) for ids, secs in self.runner.decode(mats)]
+        out = []
+        for ids, secs in self.runner.decode(mats):
+            if self.sweep:  # the first setting is the options' own, then the sweep's
+                texts = [" ".join(self.lang.words_of(x)) for x in ids]
+                out.append(Hypothesis(texts[0], secs, texts[1:]))
+            else:
+                out.append(Hypothesis(" ".join(self.lang.words_of(ids)), secs))
+        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,6 +154,7 @@ class DecodeResult:
     refs: dict[str, str] = field(default_factory=dict)
     languages: dict[str, str | None] = field(default_factory=dict)
     hyps: dict[str, dict[str, str]] = field(default_factory=dict)
+    sweeps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # method -> cut -> words per setting
     timings: dict[str, Any] = field(default_factory=dict)  # method -> toolkit.score.timing.Timing
 
 
@@ -184,6 +206,8 @@ def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher
             for m, search in searchers.items():
                 for i, (cid, hyp) in enumerate(zip(data["cut_ids"], search(log_probs, out_lengths))):
                     result.hyps[m][cid] = hyp.text
+                    if hyp.sweep is not None:
+                        result.sweeps.setdefault(m, {})[cid] = hyp.sweep
                     result.timings[m].add(cid, durations[i], share[i], hyp.seconds)
             bar.update(len(batch))
     return result

@@ -4,9 +4,12 @@
 - ``hlg-rescore``: a lattice (``LatticeSimpleDecoder``), its first-pass LM scores replaced by a larger
   LM's: whole-lattice rescoring (the word lattice, acoustic costs only, composed with the new G) or
   n-best rescoring (``num_paths`` distinct word sequences, each scored by the new G).
+- ``hlg`` with an LM scale or a word insertion penalty, and sweeps of both (`LatticeSearch`): a
+  lattice whose best path is found under each setting by one exact dynamic programme.
 
 Costs are negated, scaled log-probabilities: a path's cost is ``-acoustic_scale * sum log p + G cost``
-in the first pass and ``-acoustic_scale * sum log p + lm_scale * G_big cost`` after rescoring.
+in the first pass and ``-acoustic_scale * sum log p + lm_scale * G cost + word_penalty * words``
+after re-weighting (G: the first-pass LM, in the lattice, or the rescoring G).
 Utterances are independent, so ``nj`` worker processes each load the graphs once and take
 utterances from a queue.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import kaldi_decoder
@@ -124,34 +128,162 @@ def rescore_word_fst(words: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst, num
     return min(scored)[1] if scored else None
 
 
-class LatticeRescorer:
-    """Lattice decoding over HLG.fst, then whole-lattice rescoring with a larger G (``G_<n>.fst``)."""
+@dataclass
+class LatticeArcs:
+    """A raw Kaldi lattice as arrays: arcs ``src -> dst`` with output label (word id or 0) and the
+    two costs of Kaldi's LatticeWeight, graph (first-pass LM) and acoustic; final states likewise."""
 
-    def __init__(self, hlg: str | os.PathLike, rescore_g: str | os.PathLike, backoff_id: int, opts: SearchOptions):
+    start: int
+    num_states: int
+    src: np.ndarray
+    dst: np.ndarray
+    olabel: np.ndarray
+    graph: np.ndarray
+    acoustic: np.ndarray
+    final_state: np.ndarray
+    final_graph: np.ndarray
+    final_acoustic: np.ndarray
+
+    @classmethod
+    def from_lattice(cls, lat) -> "LatticeArcs":
+        arcs: list[tuple[int, int, int, float, float]] = []
+        finals: list[tuple[int, float, float]] = []
+        start = None
+        for line in lat.to_str().splitlines():
+            p = line.split()
+            if len(p) >= 4:
+                g, a = (p[4].split(",") if len(p) > 4 else ("0", "0"))
+                arcs.append((int(p[0]), int(p[1]), int(p[3]), float(g), float(a)))
+                start = int(p[0]) if start is None else start
+            elif p:
+                g, a = (p[1].split(",") if len(p) > 1 else ("0", "0"))
+                finals.append((int(p[0]), float(g), float(a)))
+                start = int(p[0]) if start is None else start
+        a_arr = np.array(arcs, dtype=np.float64).reshape(-1, 5)
+        f_arr = np.array(finals, dtype=np.float64).reshape(-1, 3)
+        n = int(max(a_arr[:, :2].max(initial=-1), f_arr[:, 0].max(initial=-1))) + 1
+        return cls(start or 0, n, a_arr[:, 0].astype(np.int64), a_arr[:, 1].astype(np.int64), a_arr[:, 2].astype(np.int64),
+                   a_arr[:, 3], a_arr[:, 4], f_arr[:, 0].astype(np.int64), f_arr[:, 1], f_arr[:, 2])
+
+    def best_paths(self, settings: Sequence[tuple[float, float]]) -> list[list[int] | None]:
+        """Word ids of the best path under ``acoustic + lm_scale x graph + word_penalty x words``, for
+        every (lm_scale, word_penalty) setting at once (None: no final state reachable).
+
+        Exact dynamic programming over the acyclic lattice in topological order (Kahn's algorithm,
+        one frontier of states at a time), vectorised over the settings: the lattice is read once
+        whatever the number of settings."""
+        S, C = self.num_states, len(settings)
+        scale = np.array([s for s, _ in settings])[None, :]
+        penalty = np.array([p for _, p in settings])[None, :]
+        cost = self.acoustic[:, None] + scale * self.graph[:, None] + penalty * (self.olabel != 0)[:, None]
+        dist = np.full((S, C), np.inf)
+        dist[self.start] = 0.0
+        back = np.full((S, C), -1, dtype=np.int64)
+        order = np.argsort(self.src, kind="stable")
+        offsets = np.searchsorted(self.src[order], np.arange(S + 1))
+        indegree = np.bincount(self.dst, minlength=S)
+        frontier = np.flatnonzero(indegree == 0)
+        while frontier.size:
+            lo, hi = offsets[frontier], offsets[frontier + 1]
+            lens = hi - lo
+            if lens.sum() == 0:
+                break
+            idx = order[np.repeat(lo - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(lens.sum())]
+            cand = dist[self.src[idx]] + cost[idx]
+            dst = self.dst[idx]
+            np.minimum.at(dist, dst, cand)
+            rows, cols = np.nonzero(cand <= dist[dst])
+            back[dst[rows], cols] = idx[rows]
+            np.subtract.at(indegree, dst, 1)
+            nxt = np.unique(dst)
+            frontier = nxt[indegree[nxt] == 0]
+        total = dist[self.final_state] + self.final_acoustic[:, None] + scale * self.final_graph[:, None]
+        out: list[list[int] | None] = []
+        for c in range(C):
+            if total.shape[0] == 0 or not np.isfinite(total[:, c].min()):
+                out.append(None)
+                continue
+            state, words = int(self.final_state[int(np.argmin(total[:, c]))]), []
+            while state != self.start:
+                arc = back[state, c]
+                if self.olabel[arc]:
+                    words.append(int(self.olabel[arc]))
+                state = int(self.src[arc])
+            out.append(words[::-1])
+        return out
+
+    def word_fst(self, lm_scale: float, word_penalty: float) -> kaldifst.StdVectorFst:
+        """Acceptor of the words (token arcs are epsilons) costing ``(acoustic + word_penalty x words) /
+        lm_scale``: composed with a new G, a path costs ``(acoustic + lm_scale x G + penalty x words) /
+        lm_scale``, the same arg-min. The graph costs (first-pass LM) are dropped."""
+        cost = (self.acoustic + word_penalty * (self.olabel != 0)) / lm_scale
+        lines = [f"{s} {d} {o} {o} {c:.6f}" for s, d, o, c in zip(self.src.tolist(), self.dst.tolist(),
+                                                                   self.olabel.tolist(), cost.tolist())]
+        lines[:0] = [] if self.src.size and self.src[0] == self.start else [f"{self.start} {self.start} 0 0 0"]
+        lines += [f"{s} {c / lm_scale:.6f}" for s, c in zip(self.final_state.tolist(), self.final_acoustic.tolist())]
+        fst = kaldifst.compile("\n".join(lines) + "\n")
+        kaldifst.arcsort(fst, sort_type="olabel")
+        return fst
+
+
+def rescore_lattice(arcs: LatticeArcs, G: kaldifst.StdVectorFst, lm_scale: float, word_penalty: float,
+                    num_paths: int = 0) -> list[int] | None:
+    """Best word sequence of the lattice with its first-pass LM costs replaced by G's (whole lattice:
+    one composition, epsilons and all; ``num_paths`` > 0: the n best distinct word sequences)."""
+    words = arcs.word_fst(lm_scale, word_penalty)
+    if num_paths > 0:
+        kaldifst.rmepsilon(words)
+        kaldifst.arcsort(words, sort_type="olabel")
+    return rescore_word_fst(words, G, num_paths)
+
+
+class LatticeSearch:
+    """Lattice decoding over HLG.fst, then the best word sequence under ``acoustics + lm_scale x LM +
+    word_penalty x words`` for one or several (lm_scale, word_penalty) settings.
+
+    ``hlg``: the LM costs are the first-pass (HLG) ones already in the lattice, and every setting is
+    solved exactly by one dynamic programme over the lattice (`LatticeArcs.best_paths`).
+    ``hlg-rescore``: the LM is ``G`` (the rescoring G, ``#0`` removed), one composition per setting
+    (whole lattice, or the ``num_paths`` best word sequences). Either way the lattice is computed
+    once per utterance, which is what makes an LM-scale x word-penalty sweep on dev cheap.
+    """
+
+    def __init__(self, hlg: str | os.PathLike, G: str | os.PathLike | None, backoff_id: int | None,
+                 opts: SearchOptions, settings: Sequence[tuple[float, float]] | None = None):
         opts.check()
         self.opts = opts
+        self.settings = list(settings or [(opts.lm_scale, opts.word_penalty)])
         self.graph = read_fst(hlg)
-        self.G = remove_backoff_disambig(read_fst(rescore_g), backoff_id)
+        self.G = remove_backoff_disambig(read_fst(G), backoff_id) if G is not None else None
         self.decoder = kaldi_decoder.LatticeSimpleDecoder(
             self.graph,
             kaldi_decoder.LatticeSimpleDecoderConfig(beam=opts.beam, lattice_beam=opts.lattice_beam),
         )
 
-    def decode(self, mat: np.ndarray) -> list[int]:
-        """Word ids of the best rescored path for (T, V) log-probs (acoustic scale applied here)."""
+    def decode_all(self, mat: np.ndarray) -> list[list[int]]:
+        """Word ids of the best path for each setting, for (T, V) log-probs (acoustic scale applied here)."""
         if mat.shape[0] == 0:
-            return []
+            return [[] for _ in self.settings]
         self.decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
         ok, lat = self.decoder.get_raw_lattice(use_final_probs=True)
-        if ok and lat.num_states > 0:
-            # total = acoustic + lm_scale * LM  ==  acoustic / lm_scale + LM  (same arg-min)
-            out = rescore_word_fst(lattice_to_word_fst(lat, 1.0 / self.opts.lm_scale), self.G, self.opts.num_paths or 0)
-            if out is not None:
-                return out
-        # No path survives with the new LM (e.g. its vocabulary misses a word): keep the first pass.
-        ok, best = self.decoder.get_best_path(use_final_probs=False)
-        ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
-        return list(out) if ok else []
+        arcs = LatticeArcs.from_lattice(lat) if ok and lat.num_states > 0 else None
+        if arcs is None:
+            out: list[list[int] | None] = [None] * len(self.settings)
+        elif self.G is None:
+            out = arcs.best_paths(self.settings)
+        else:
+            out = [rescore_lattice(arcs, self.G, s, p, self.opts.num_paths or 0) for s, p in self.settings]
+        if any(o is None for o in out):
+            # No path survives with this LM (e.g. its vocabulary misses a word): keep the first pass.
+            ok, best = self.decoder.get_best_path(use_final_probs=False)
+            ok, _, first, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
+            out = [o if o is not None else (list(first) if ok else []) for o in out]
+        return out  # type: ignore[return-value]
+
+    def decode(self, mat: np.ndarray) -> list[int] | list[list[int]]:
+        """Word ids of the best path (one setting), or a list of them (a sweep)."""
+        out = self.decode_all(mat)
+        return out[0] if len(self.settings) == 1 else out
 
 
 # ---------------------------------------------------------------------------------------
@@ -161,10 +293,11 @@ _WORKER = None
 
 
 def _make_decoder(spec: dict):
-    if spec["method"] == "hlg":
-        return HlgDecoder(spec["hlg"], spec["opts"])
-    if spec["method"] == "hlg-rescore":
-        return LatticeRescorer(spec["hlg"], spec["rescore_g"], spec["backoff_id"], spec["opts"])
+    opts, settings = spec["opts"], spec.get("settings")
+    if spec["method"] == "hlg" and not settings and (opts.lm_scale, opts.word_penalty) == (1.0, 0.0):
+        return HlgDecoder(spec["hlg"], opts)
+    if spec["method"] in ("hlg", "hlg-rescore"):
+        return LatticeSearch(spec["hlg"], spec["rescore_g"], spec["backoff_id"], opts, settings)
     raise ToolkitError(f"--method {spec['method']!r} is not a WFST method; use hlg or hlg-rescore")
 
 
@@ -186,11 +319,15 @@ class WfstRunner:
     """
 
     def __init__(self, method: str, hlg: str | os.PathLike, opts: SearchOptions, nj: int = 1,
-                 rescore_g: str | os.PathLike | None = None, backoff_id: int | None = None):
+                 rescore_g: str | os.PathLike | None = None, backoff_id: int | None = None,
+                 settings: Sequence[tuple[float, float]] | None = None):
+        """``rescore_g``: the rescoring G (hlg-rescore); ``settings``: (lm_scale, word_penalty) pairs
+        of a sweep (then each result is a list of word-id lists, one per setting)."""
         if method == "hlg-rescore" and (rescore_g is None or backoff_id is None):
             raise ToolkitError("--method hlg-rescore needs a rescoring LM: run `toolkit compile-graph --rescore-lm LM`")
         self.spec = {"method": method, "hlg": str(hlg), "opts": opts,
-                     "rescore_g": rescore_g and str(rescore_g), "backoff_id": backoff_id}
+                     "rescore_g": str(rescore_g) if method == "hlg-rescore" else None, "backoff_id": backoff_id,
+                     "settings": list(settings) if settings else None}
         self.nj = max(1, nj)
         self._local = _make_decoder(self.spec) if self.nj == 1 else None
         self._pool = None
@@ -226,9 +363,11 @@ class WfstRunner:
 
 def decode_matrices(mats: Sequence[np.ndarray], method: str, hlg: str | os.PathLike, opts: SearchOptions,
                     nj: int = 1, rescore_g: str | os.PathLike | None = None,
-                    backoff_id: int | None = None) -> list[tuple[list[int], float]]:
-    """Decode (T, V) log-prob matrices (float32 numpy); (word ids, seconds) per matrix, in order."""
-    with WfstRunner(method, hlg, opts, min(nj, max(1, len(mats))), rescore_g, backoff_id) as runner:
+                    backoff_id: int | None = None,
+                    settings: Sequence[tuple[float, float]] | None = None) -> list[tuple[list, float]]:
+    """Decode (T, V) log-prob matrices (float32 numpy); (word ids, seconds) per matrix, in order
+    (with ``settings``: a list of word-id lists per matrix, one per setting)."""
+    with WfstRunner(method, hlg, opts, min(nj, max(1, len(mats))), rescore_g, backoff_id, settings) as runner:
         return runner.decode(mats)
 
 

@@ -179,12 +179,15 @@ def write_reports(
     key: str,
     languages: Mapping[str, str] | None = None,
     timing: Mapping[str, float] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> Report:
     """Score and write recogs.txt, errs.txt, errs-cer.txt, wer-summary.txt and results.json into
     `out_dir` (created), each atomically; log Kaldi-style %WER/%CER lines; return the Report.
 
     `key` names the setting (e.g. "greedy", "lm_scale_0.6"); `timing` may hold `decode_seconds`
-    and `audio_seconds` (RTF = their ratio) and anything else worth keeping in results.json.
+    and `audio_seconds` (RTF = their ratio) and anything else worth keeping in results.json;
+    `extra` adds entries to results.json (decode: `lm` = the LM scale and word penalty used and
+    where they were chosen, `oov` = the references' OOV rate against the lang dir's words).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +198,8 @@ def write_reports(
     atomic_write_text(out / "errs-cer.txt", format_errs(report.cer, report.char_alignments))
     atomic_write_text(out / "wer-summary.txt", format_wer_summary(key, report))
     rtf = real_time_factor(timing)
-    results = {"key": key, **report.to_dict(), "rtf": rtf, "timing": dict(timing) if timing else None}
+    results = {"key": key, **report.to_dict(), "rtf": rtf, "timing": dict(timing) if timing else None,
+               **(dict(extra) if extra else {})}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     log.info(report.wer.kaldi_line(key))
     log.info(report.cer.kaldi_line(key))
