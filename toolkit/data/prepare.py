@@ -163,16 +163,33 @@ def scan_librispeech(part_dirs: list[Path], spk_lang: dict[str, str], default_la
 
 
 def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
+    """Entries of `<lang>/<split>.tsv`; one-line errors for a missing, non-UTF-8 or malformed TSV and
+    for a clip listed twice."""
     tsv = lang_dir / f"{split}.tsv"
     if not tsv.is_file():
         raise ToolkitError(f"{tsv}: not found; choose splits that exist with --splits")
-    with open(tsv, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"path", "client_id", "sentence", "gender", "age", "accents", "variant"} - set(reader.fieldnames or [])
-        if missing:
-            raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))} that lhotse's recipe reads")
-        return [Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
-                      language, r) for r in reader]
+    try:
+        text = tsv.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = tsv.read_bytes()[: e.start].count(b"\n") + 1
+        raise ToolkitError(f"{tsv}:{line}: not UTF-8 (byte {e.start}); Common Voice TSVs are UTF-8: re-download or "
+                           "convert the file (e.g. iconv -t UTF-8)") from None
+    reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    missing = {"path", "client_id", "sentence", "gender", "age", "accents", "variant"} - set(reader.fieldnames or [])
+    if missing:
+        raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))} that lhotse's recipe reads")
+    entries: list[Entry] = []
+    first_line: dict[str, int] = {}
+    for n, r in enumerate(reader, start=2):
+        if not r.get("path"):
+            raise ToolkitError(f"{tsv}:{n}: no clip in the path column; fix or remove the row")
+        if r["path"] in first_line:
+            raise ToolkitError(f"{tsv}:{n}: clip {r['path']} is listed twice (also on line {first_line[r['path']]}); "
+                               "remove the duplicate row")
+        first_line[r["path"]] = n
+        entries.append(Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
+                             language, r))
+    return entries
 
 
 # ---------------------------------------------------------------------------------------

@@ -231,6 +231,13 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             raise bad(f"data.{key}", "must be a list")
     if d.max_duration <= 0:
         raise bad("data.max_duration", "must be positive (audio seconds per batch)")
+    for key, value, low in (("train.seed", t.seed, 0), ("data.num_workers", d.num_workers, 0),
+                            ("data.num_buckets", d.num_buckets, 1), ("train.freeze_finetune_updates",
+                                                                     t.freeze_finetune_updates, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(key, f"must be an integer >= {low}, got {value!r}")
+    if not 0 <= d.max_unk_share <= 1:
+        raise bad("data.max_unk_share", f"must be a share between 0 and 1, got {d.max_unk_share!r}")
 
 
 def _coerce_floats(section: Any, where: str) -> None:
