@@ -411,6 +411,13 @@ def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, l
     lm = json.loads((test / "hlg" / "results.json").read_text())["lm"]
     assert (lm["lm_scale"], lm["word_penalty"]) == (tuning["lm_scale"], tuning["word_penalty"])
     assert lm["tuned_on"] == str(dev / "hlg" / "tuning.json")
+    # RESULTS.md names the OOV rate and the LM setting of every LM decoding, and where it was chosen
+    assert main(["results", "--exp-dir", str(tmp_path), "--out", str(tmp_path / "RESULTS.md")]) == 0
+    md = (tmp_path / "RESULTS.md").read_text()
+    scale, penalty = f"{tuning['lm_scale']:g}", f"{tuning['word_penalty']:g}"
+    assert f"|{tmp_path.name}/dev/hlg|20.00|1 / 5|{scale}|{penalty}|dev sweep|" in md
+    assert f"|{tmp_path.name}/test/hlg|0.00|0 / 2|{scale}|{penalty}|dev sweep|" in md
+    assert f"{tmp_path.name}/dev/greedy|" not in md.split("## Vocabulary and LM weights")[1]
     capsys.readouterr()
     # no tuning for the method: one line naming the file and how to make it
     assert main(base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "x"), "--tuning-from", str(tmp_path)]) == 1

@@ -10,7 +10,9 @@ writes, atomically, a WER section and a CER section with ESPnet's columns
 bootstrap interval and the real-time factor; one row per (model, test set, method), the
 dataset cell being `<model>/<test-set>/<method>` with <model> the experiment directory's name.
 Rows follow the order of --exp-dir, then test set and method sorted. When results carry
-languages, per-language tables follow (column `lang` after `dataset`).
+languages, per-language tables follow (column `lang` after `dataset`). A last section names, for
+every decoding with a lang dir, the OOV rate of the references against its words and the LM scale
+and word insertion penalty used, with where they were chosen (`toolkit decode --sweep-...` on dev).
 
 `--compare NAME=EXP_DIR ...` puts several experiments side by side on one test set: one row per
 decoding method with each experiment's WER and CER and the utterances scored, then picks the
@@ -110,12 +112,40 @@ def _section(entries: list[Entry], unit: str) -> list[str]:
     return lines + [""]
 
 
+def _tuned_on(path: str | None) -> str:
+    """Where an LM setting was chosen: the decode dir of the sweep (…/decode/<set>/<method>), or 'default'."""
+    if not path:
+        return "default (not tuned)"
+    parts = Path(path).parts
+    return f"{parts[-3]} sweep" if len(parts) >= 3 else path
+
+
+def _lm_section(entries: list[Entry]) -> list[str]:
+    rows = [e for e in entries if e.data.get("oov") or e.data.get("lm")]
+    if not rows:
+        return []
+    cols = ["dataset", "OOV words (%)", "OOV / words", "LM scale", "word penalty", "chosen on"]
+    lines = ["## Vocabulary and LM weights", "",
+             "OOV: reference words missing from the lang dir's words.txt (no graph can output them).", "",
+             "|" + "|".join(cols) + "|", "|" + "|".join("---" for _ in cols) + "|"]
+    for e in rows:
+        oov, lm = e.data.get("oov") or {}, e.data.get("lm") or {}
+        cells = [e.name,
+                 fmt_pct(oov["oov_rate"], 2) if oov else "-",
+                 f"{oov['oov_words']} / {oov['words']}" if oov else "-",
+                 f"{lm['lm_scale']:g}" if lm else "-",
+                 f"{lm['word_penalty']:g}" if lm else "-",
+                 _tuned_on(lm.get("tuned_on")) if lm else "-"]
+        lines.append("|" + "|".join(cells) + "|")
+    return lines + [""]
+
+
 def format_results(entries: list[Entry], title: str) -> str:
     lines = [f"# {title}", "",
              "Percentages of the reference tokens (Corr/Sub/Del/Ins/Err) and of the sentences (S.Err);",
              "95% CI: bootstrap interval of the error rate; RTF: decoding seconds per audio second.",
              "CER counts characters without spaces (icefall's compute_CER).", ""]
-    return "\n".join(lines + _section(entries, "wer") + _section(entries, "cer"))
+    return "\n".join(lines + _section(entries, "wer") + _section(entries, "cer") + _lm_section(entries))
 
 
 def _parse_compare(items: list[str]) -> list[tuple[str, Path]]:
