@@ -361,7 +361,10 @@ def test_score_decode_dirs_equals_scoring_the_whole_set(tmp_path):
         t = Timing("m")
         for u in part:
             t.add(u, 2.0, 0.1, 0.05)
-        write_reports(d, {u: refs[u] for u in part}, {u: hyps[u] for u in part}, "m", timing=t.summary())
+        lm = {"lm_scale": 1.5, "word_penalty": 0.5, "tuned_on": "decode/dev/hlg/tuning.json"}
+        oov = {"oov_rate": 100.0 * j / (10 * j), "oov_words": j, "words": 10 * j, "lexicon": "L/words.txt"}
+        write_reports(d, {u: refs[u] for u in part}, {u: hyps[u] for u in part}, "m", timing=t.summary(),
+                      extra={"lm": lm, "oov": oov})
         t.write(d / "timing.txt")
     proc = run_cli("score", "--decode-dirs", *[str(tmp_path / f"split/{j}") for j in (1, 2, 3)],
                    "--out-dir", str(tmp_path / "merged"), "--key", "m")
@@ -371,11 +374,21 @@ def test_score_decode_dirs_equals_scoring_the_whole_set(tmp_path):
     assert merged["wer"] == json.loads((tmp_path / "whole" / "results.json").read_text())["wer"]
     assert merged["num_sentences"] == 30 and merged["wer"]["err"] == whole.wer.err
     assert merged["rtf"] == pytest.approx(0.15 / 2.0)
+    # the jobs' LM setting carries over, their OOV counts add up
+    assert merged["lm"] == lm and merged["oov"]["oov_words"] == 6 and merged["oov"]["words"] == 60
+    assert merged["oov"]["oov_rate"] == pytest.approx(10.0)
     assert len([l for l in (tmp_path / "merged" / "timing.txt").read_text().splitlines() if not l.startswith("#")]) == 30
     # a job given twice is an error, not a double count
     proc = run_cli("score", "--decode-dirs", str(tmp_path / "split/1"), str(tmp_path / "split/1"),
                    "--out-dir", str(tmp_path / "twice"))
     assert proc.returncode == 1 and "decoded by another job too" in proc.stderr
+    # jobs decoded with different LM settings cannot be one result
+    data = json.loads((tmp_path / "split/2/results.json").read_text())
+    data["lm"]["lm_scale"] = 0.7
+    (tmp_path / "split/2/results.json").write_text(json.dumps(data))
+    proc = run_cli("score", "--decode-dirs", *[str(tmp_path / f"split/{j}") for j in (1, 2, 3)],
+                   "--out-dir", str(tmp_path / "mixed"))
+    assert proc.returncode == 1 and "different LM settings" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_results_compare_picks_the_best_method_of_the_first_experiment(tmp_path):

@@ -118,12 +118,46 @@ def _from_decode_dirs(dirs: list[Path]) -> tuple[dict[str, str], dict[str, str],
     return refs, hyps, timings
 
 
+def _decode_extras(dirs: list[Path]) -> dict:
+    """What the jobs' results.json say beyond the scores, merged: the LM setting (the same in every
+    job, else an error: the parts were decoded differently) and the OOV rate (counts added)."""
+    import json
+
+    lms, oov = [], {"oov_words": 0, "words": 0}
+    lexicon = None
+    for d in dirs:
+        path = d / "results.json"
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ToolkitError(f"--decode-dirs {path}: not a results.json written by toolkit decode; decode again") from None
+        if "lm" in data:
+            lms.append(data["lm"])
+        if "oov" in data:
+            oov["oov_words"] += data["oov"]["oov_words"]
+            oov["words"] += data["oov"]["words"]
+            lexicon = data["oov"].get("lexicon")
+    extra: dict = {}
+    if lms:
+        if len(lms) != len(dirs) or any(lm != lms[0] for lm in lms):
+            raise ToolkitError(f"--decode-dirs: the jobs were decoded with different LM settings ({lms[0]} vs "
+                               f"{[lm for lm in lms if lm != lms[0]][:1] or 'none'}); decode every job with the same options")
+        extra["lm"] = lms[0]
+    if oov["words"]:
+        extra["oov"] = {"oov_rate": 100.0 * oov["oov_words"] / oov["words"], **oov, "lexicon": lexicon}
+    return extra
+
+
 def run(args: argparse.Namespace) -> int:
+    extra: dict = {}
     if args.decode_dirs:
         if args.ref or args.hyp:
             raise ToolkitError("give --decode-dirs or --ref/--hyp, not both")
         refs, hyps, timing_files = _from_decode_dirs(args.decode_dirs)
         args.timing = (args.timing or []) + timing_files
+        extra = _decode_extras(args.decode_dirs)
         where = f"--decode-dirs {' '.join(map(str, args.decode_dirs))}"
     else:
         if not args.ref or not args.hyp:
@@ -147,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         timing = Timing.read(args.timing, args.key)
     if args.out_dir is not None:
         report = write_reports(args.out_dir, refs, hyps, args.key, languages or None,
-                               timing=timing.summary() if timing else None)
+                               timing=timing.summary() if timing else None, extra=extra)
         if timing:
             timing.write(Path(args.out_dir) / "timing.txt")
     else:
