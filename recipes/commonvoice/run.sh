@@ -27,7 +27,12 @@ init_checkpoint=               # continue pretraining from (or, with --pretrain 
 finetune_inits="pretrained"    # any of: pretrained scratch (one fine-tuning per entry)
 token_type=char                # char | bpe
 nbpe=150                       # SentencePiece vocabulary size for --token-type bpe
-lm_order=3
+lm_order=3                     # first-pass LM (HLG)
+rescore_lm_order=4             # rescoring LM for --decode-methods hlg-rescore (0: none)
+open_vocab=true                # LM text and lexicon from the corpus's sentence file (minus dev/test), not only train
+lm_text=                       # more LM text (one sentence a line, any case), added to the corpus's
+lm_scales="0.3 0.5 0.7 1.0 1.3 1.6 2.0"   # LM weights tried on dev (hlg, hlg-rescore); empty: no tuning
+word_penalties="-1 0 1 2"      # word insertion penalties tried on dev with each LM weight
 decode_methods="greedy hlg"
 test_sets="dev test"
 nj=1                           # decoding jobs per test set (through $decode_cmd)
@@ -56,7 +61,12 @@ Options (default):
   --init-checkpoint PATH             imported XLSR checkpoint (toolkit import-checkpoint) to start from
   --finetune-inits \"pretrained scratch\" fine-tune from the pretrained model and/or from scratch ($finetune_inits)
   --token-type char|bpe              output units ($token_type); --nbpe N word pieces ($nbpe)
-  --lm-order N                       n-gram order of the decoding LM ($lm_order)
+  --lm-order N                       n-gram order of the first-pass LM ($lm_order)
+  --rescore-lm-order N               order of the rescoring LM for hlg-rescore, 0 for none ($rescore_lm_order)
+  --open-vocab true|false            LM text and lexicon from the corpus's sentence file minus dev/test ($open_vocab)
+  --lm-text FILE                     more LM text, normalised like the transcripts
+  --lm-scales "S ..." / --word-penalties "P ..."  LM weight x insertion penalty grid tuned on dev, applied to test
+                                     ($lm_scales / $word_penalties; --lm-scales "" turns tuning off)
   --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
   --nj N                             decoding jobs per test set ($nj)
   --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   distributed training through torchrun
@@ -115,11 +125,17 @@ fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.done); done
-  if stage_begin 2 "lang dirs ($token_type) for $finetune_languages" "${markers[@]}"; then
+  if stage_begin 2 "LM text and lang dirs ($token_type) for $finetune_languages" "${markers[@]}"; then
     for lang in $finetune_languages; do
       stage_item_done data/$lang/$lang_unit/.done && continue
-      toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" \
-        --cuts data/manifests/cv-${lang}_cuts_train.jsonl.gz --out data/$lang/$lang_unit
+      # LM text: the training transcripts, the corpus's sentence file (open vocabulary) and --lm-text,
+      # without any dev/test sentence; its words join the lexicon, spelled by the training tokens.
+      m=data/manifests/cv-${lang}_cuts
+      toolkit lm text --language "$lang" --cuts ${m}_train.jsonl.gz --exclude-cuts ${m}_dev.jsonl.gz ${m}_test.jsonl.gz \
+        $([ "$open_vocab" = true ] && echo "--commonvoice-dir $corpus_dir/$lang") ${lm_text:+--text "$lm_text"} \
+        --out data/$lang/lm/text.txt
+      toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" --cuts ${m}_train.jsonl.gz --out data/$lang/$lang_unit \
+        $([ "$open_vocab" = true ] || [ -n "$lm_text" ] && echo "--lm-text data/$lang/lm/text.txt")
       stage_item_end data/$lang/$lang_unit/.done
     done
     stage_end
@@ -128,13 +144,16 @@ fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done); done
-  if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages" "${markers[@]}"; then
+  if stage_begin 3 "${lm_order}-gram (and ${rescore_lm_order}-gram rescoring) LMs and HLG graphs for $finetune_languages" "${markers[@]}"; then
     for lang in $finetune_languages; do
       stage_item_done data/$lang/$lang_unit/.graph.done && continue
-      mkdir -p data/$lang/lm
-      toolkit lm train --order "$lm_order" --text data/$lang/$lang_unit/transcript_words.txt \
-        --out data/$lang/lm/${lm_order}gram.arpa
-      toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa
+      rescore=()
+      for order in $lm_order $([ "$rescore_lm_order" -gt 0 ] && echo "$rescore_lm_order"); do
+        toolkit lm train --order "$order" --language "$lang" --text data/$lang/lm/text.txt --out data/$lang/lm/${order}gram.arpa
+      done
+      [ "$rescore_lm_order" -gt 0 ] && rescore=(--rescore-lm data/$lang/lm/${rescore_lm_order}gram.arpa)
+      toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa "${rescore[@]}" \
+        --dev-cuts data/manifests/cv-${lang}_cuts_dev.jsonl.gz
       stage_item_end data/$lang/$lang_unit/.graph.done
     done
     stage_end
@@ -205,9 +224,13 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     for lang in $finetune_languages; do
       for init in $finetune_inits; do
         dir=$(ft_dir_for $lang $init)
-        for t in $test_sets; do
+        # dev first: its LM weight x insertion penalty sweep chooses what the other sets use
+        for t in $([[ " $test_sets " == *" dev "* ]] && echo dev) $(list_minus "$test_sets" dev); do
+          if [ "$t" = dev ]; then jobs=1 lm_opts=$(lm_tuning_opts sweep "$decode_methods" "$lm_scales" "$word_penalties" "$nj")
+          else jobs=$nj lm_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$dir/decode/cv-${lang}_dev"); fi
+          [ -n "$lm_opts" ] || jobs=$nj
           decode_cuts "$(best_checkpoint $dir)" data/manifests/cv-${lang}_cuts_$t.jsonl.gz \
-            data/$lang/$lang_unit "$decode_methods" "$dir/decode/cv-${lang}_$t" "$nj"
+            data/$lang/$lang_unit "$decode_methods" "$dir/decode/cv-${lang}_$t" "$jobs" $lm_opts
         done
       done
     done

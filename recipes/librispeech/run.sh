@@ -14,12 +14,21 @@ corpus_dir=                    # existing copy holding LibriSpeech/ (and librisp
 synthetic=false                # true: synthesise a LibriSpeech-format tree (toolkit synth-corpus)
 synth_minutes=20               # synthetic: minutes of audio
 synth_subset_scale=0.1         # synthetic: scale of the Libri-light folds (1.0 = real 10 min / 1 h / 10 h)
-download_lm=true               # real data: fetch the official 3-gram/4-gram ARPA from openslr when online
+download_lm=true               # real data: fetch the official LM files from openslr (SLR11) into download/lm when online
 size=base                      # recipes/shared/conf/{pretrain,finetune}_<size>.yaml (+ conf/ of this recipe)
 finetune_set=10m               # 10m | 1h | 10h (Libri-light) | 100h | 960h
 token_type=char                # char (the paper) | bpe
 nbpe=500
-lm_order=3                     # order of the LM trained on the transcripts when no official LM
+lm_dir=                        # openslr-format LM files: 3-gram.pruned.1e-7.arpa[.gz] or 3-gram.arpa[.gz], 4-gram.arpa[.gz],
+                               #   librispeech-lexicon.txt, librispeech-lm-norm.txt[.gz] (default: download/lm, synthetic: <corpus>/lm)
+lm_source=auto                 # official (the ARPA files) | lm-norm (LMs trained on librispeech-lm-norm.txt) | transcripts
+                               #   auto: official when --lm-dir has the 3-gram, else lm-norm when it has the text, else transcripts
+lm_order=3                     # order of a trained first-pass LM (lm-norm, transcripts)
+rescore_lm_order=4             # order of a trained rescoring LM for hlg-rescore (lm-norm, transcripts; 0: none)
+lm_prune="0 1 1"               # lm-norm: count pruning of the trained LMs (lmplz --prune: drop n-grams >= 2 seen once)
+lm_tag=                        # graphs in <lang dir>_<tag>, decodings in decode/<set>_<tag>: compare LMs on one model
+lm_scales="0.3 0.5 0.7 1.0 1.3 1.6 2.0"   # LM weights tried on dev (hlg, hlg-rescore); empty: no tuning
+word_penalties="-1 0 1 2"      # word insertion penalties tried on dev with each LM weight
 decode_methods="greedy hlg"
 test_sets="dev-clean dev-other test-clean test-other"   # those absent from the corpus are skipped
 nj=4                           # decoding jobs per test set (through $decode_cmd)
@@ -39,11 +48,18 @@ Options (default):
   --corpus-dir DIR                   existing copy containing LibriSpeech/ (skips the download)
   --synthetic true|false             synthesise a LibriSpeech-format corpus instead ($synthetic)
   --synth-minutes M / --synth-subset-scale S   size of the synthetic corpus ($synth_minutes, $synth_subset_scale)
-  --download-lm true|false           official openslr ARPA LMs on real data ($download_lm)
+  --download-lm true|false           official openslr LM files on real data, as icefall ($download_lm)
+  --lm-dir DIR                       openslr-format LM files (3-gram(.pruned.1e-7).arpa(.gz), 4-gram.arpa(.gz),
+                                     librispeech-lexicon.txt, librispeech-lm-norm.txt(.gz)); any case
+  --lm-source auto|official|lm-norm|transcripts   which LM to decode with ($lm_source)
+  --lm-order N / --rescore-lm-order N  orders of trained LMs ($lm_order / $rescore_lm_order)
+  --lm-prune "0 1 1"                 count pruning of LMs trained on librispeech-lm-norm.txt ($lm_prune)
+  --lm-tag NAME                      separate graphs and decodings for this LM (compare LMs on one model)
+  --lm-scales "S ..." / --word-penalties "P ..."  LM weight x insertion penalty grid tuned on dev-*, applied to test-*
+                                     ($lm_scales / $word_penalties; --lm-scales "" turns tuning off)
   --size tiny|base|large             model and training config ($size)
   --finetune-set 10m|1h|10h|100h|960h  labelled data for fine-tuning ($finetune_set)
   --token-type char|bpe / --nbpe N   output units ($token_type, $nbpe)
-  --lm-order N                       order of the transcript LM when no official LM ($lm_order)
   --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
   --test-sets \"...\"                  dev/test sets ($test_sets)
   --nj N                             decoding jobs per test set ($nj)
@@ -60,6 +76,10 @@ dl_dir=download
 case "$finetune_set" in 10m|1h|10h|100h|960h) ;; *) echo "$0: --finetune-set must be 10m, 1h, 10h, 100h or 960h" >&2; exit 1 ;; esac
 case "$token_type" in char) lang_dir=data/lang_char ;; bpe) lang_dir=data/lang_bpe_$nbpe ;;
   *) echo "$0: --token-type must be char or bpe, got '$token_type'" >&2; exit 1 ;; esac
+graph_dir=$lang_dir${lm_tag:+_$lm_tag}   # lang dir whose graphs decode (the model's, or a tagged copy)
+if [ -z "$lm_dir" ]; then lm_dir=$dl_dir/lm; [ "$synthetic" = true ] && lm_dir=$corpus_dir/lm; fi
+case "$lm_source" in auto|official|lm-norm|transcripts) ;;
+  *) echo "$0: --lm-source must be auto, official, lm-norm or transcripts, got '$lm_source'" >&2; exit 1 ;; esac
 launcher=$(toolkit_launcher "$ngpus" "$nnodes" "$rdzv_endpoint" "librispeech$tag")
 pretrain_dir=exp/pretrain_${size}${tag}
 ft_dir=exp/finetune_${size}_${finetune_set}_${token_type}${tag}
@@ -76,12 +96,17 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
         wget -q -c -P "$corpus_dir" https://dl.fbaipublicfiles.com/librilight/data/librispeech_finetuning.tgz
         tar -xzf "$corpus_dir/librispeech_finetuning.tgz" -C "$corpus_dir"
       fi
-      if [ "$download_lm" = true ] && [ ! -f "$dl_dir/lm/4-gram.arpa.gz" ]; then
-        # The official LMs (openslr SLR11); offline runs fall back to an LM on the transcripts.
+      if [ "$download_lm" = true ] && [ ! -f "$dl_dir/lm/.download.done" ]; then
+        # The official LM files (openslr SLR11), as icefall's download_lm.py; the 1.4 GB LM text only
+        # for --lm-source lm-norm. Offline runs fall back to LMs on the transcripts.
         mkdir -p "$dl_dir/lm"
-        for f in 3-gram.pruned.1e-7.arpa.gz 4-gram.arpa.gz; do
-          wget -q -c -P "$dl_dir/lm" "https://www.openslr.org/resources/11/$f" || { rm -f "$dl_dir/lm/$f"; break; }
+        files="3-gram.pruned.1e-7.arpa.gz 4-gram.arpa.gz librispeech-lexicon.txt librispeech-vocab.txt"
+        [ "$lm_source" = lm-norm ] && files+=" librispeech-lm-norm.txt.gz"
+        ok=true
+        for f in $files; do
+          wget -q -c -P "$dl_dir/lm" "https://www.openslr.org/resources/11/$f" || { rm -f "$dl_dir/lm/$f"; ok=false; break; }
         done
+        $ok && date > "$dl_dir/lm/.download.done"
       fi
     fi
     stage_end
@@ -106,30 +131,70 @@ esac
 ft_cuts=$(yaml_list "${ft_list[@]}")
 dev_cuts=$(split_cuts dev-clean)
 
+# The LM files of --lm-dir (openslr's names; plain or gzipped), and the LM source to use.
+lm_file() { local f; for f in "$@"; do [ -f "$lm_dir/$f" ] && { echo "$lm_dir/$f"; return 0; }; done; return 0; }
+official_lm=$(lm_file 3-gram.pruned.1e-7.arpa.gz 3-gram.pruned.1e-7.arpa 3-gram.arpa.gz 3-gram.arpa)
+official_rescore_lm=$(lm_file 4-gram.arpa.gz 4-gram.arpa)
+lm_norm_text=$(lm_file librispeech-lm-norm.txt.gz librispeech-lm-norm.txt)
+official_lexicon=$(lm_file librispeech-lexicon.txt)
+source_of_lm() {  # the resolved --lm-source (one-line error when its files are missing)
+  case "$lm_source" in
+    auto) if [ -n "$official_lm" ]; then echo official; elif [ -n "$lm_norm_text" ]; then echo lm-norm; else echo transcripts; fi ;;
+    official) [ -n "$official_lm" ] || { echo "$0: --lm-source official: no 3-gram(.pruned.1e-7).arpa(.gz) in $lm_dir; give --lm-dir" >&2; return 1; }
+              echo official ;;
+    lm-norm) [ -n "$lm_norm_text" ] || { echo "$0: --lm-source lm-norm: no librispeech-lm-norm.txt(.gz) in $lm_dir; give --lm-dir" >&2; return 1; }
+             echo lm-norm ;;
+    *) echo transcripts ;;
+  esac
+}
+
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  if stage_begin 2 "lang dirs: characters (data/lang_char) and word pieces (data/lang_bpe_$nbpe)" \
-      data/lang_char/.done data/lang_bpe_$nbpe/.done; then
+  src=$(source_of_lm)
+  # An external LM brings its lexicon's words (openslr's UPPER-case lexicon, normalised and spelled
+  # by the training tokens), so words of the LM that training lacks are decodable.
+  lexicon=(); [ "$src" != transcripts ] && [ -n "$official_lexicon" ] && lexicon=(--lexicon "$official_lexicon")
+  markers=(data/lang_char/.done data/lang_bpe_$nbpe/.done); [ -n "$lm_tag" ] && markers+=("$graph_dir/.done")
+  if stage_begin 2 "lang dirs: characters (data/lang_char) and word pieces (data/lang_bpe_$nbpe)${lm_tag:+, $graph_dir}; $src LM words" \
+      "${markers[@]}"; then
     stage_item_done data/lang_char/.done || {
-      toolkit lang-dir --type char --cuts "${train_splits[@]}" --out data/lang_char; stage_item_end data/lang_char/.done; }
+      toolkit lang-dir --type char --cuts "${train_splits[@]}" "${lexicon[@]}" --out data/lang_char; stage_item_end data/lang_char/.done; }
     stage_item_done data/lang_bpe_$nbpe/.done || {
-      toolkit lang-dir --type bpe --vocab-size "$nbpe" --cuts "${train_splits[@]}" --out data/lang_bpe_$nbpe
+      toolkit lang-dir --type bpe --vocab-size "$nbpe" --cuts "${train_splits[@]}" "${lexicon[@]}" --out data/lang_bpe_$nbpe
       stage_item_end data/lang_bpe_$nbpe/.done; }
+    if [ -n "$lm_tag" ] && ! stage_item_done "$graph_dir/.done"; then  # same tokens as the model's lang dir
+      toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" --cuts "${train_splits[@]}" "${lexicon[@]}" --out "$graph_dir"
+      stage_item_end "$graph_dir/.done"
+    fi
     stage_end
   fi
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  if stage_begin 3 "n-gram LM and H/L/G/HLG graphs in $lang_dir" "$lang_dir/.graph.done"; then
+  src=$(source_of_lm)
+  if stage_begin 3 "$src n-gram LMs and H/L/G/HLG graphs in $graph_dir" "$graph_dir/.graph.done"; then
     mkdir -p data/lm
     rescore=()
-    if [ -f "$dl_dir/lm/3-gram.pruned.1e-7.arpa.gz" ]; then
-      lm=$dl_dir/lm/3-gram.pruned.1e-7.arpa.gz
-      [ -f "$dl_dir/lm/4-gram.arpa.gz" ] && rescore=(--rescore-lm "$dl_dir/lm/4-gram.arpa.gz")
-    else
-      lm=data/lm/${lm_order}gram.arpa
-      [ -f "$lm" ] || toolkit lm train --order "$lm_order" --text data/lang_char/transcript_words.txt --out "$lm"
-    fi
-    toolkit compile-graph --lang-dir "$lang_dir" --lm "$lm" "${rescore[@]}"
+    case "$src" in
+      official)
+        lm=$official_lm
+        [ -n "$official_rescore_lm" ] && rescore=(--rescore-lm "$official_rescore_lm") ;;
+      *)
+        if [ "$src" = lm-norm ]; then  # hundreds of millions of words: lmplz (--engine auto), pruned
+          text=$lm_norm_text prune=(--prune $lm_prune) name=lm-norm_p${lm_prune// /}
+        else  # the training transcripts without any dev/test sentence
+          text=data/lm/transcripts.txt prune=() name=transcripts held_out=()
+          for t in $test_sets; do [ -f "$(split_cuts $t)" ] && held_out+=("$(split_cuts $t)"); done
+          toolkit lm text --language en --cuts "${train_splits[@]}" ${held_out[@]:+--exclude-cuts "${held_out[@]}"} --out "$text"
+        fi
+        for order in $lm_order $([ "$rescore_lm_order" -gt 0 ] && echo "$rescore_lm_order"); do
+          [ -f data/lm/${name}_${order}gram.arpa.gz ] || toolkit lm train --order "$order" --language en --text "$text" \
+            "${prune[@]}" --out data/lm/${name}_${order}gram.arpa.gz
+        done
+        lm=data/lm/${name}_${lm_order}gram.arpa.gz
+        [ "$rescore_lm_order" -gt 0 ] && rescore=(--rescore-lm data/lm/${name}_${rescore_lm_order}gram.arpa.gz) ;;
+    esac
+    dev=(); [ -f "$(split_cuts dev-clean)" ] && dev=(--dev-cuts "$(split_cuts dev-clean)")  # OOV rate in the log
+    toolkit compile-graph --lang-dir "$graph_dir" --lm "$lm" "${rescore[@]}" "${dev[@]}"
     stage_end
   fi
 fi
@@ -160,12 +225,21 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
 fi
 
 present_tests=(); for t in $test_sets; do [ -f "$(split_cuts $t)" ] && present_tests+=("$t"); done
+decode_dir_of() { echo "$ft_dir/decode/$1${lm_tag:+_$lm_tag}"; }  # one decode dir per test set and LM
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  markers=(); for t in "${present_tests[@]}"; do for m in $decode_methods; do markers+=("$ft_dir/decode/$t/$m/wer-summary.txt"); done; done
-  if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each)" "${markers[@]}"; then
+  markers=(); for t in "${present_tests[@]}"; do for m in $decode_methods; do markers+=("$(decode_dir_of $t)/$m/wer-summary.txt"); done; done
+  if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each; graphs of $graph_dir)" "${markers[@]}"; then
     ckpt=$(best_checkpoint "$ft_dir")
-    for t in "${present_tests[@]}"; do
-      decode_cuts "$ckpt" "$(split_cuts $t)" "$lang_dir" "$decode_methods" "$ft_dir/decode/$t" "$nj"
+    devs=(); for t in "${present_tests[@]}"; do [[ $t == dev* ]] && devs+=("$t"); done
+    for t in "${devs[@]}" $(list_minus "${present_tests[*]}" "${devs[*]}"); do
+      # dev-X sweeps the LM weight x insertion penalty; test-X uses dev-X's choice (else the first dev set's)
+      if [[ $t == dev* ]]; then jobs=1 lm_opts=$(lm_tuning_opts sweep "$decode_methods" "$lm_scales" "$word_penalties" "$nj")
+      else
+        dev=dev-${t#test-}; [[ " ${devs[*]} " == *" $dev "* ]] || dev=${devs[0]:-}
+        jobs=$nj lm_opts=; [ -n "$dev" ] && lm_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$(decode_dir_of $dev)")
+      fi
+      [ -n "$lm_opts" ] || jobs=$nj
+      decode_cuts "$ckpt" "$(split_cuts $t)" "$graph_dir" "$decode_methods" "$(decode_dir_of $t)" "$jobs" $lm_opts
     done
     stage_end
   fi

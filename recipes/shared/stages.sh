@@ -151,3 +151,19 @@ decode_cuts() {
       --out-dir "$out/$m" --key "$m" --cuts "$cuts" > "$out/log/score.$m.log"
   done
 }
+
+# The `toolkit decode` options of the LM weight x word insertion penalty tuning: `sweep` on a dev
+# set (one job with NJ WFST workers, as the choice needs every utterance: tuning.json per method),
+# `apply` on the other sets (--tuning-from the dev decode dir). Nothing when SCALES is empty or no
+# method has an LM (hlg, hlg-rescore).
+#   lm_tuning_opts sweep "METHODS" "SCALES" "PENALTIES" NJ | lm_tuning_opts apply "METHODS" "SCALES" DEV_DECODE_DIR
+lm_tuning_opts() {
+  local mode=$1 methods=$2 scales=$3 m tunable=false
+  for m in $methods; do case "$m" in hlg|hlg-rescore) tunable=true ;; esac; done
+  { [ -n "$scales" ] && $tunable; } || return 0
+  if [ "$mode" = sweep ]; then
+    echo "--sweep-lm-scales=${scales// /,} ${4:+--sweep-word-penalties=${4// /,}} --nj $5"  # "=": a list may start with "-"
+  else
+    echo "--tuning-from $4"
+  fi
+}
