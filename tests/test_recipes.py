@@ -219,13 +219,24 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "commonvoice" / "run.sh"
     opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
             f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
-            f"--finetune-inits 'pretrained scratch' --decode-methods 'greedy hlg' "
+            f"--finetune-inits 'pretrained scratch' --decode-methods 'greedy hlg hlg-rescore' "
+            f"--lm-scales '0.5 1.0 1.5' --word-penalties '-1 0 1' "
             f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
     r = bash(f"{run} {opts}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    methods = ("greedy", "hlg", "hlg-rescore")
     expected = [f"finetune_tiny_es_char_{init}/cv-es_{t}/{m}"
-                for init in ("pretrained", "scratch") for t in ("dev", "test") for m in ("greedy", "hlg")]
+                for init in ("pretrained", "scratch") for t in ("dev", "test") for m in methods]
     check_results(tmp_path / "RESULTS.md", expected)
+    # the LM weight x penalty grid was tuned on dev and applied to test; RESULTS.md names the choice
+    decode = tmp_path / "exp" / "finetune_tiny_es_char_pretrained" / "decode"
+    for m in ("hlg", "hlg-rescore"):
+        tuning = json.loads((decode / "cv-es_dev" / m / "tuning.json").read_text())
+        assert len(tuning["grid"]) == 9
+        lm = json.loads((decode / "cv-es_test" / m / "results.json").read_text())["lm"]
+        assert (lm["lm_scale"], lm["word_penalty"]) == (tuning["lm_scale"], tuning["word_penalty"])
+    assert "## Vocabulary and LM weights" in (tmp_path / "RESULTS.md").read_text()
+    assert (tmp_path / "data" / "es" / "lm" / "4gram.arpa").is_file()
     assert "time per stage:" in r.stdout
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr

@@ -11,8 +11,10 @@ Two estimators give the same model (within 1e-4 per n-gram, tests/test_lm.py): t
 interpolated modified Kneser-Ney (`toolkit.lm.kneser_ney`, all counts in memory: right for
 transcripts) and KenLM's `lmplz` (on disk, for hundreds of millions of words). `--engine auto`
 takes lmplz above `--lmplz-above` words (when it is on PATH; above the threshold without it is a
-one-line error, not a machine out of memory), the toolkit's estimator below. Either way the
-ARPA file is written atomically and validated by reading it back.
+one-line error, not a machine out of memory), the toolkit's estimator below. The normalised text
+is written to a temporary directory beside --out (about the size of the text: 4.5 GB for
+librispeech-lm-norm.txt; lmplz's sort files go there too). Either way the ARPA file is written
+atomically and validated by reading it back.
 
     toolkit lm perplexity --lm lm.arpa --text dev.txt   # per-token perplexity, </s> counted
 
