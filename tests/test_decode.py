@@ -387,9 +387,9 @@ def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, l
     dev = tmp_path / "decode" / "dev"
     base = ["decode", "--checkpoint", str(ckpt), "--lang-dir", str(lang), "--methods", "greedy,hlg"]
     assert main(base + ["--cuts", str(dev_cuts), "--out-dir", str(dev), "--sweep-lm-scales", "0.5,1,2",
-                        "--sweep-word-penalties", "0,1"]) == 0
+                        "--sweep-word-penalties=-1,0,1"]) == 0
     rows = [ln.split("\t") for ln in (dev / "hlg" / "sweep.txt").read_text().splitlines() if not ln.startswith("#")]
-    assert [(float(r[0]), float(r[1])) for r in rows] == [(s, p) for s in (0.5, 1.0, 2.0) for p in (0.0, 1.0)]
+    assert [(float(r[0]), float(r[1])) for r in rows] == [(s, p) for s in (0.5, 1.0, 2.0) for p in (-1.0, 0.0, 1.0)]
     tuning = json.loads((dev / "hlg" / "tuning.json").read_text())
     results = json.loads((dev / "hlg" / "results.json").read_text())
     # the dev outputs are those of the chosen setting, and say so
