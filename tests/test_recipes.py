@@ -9,6 +9,7 @@ recipes' option handling and new_recipe.sh's errors.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -262,6 +263,29 @@ def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr
     assert_all_skipped(again.stdout, range(0, 7))
+    # The same LMs in openslr's format (UPPER-case, gzipped, with an UPPER-case lexicon) through
+    # --lm-dir, as a tagged second LM on the same model: the graphs and the WERs are the same.
+    lm_dir = tmp_path / "openslr_lm"
+    lm_dir.mkdir()
+    for order, name in ((3, "3-gram.arpa.gz"), (4, "4-gram.arpa.gz")):
+        with gzip.open(tmp_path / "data" / "lm" / f"transcripts_{order}gram.arpa.gz", "rt", encoding="utf-8") as f:
+            text = f.read()
+        upper = "\n".join("\t".join([p[0], " ".join(w if w in ("<s>", "</s>") else w.upper() for w in p[1].split()),
+                                       *p[2:]]) if len(p := line.split("\t")) >= 2 else line
+                          for line in text.splitlines())
+        with gzip.open(lm_dir / name, "wt", encoding="utf-8") as f:
+            f.write(upper + "\n")
+    words = [ln.split()[0] for ln in (tmp_path / "data" / "lang_char" / "words.txt").read_text().splitlines()]
+    (lm_dir / "librispeech-lexicon.txt").write_text(
+        "".join(f"{w.upper()}\tAH\n" for w in words if not w.startswith(("<", "#"))), encoding="utf-8")
+    r = bash(f"{run} {opts} --stage 2 --lm-source official --lm-dir {lm_dir} --lm-tag official")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_all_skipped(r.stdout, range(4, 6))  # the same model
+    rows = wer_rows(tmp_path / "RESULTS.md")
+    for t in ("dev-clean", "test-clean"):
+        for m in ("greedy", "hlg"):
+            assert rows[f"finetune_tiny_10m_char/{t}_official/{m}"] == rows[f"finetune_tiny_10m_char/{t}/{m}"], (t, m)
+    assert "official/hlg|" in (tmp_path / "RESULTS.md").read_text().split("## Vocabulary and LM weights")[1]
 
 
 @pytest.mark.slow

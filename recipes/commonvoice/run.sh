@@ -65,8 +65,8 @@ Options (default):
   --rescore-lm-order N               order of the rescoring LM for hlg-rescore, 0 for none ($rescore_lm_order)
   --open-vocab true|false            LM text and lexicon from the corpus's sentence file minus dev/test ($open_vocab)
   --lm-text FILE                     more LM text, normalised like the transcripts
-  --lm-scales "S ..." / --word-penalties "P ..."  LM weight x insertion penalty grid tuned on dev, applied to test
-                                     ($lm_scales / $word_penalties; --lm-scales "" turns tuning off)
+  --lm-scales \"S ...\" / --word-penalties \"P ...\"  LM weight x insertion penalty grid tuned on dev, applied to test
+                                     ($lm_scales / $word_penalties; --lm-scales \"\" turns tuning off)
   --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
   --nj N                             decoding jobs per test set ($nj)
   --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   distributed training through torchrun
@@ -227,7 +227,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
         # dev first: its LM weight x insertion penalty sweep chooses what the other sets use
         for t in $([[ " $test_sets " == *" dev "* ]] && echo dev) $(list_minus "$test_sets" dev); do
           if [ "$t" = dev ]; then jobs=1 lm_opts=$(lm_tuning_opts sweep "$decode_methods" "$lm_scales" "$word_penalties" "$nj")
-          else jobs=$nj lm_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$dir/decode/cv-${lang}_dev"); fi
+          elif [[ " $test_sets " == *" dev "* ]]; then jobs=$nj lm_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$dir/decode/cv-${lang}_dev")
+          else jobs=$nj lm_opts=; fi  # no dev set decoded: untuned
           [ -n "$lm_opts" ] || jobs=$nj
           decode_cuts "$(best_checkpoint $dir)" data/manifests/cv-${lang}_cuts_$t.jsonl.gz \
             data/$lang/$lang_unit "$decode_methods" "$dir/decode/cv-${lang}_$t" "$jobs" $lm_opts

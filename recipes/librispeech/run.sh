@@ -53,10 +53,10 @@ Options (default):
                                      librispeech-lexicon.txt, librispeech-lm-norm.txt(.gz)); any case
   --lm-source auto|official|lm-norm|transcripts   which LM to decode with ($lm_source)
   --lm-order N / --rescore-lm-order N  orders of trained LMs ($lm_order / $rescore_lm_order)
-  --lm-prune "0 1 1"                 count pruning of LMs trained on librispeech-lm-norm.txt ($lm_prune)
+  --lm-prune \"0 1 1\"                 count pruning of LMs trained on librispeech-lm-norm.txt ($lm_prune)
   --lm-tag NAME                      separate graphs and decodings for this LM (compare LMs on one model)
-  --lm-scales "S ..." / --word-penalties "P ..."  LM weight x insertion penalty grid tuned on dev-*, applied to test-*
-                                     ($lm_scales / $word_penalties; --lm-scales "" turns tuning off)
+  --lm-scales \"S ...\" / --word-penalties \"P ...\"  LM weight x insertion penalty grid tuned on dev-*, applied to test-*
+                                     ($lm_scales / $word_penalties; --lm-scales \"\" turns tuning off)
   --size tiny|base|large             model and training config ($size)
   --finetune-set 10m|1h|10h|100h|960h  labelled data for fine-tuning ($finetune_set)
   --token-type char|bpe / --nbpe N   output units ($token_type, $nbpe)
