@@ -323,3 +323,24 @@ def test_audio_with_nan_samples_is_dropped_at_prepare(cv_corpus, tmp_path, caplo
     msgs = [r.getMessage() for r in caplog.records if "nan.wav" in r.getMessage()]
     assert len(msgs) == 1 and "corrupt audio (NaN or infinite samples)" in msgs[0]
     assert report.dropped["cv-fr_test"]["corrupt audio (NaN or infinite samples)"] == 1
+
+
+def test_foreign_script_text_is_counted_and_refused_above_the_share(cv_corpus, tmp_path):
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    tsv = corpus / "fr" / "train.tsv"
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    fields = lines[1].split("\t")
+    fields[3] = "Привет мир"  # a Russian sentence in the French corpus
+    lines[1] = "\t".join(fields)
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    n = len(lines) - 1
+    with pytest.raises(ToolkitError) as e:
+        prepare("commonvoice", corpus, tmp_path / "man", splits=["train"])
+    msg = str(e.value)
+    assert f"cv-fr_train: 1 of {n} utterances of language fr ({100 / n:.1f}%) hold letters of another script than " \
+           "LATIN (e.g. CYRILLIC in " in msg and "--max-foreign-share 0.02" in msg and "\n" not in msg
+    assert not (tmp_path / "man" / "cv-fr_cuts_train.jsonl.gz").exists()
+    report = prepare("commonvoice", corpus, tmp_path / "man", splits=["train"], max_foreign_share=0.5)
+    assert any("hold letters of another script than LATIN" in note for note in report.notes)
+    assert len(_load(tmp_path / "man" / "cv-fr_cuts_train.jsonl.gz")) == n  # kept, and counted

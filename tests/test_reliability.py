@@ -22,6 +22,8 @@ from toolkit.train.engine import Trainer, check_resume
 from toolkit.train.expdir import ExperimentLock, list_checkpoints
 from toolkit.utils import ToolkitError
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
 
 def steps(exp: Path) -> list[int]:
     return [s for s, _ in list_checkpoints(exp)]
@@ -273,3 +275,83 @@ def test_dev_cer_during_finetuning_is_toolkit_scores_cer(tmp_path):
     assert row["wer"] == pytest.approx(scored["wer"]["err_rate"]) and row["wer"] > 0
     jiwer_cer = 100 * jiwer.cer([refs[u] for u in sorted(refs)], [hyps[u] for u in sorted(refs)])
     assert jiwer_cer > 0  # the definition validation used before: spaces counted
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_of_a_finetuning_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """20 SIGKILLs at random moments of a tiny CTC fine-tuning (during start-up, updates, validation,
+    checkpoint writes, pruning), each followed by a default resume: the run ends with the weights of
+    an uninterrupted run, bit for bit, and a metrics.jsonl without duplicate or torn rows."""
+    import random
+
+    def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), **kw)
+
+    assert cli("synth-corpus", "--format", "commonvoice", "--languages", "it", "--minutes-per-language", "1.5",
+               "--speakers", "4", "--seed", "9", "--out", "corpus").returncode == 0
+    assert cli("prepare", "commonvoice", "--corpus-dir", "corpus", "--out", "m").returncode == 0
+    assert cli("lang-dir", "--type", "char", "--cuts", "m/cv-it_cuts_train.jsonl.gz", "--out", "lang").returncode == 0
+    conf = ROOT_DIR / "recipes" / "shared" / "conf" / "finetune_tiny.yaml"
+
+    def args(exp: str) -> list[str]:
+        return [sys.executable, "-m", "toolkit.cli", "finetune", "--config", str(conf), "--set", f"exp_dir={exp}",
+                "--set", "data.train_cuts=[m/cv-it_cuts_train.jsonl.gz]", "--set", "data.dev_cuts=[m/cv-it_cuts_dev.jsonl.gz]",
+                "--set", "data.lang_dir=lang", "--set", "train.max_updates=24", "--set", "train.save_interval=2",
+                "--set", "train.keep_last=3", "--set", "train.log_interval=1", "--set", "train.valid_interval=8",
+                "--set", "data.max_duration=6", "--set", "train.device=cpu"]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.time()
+    ref = subprocess.run(args("exp_ref"), cwd=tmp_path, capture_output=True, text=True, env=env)
+    run_seconds = time.time() - t0
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    rng = random.Random(7)
+    kills = 0
+    while kills < 20:
+        proc = subprocess.Popen(args("exp_kill"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(0.1, 0.5) * run_seconds)  # start-up, updates, validation, saves
+            if proc.returncode == 0:
+                break  # finished before the kill: the run is complete
+            pytest.fail(f"the resumed run failed with exit status {proc.returncode}")
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    final = subprocess.run(args("exp_kill"), cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert kills == 20, f"only {kills} kills landed before the run finished"
+    a = torch.load(tmp_path / "exp_ref" / "checkpoint-24.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "exp_kill" / "checkpoint-24.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "exp_kill" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # a torn line would not parse
+    keys = [(r["step"], r["split"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate metrics rows"
+    assert [s for s, split in keys if split == "train"] == list(range(1, 25))
+    ref_rows = [json.loads(line) for line in (tmp_path / "exp_ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if r["split"] == "train"] == [r["loss"] for r in ref_rows if r["split"] == "train"]
+    print(f"RELIABILITY faults_injected={kills} resumed_runs={kills + 1} weights_equal=1 duplicate_rows=0")
+
+
+def test_training_text_outside_the_vocabulary_is_counted_and_refused_above_the_share(tmp_path, caplog):
+    from graph_fixtures import char_lang
+    from test_decode import make_cuts
+
+    from toolkit.text.tokenizer import Tokenizer
+    from toolkit.train.tasks import check_unk_share
+
+    lang = char_lang(tmp_path / "lang", ["ab", "ba"])
+    tok = Tokenizer.from_lang_dir(lang)
+    _, cuts = make_cuts(tmp_path, [("ab ba", "xx"), ("ab éé", "xx")])  # é is not in the vocabulary
+    # 12 targets (a b | b a | and a b | é é |), 2 of them <unk>
+    with pytest.raises(ToolkitError) as e:
+        check_unk_share(cuts, tok, 0.01, "data.train_cuts x")
+    assert str(e.value).startswith("data.train_cuts x: 2 of 12 training targets (16.67%) are <unk> (outside the "
+                                   "vocabulary: 'é' x2); above data.max_unk_share=0.01")
+    with caplog.at_level("WARNING", logger="toolkit.train"):
+        assert check_unk_share(cuts, tok, 0.5, "data.train_cuts x") == pytest.approx(2 / 12)
+    assert "2 of 12 training targets" in caplog.text
+    assert tok.oov_count == 0  # the count does not leak into training's own

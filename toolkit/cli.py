@@ -42,6 +42,8 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `toolkit <command> [options]` (argv: the words after `toolkit`); returns the exit status
+    (0 ok, 1 a one-line error, 2 unknown command, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -52,12 +52,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def current_umask() -> int:
+    """The process umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` through `atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

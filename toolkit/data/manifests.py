@@ -139,6 +139,7 @@ def write_cuts(cuts: Any, manifest: str, out_path: Path, report: V.DropReport, c
 
 
 def remove_stale(out_path: Path, manifest: str) -> None:
+    """Delete the old manifest of a split that now yields nothing (a later stage must not trust it)."""
     if out_path.exists():
         out_path.unlink()
         log.warning("%s: no usable utterance; removed the old %s", manifest, out_path)

@@ -197,6 +197,8 @@ def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
 
 def validate_entries(entries: list[Entry], manifest: str, split: str, report: V.DropReport, limits: SplitLimits,
                      nj: int) -> list[Entry]:
+    """The entries of one split that pass `limits` (headers read in `nj` threads, text normalised);
+    every other one is dropped with one warning naming its file and counted in `report`."""
     from toolkit.text.normalize import normalize_text
 
     headers = V.headers_in_parallel([e.audio for e in entries], nj, f"{manifest}: headers")

@@ -160,6 +160,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], whe
 
 
 def describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[str], limit: int = 6) -> str:
+    """One line listing (at most `limit` of each) missing, unexpected and wrongly shaped state-dict keys."""
     parts = []
     for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
         if keys:

@@ -350,6 +350,8 @@ def _perplexity(probs: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class QuantizerOutput:
+    """What `GumbelVectorQuantizer.forward` returns for N masked frames."""
+
     x: torch.Tensor  # (N, vq_dim) the chosen codevectors, one per group concatenated
     codes: torch.Tensor  # (N, G) long, the code of each group
     code_perplexity: torch.Tensor  # perplexity of the hard code distribution over the batch
@@ -545,6 +547,8 @@ def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch
 
 
 class CTCLoss(NamedTuple):
+    """What `ctc_loss` returns."""
+
     loss: torch.Tensor  # summed over the kept utterances (fp32 scalar)
     kept: int  # utterances whose frames can hold their labels
     dropped: int  # utterances that cannot be aligned (left out of the loss)

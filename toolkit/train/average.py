@@ -67,6 +67,8 @@ def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
 
 
 def average_checkpoints(paths: list[Path], out: Path) -> None:
+    """Write the element-wise mean of the weights of `paths` (one network, one vocabulary) to `out`
+    (not one of `paths`), as a checkpoint without training state; one-line errors otherwise."""
     from toolkit.model.checkpoint import load_checkpoint
 
     if any(p.resolve() == out.resolve() for p in paths):
