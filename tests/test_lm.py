@@ -344,3 +344,12 @@ def test_cli_perplexity_matches_kenlm(tmp_path):
     reported = float(proc.stdout.rsplit("perplexity", 1)[1])
     assert reported == pytest.approx(expect, rel=1e-3)
     assert " 3 OOVs" in proc.stdout
+    # the same in UPPER case, text and LM (as openslr's): normalised, the same perplexity
+    upper = tmp_path / "UPPER.arpa"
+    upper.write_text("\n".join("\t".join([p[0], p[1].upper() if p[1] not in ("<s>", "</s>", "<unk>") else p[1], *p[2:]])
+                               if len(p := line.split("\t")) >= 2 else line
+                               for line in arpa.read_text(encoding="utf-8").splitlines()) + "\n", encoding="utf-8")
+    (tmp_path / "DEV.txt").write_text("\n".join(s.upper() + "." for s in dev) + "\n", encoding="utf-8")
+    proc = run_cli("lm", "perplexity", "--lm", str(upper), "--text", str(tmp_path / "DEV.txt"), "--language", "en")
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.rsplit("perplexity", 1)[1]) == pytest.approx(reported, rel=1e-6)

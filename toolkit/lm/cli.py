@@ -76,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl = sub.add_parser("perplexity", help="perplexity of an ARPA model on a text",
                          description="Per-token perplexity (</s> counted) of an ARPA LM on a text.")
     ppl.add_argument("--lm", type=Path, required=True, help="ARPA file (plain or gzipped)")
-    ppl.add_argument("--text", type=Path, required=True, help="one normalised sentence a line")
+    ppl.add_argument("--text", type=Path, required=True, help="one sentence a line (normalised with --language)")
+    ppl.add_argument("--language", default=DEFAULT_LANGUAGE,
+                     help="normalisation of the text and of the LM's words, as the transcripts'")
     ppl.add_argument("--verbose", action="store_true", help="debug logging")
     text = sub.add_parser("text", help="gather normalised LM text (corpus sentence files, texts, transcripts)",
                           description="Gather LM text: normalised, dev/test sentences removed, each sentence once.")
@@ -200,9 +202,22 @@ def run_train(args: argparse.Namespace) -> None:
              time.perf_counter() - start, "lmplz" if engine == "lmplz" else "toolkit estimator")
 
 
+def read_normalized_arpa(path: Path, language: str):
+    """The ARPA model with its words normalised like the transcripts (an UPPER-case openslr LM
+    scores lower-case text); read as it is when its words are normal already."""
+    from toolkit.lm.vocab import arpa_unigrams, normalize_arpa, word_map
+
+    wmap = word_map(arpa_unigrams(path), language)
+    if wmap.identity:
+        return read_arpa(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        normalize_arpa(path, Path(tmp) / "lm.arpa", language, wmap)
+        return read_arpa(Path(tmp) / "lm.arpa")
+
+
 def run_perplexity(args: argparse.Namespace) -> None:
-    model = read_arpa(args.lm)
-    sentences = [s for s in read_text(args.text) if s.split()]
+    model = read_normalized_arpa(args.lm, args.language)
+    sentences = [n for n in (normalize_text(s, args.language) for s in read_text(args.text)) if n]
     vocab = model.ngrams[0]
     oov = sum(1 for s in sentences for w in s.split() if (w,) not in vocab)
     tokens = sum(len(s.split()) + 1 for s in sentences)
