@@ -217,10 +217,13 @@ class LatticeArcs:
         lm_scale``: composed with a new G, a path costs ``(acoustic + lm_scale x G + penalty x words) /
         lm_scale``, the same arg-min. The graph costs (first-pass LM) are dropped."""
         cost = (self.acoustic + word_penalty * (self.olabel != 0)) / lm_scale
-        lines = [f"{s} {d} {o} {o} {c:.6f}" for s, d, o, c in zip(self.src.tolist(), self.dst.tolist(),
-                                                                   self.olabel.tolist(), cost.tolist())]
-        lines[:0] = [] if self.src.size and self.src[0] == self.start else [f"{self.start} {self.start} 0 0 0"]
-        lines += [f"{s} {c / lm_scale:.6f}" for s, c in zip(self.final_state.tolist(), self.final_acoustic.tolist())]
+        order = np.argsort(self.src != self.start, kind="stable")  # OpenFst text: the start state's lines first
+        lines = [f"{s} {d} {o} {o} {c:.6f}" for s, d, o, c in zip(self.src[order].tolist(), self.dst[order].tolist(),
+                                                                   self.olabel[order].tolist(), cost[order].tolist())]
+        finals = [f"{s} {c / lm_scale:.6f}" for s, c in zip(self.final_state.tolist(), self.final_acoustic.tolist())]
+        start_final = [f for f, s in zip(finals, self.final_state.tolist()) if s == self.start]
+        lines = (start_final + lines + [f for f in finals if f not in start_final]) if not lines or \
+            self.src[order[0]] != self.start else lines + finals
         fst = kaldifst.compile("\n".join(lines) + "\n")
         kaldifst.arcsort(fst, sort_type="olabel")
         return fst
