@@ -21,7 +21,7 @@ from toolkit.cli import main
 from toolkit.decode.options import SearchOptions
 from toolkit.decode.wfst import decode_matrices
 from toolkit.lm.arpa import read_arpa, write_arpa
-from toolkit.lm.graph import Lang, compile_graphs
+from toolkit.lm.graph import Lang
 from toolkit.lm.kneser_ney import train_kneser_ney
 from toolkit.lm.vocab import normalize_arpa
 from toolkit.score import score_pairs

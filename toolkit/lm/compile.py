@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from toolkit.utils import ToolkitError
 
