@@ -112,6 +112,10 @@ class ExportModule(nn.Module):
 
     def __init__(self, model: nn.Module, normalize: bool):
         super().__init__()
+        if hasattr(model, "freeze_feature_encoder"):
+            # inference only: the CNN's gradient scaling (an autograd Function, identity forward) must
+            # not be traced; freezing takes the same forward without it
+            model.freeze_feature_encoder()
         self.model = model
         self.normalize = normalize
 

@@ -216,13 +216,28 @@ def word_cuts(best: torch.Tensor, tokenizer, lo: int = 0) -> list[tuple[int, int
     return out
 
 
+def blank_cut(best: torch.Tensor, blank: int, lo: int, default: int) -> int:
+    """Middle of the longest run of blank frames at or after `lo` (greedy output unchanged, though a
+    word may be split); `default` when there is none."""
+    b = best.tolist()
+    run, start, found = 0, 0, (0, default)
+    for f in range(lo, len(b)):
+        if b[f] == blank:
+            start, run = (f, 1) if run == 0 else (start, run + 1)
+            if run > found[0]:
+                found = (run, start + run // 2)
+        else:
+            run = 0
+    return found[1]
+
+
 def iter_segments(blocks, tokenizer, max_frames: int) -> Iterator[tuple[int, torch.Tensor]]:
     """Regroup (first frame, (t, V)) blocks into (first frame, (T_seg, V)) segments cut between words.
 
     A segment is cut once it holds `max_frames` frames, at the longest pause among the safe cuts
     (`word_cuts`) in its second half; without one it grows to twice that and is cut at its longest
-    safe pause anywhere, or, with none at all (no word boundary in 2 x max_frames frames), at
-    `max_frames`. Memory holds at most about 2 x max_frames frames.
+    safe pause anywhere, or, with none at all (no word boundary in 2 x max_frames frames), in the
+    longest run of blanks (`blank_cut`: the greedy text is kept, a word may be split in two). Memory holds at most about 2 x max_frames frames.
     """
     buf: list[torch.Tensor] = []
     start = total = 0
@@ -238,7 +253,8 @@ def iter_segments(blocks, tokenizer, max_frames: int) -> Iterator[tuple[int, tor
             if not cuts and total < 2 * max_frames:
                 buf = [whole]
                 break
-            cut = max(cuts, key=lambda c: (c[1], c[0]))[0] if cuts else max_frames
+            cut = max(cuts, key=lambda c: (c[1], c[0]))[0] if cuts else blank_cut(whole.argmax(-1), tokenizer.blank_id,
+                                                                                    max_frames // 2, max_frames)
             yield start, whole[:cut]
             rest = whole[cut:]
             buf, start, total = [rest], start + cut, rest.shape[0]

@@ -96,15 +96,18 @@ def run(args: argparse.Namespace) -> int:
              args.method, device)
 
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     t0 = time.perf_counter()
     with open_search(args, tokenizer, device) as search, \
-            Outputs(formats, args.out_dir) as out, \
-            tqdm(total=round(total_h, 4) or None, unit="h", disable=args.no_progress, dynamic_ncols=True,
+            Outputs(formats, args.out_dir) as out, logging_redirect_tqdm(), \
+            tqdm(total=total_h or None, unit="h", disable=args.no_progress, dynamic_ncols=True,
                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
                             "[{elapsed}<{remaining}{postfix}]", desc="transcribe") as bar:
 
         def progress(seconds: float) -> None:
+            if bar.total is not None and bar.n + seconds / 3600 > bar.total:
+                bar.total = bar.n + seconds / 3600  # files whose length only decoding told
             bar.update(seconds / 3600)
             elapsed = time.perf_counter() - t0
             bar.set_postfix_str(f"RTF {elapsed / max(bar.n * 3600, 1e-9):.3f}", refresh=False)

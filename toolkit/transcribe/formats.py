@@ -9,7 +9,8 @@ Per recording (utterance id `ID`, its text = the segments' texts joined by space
 - `srt`, `vtt`: subtitles, one file per recording (`--out-dir`/srt/ID.srt, /vtt/ID.vtt). Cues are
   runs of words of at most `max_chars` characters (wrapped into lines of at most 42) and
   `max_cue_s` seconds, broken early at pauses longer than `max_gap_s`; a cue spans its first
-  word's start to its last word's end.
+  word's start to its last word's end. Cue text is HTML-escaped (`&lt;unk&gt;`): both formats read
+  `<...>` as markup.
 Without `--out-dir`, text, jsonl and ctm go to standard output as each recording finishes.
 
 Writers get a recording's segments as they are decoded (`begin`, `segment`, `end`) and keep only
@@ -20,6 +21,7 @@ appear complete when the run ends, or not at all.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import sys
@@ -161,7 +163,8 @@ class SubtitleWriter(_Writer):
         if not self.vtt:
             self.buf.write(f"{self.n}\n")
         self.buf.write(f"{_clock(start, sep)} --> {_clock(end, sep)}\n")
-        self.buf.write("\n".join(wrap([x.word for x in self.cue])) + "\n\n")
+        # cue text is markup in both formats (<i>, <c.x>, &amp;): escape, so that `<unk>` stays visible
+        self.buf.write(html.escape("\n".join(wrap([x.word for x in self.cue])), quote=False) + "\n\n")
         self.cue = []
 
     def end(self) -> str:
