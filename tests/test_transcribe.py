@@ -485,6 +485,7 @@ def test_export_hf_loads_in_the_pipeline_with_the_same_transcripts(tmp_path, tin
     assert main(["export", "--checkpoint", str(ckpt), "--to", "hf", str(hf_dir)]) == 1  # exists: --force
 
 
+@pytest.mark.slow  # the dynamo exporter takes about a minute on 2 cores
 def test_export_onnx_runs_in_onnxruntime_with_dynamic_batch_and_length(tmp_path, lang, capsys):
     """A tiny-preset model (Transformer layers, attention masks) through onnxruntime: its greedy text
     from tokens.txt alone is toolkit transcribe's, for a padded batch of three lengths."""
