@@ -146,13 +146,13 @@ def compare(reference: nn.Module, run: Callable[[torch.Tensor, torch.Tensor], tu
         with torch.inference_mode():
             want, want_len = reference(audio, lengths)
         got, got_len = run(audio, lengths)
-        got, got_len = torch.as_tensor(got).float(), torch.as_tensor(got_len).long()
+        got, got_len = torch.as_tensor(got).detach().float(), torch.as_tensor(got_len).long()
         if got.shape != want.shape or not torch.equal(got_len, want_len.long()):
             raise ToolkitError(f"{what}: output shape {tuple(got.shape)} / lengths {got_len.tolist()} differ from "
                                f"PyTorch's {tuple(want.shape)} / {want_len.tolist()}; the export is broken")
         for b in range(audio.shape[0]):
             t = int(want_len[b])
-            worst = max(worst, float((got[b, :t] - want[b, :t]).abs().max()))
+            worst = max(worst, float((got[b, :t] - want[b, :t]).detach().abs().max()))
     if not worst <= tolerance:
         raise ToolkitError(f"{what}: max abs log-prob difference against PyTorch is {worst:.3g}, above the "
                            f"tolerance {tolerance:g}; the export is not kept")
