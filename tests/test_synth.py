@@ -483,3 +483,25 @@ def test_heldout_words_never_in_train_but_in_dev_test_and_lm_text(lang):
     lm_only = set(text.pool) - set(lists["dev"]) - set(lists["test"])
     lm_words = {w for s in lm_only for w in _words(s, lang)}
     assert text.heldout <= lm_words  # an external LM text knows them
+
+
+def test_upper_case_arpa_keeps_every_probability(tmp_path):
+    """An ARPA trained on lower-case text becomes openslr's UPPER-case; KenLM scores agree word for word."""
+    import kenlm
+
+    from toolkit.data.synth_lm import train_arpa, upper_case_arpa
+
+    sentences = [" ".join(s) for s in (["die", "straße", "ist", "lang"], ["the", "dog", "is", "long"],
+                                       ["ο", "σκύλος", "τρέχει"], ["the", "dog", "runs"], ["die", "katze", "ist", "da"])]
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(sentences * 3) + "\n", encoding="utf-8")
+    lower, upper = tmp_path / "lower.arpa", tmp_path / "upper.arpa.gz"
+    train_arpa(text, 3, lower, None)
+    upper_case_arpa(lower, upper)
+    ken_lower, ken_upper = kenlm.Model(str(lower)), kenlm.Model(str(upper))
+    for s in sentences + ["the cat is long", "ο σκύλος ist"]:
+        assert ken_upper.score(s.upper()) == pytest.approx(ken_lower.score(s), abs=1e-5), s
+    assert "STRASSE" in ken_upper and "ΣΚΎΛΟΣ" in ken_upper and "dog" not in ken_upper
+    again = tmp_path / "again.arpa.gz"  # already UPPER-case: only gzipped, same bytes each time
+    upper_case_arpa(upper, again)
+    assert again.read_bytes() == upper.read_bytes()

@@ -62,8 +62,12 @@ def lm_sentences(text: CorpusText, recorded: dict[str, list[tuple[str, ...]]]) -
 
 
 def write_gzip(src: Path, dst: Path) -> None:
-    """gzip `src` into `dst` atomically, with no name or time stamp in the header (same bytes every run)."""
-    with atomic_path(dst) as tmp, open(src, "rb") as f, open(tmp, "wb") as raw, \
+    """gzip `src` (plain or gzipped) into `dst` atomically, with no name or time stamp in the
+    header, so the same content gives the same bytes every run."""
+    from toolkit.lm.arpa import is_gzip
+
+    opener = gzip.open if is_gzip(src) else open
+    with atomic_path(dst) as tmp, opener(src, "rb") as f, open(tmp, "wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         shutil.copyfileobj(f, gz)
 
@@ -120,9 +124,21 @@ def phonemes(words: list[str], voice: str) -> dict[str, str]:
 
 
 def upper_case_arpa(src: Path, dst: Path) -> None:
-    """Copy an ARPA file with every word but <s>, </s>, <unk> UPPER-case, gzipped (deterministic)."""
-    from toolkit.lm.arpa import ArpaModel, read_arpa, write_arpa
+    """Copy an ARPA file with every word but <s>, </s>, <unk> UPPER-case, gzipped (deterministic).
 
+    Trained on the UPPER-case LM text, the file usually is UPPER-case already (its unigrams say
+    so, and every n-gram is made of unigrams): then it is only gzipped.
+    """
+    from toolkit.lm.arpa import ArpaModel, iter_arpa, read_arpa, write_arpa
+
+    lower = False
+    for order, ngram, _, _ in iter_arpa(src):
+        if order > 1:
+            break
+        lower = lower or (ngram[0] not in ARPA_SPECIALS and ngram[0] != ngram[0].upper())
+    if not lower:
+        write_gzip(src, dst)
+        return
     model = read_arpa(src)
     upper = ArpaModel()
     for k, table in enumerate(model.ngrams, start=1):
