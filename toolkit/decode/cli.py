@@ -38,6 +38,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
+    """The `SearchOptions` of the flags of `add_search_arguments`, checked (one-line errors)."""
     opts = SearchOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
                          max_active=args.max_active, min_active=args.min_active, lm_scale=args.lm_scale,
                          num_paths=args.num_paths)
