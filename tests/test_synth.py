@@ -486,7 +486,8 @@ def test_heldout_words_never_in_train_but_in_dev_test_and_lm_text(lang):
 
 
 def test_upper_case_arpa_keeps_every_probability(tmp_path):
-    """An ARPA trained on lower-case text becomes openslr's UPPER-case; KenLM scores agree word for word."""
+    """An ARPA trained on lower-case text becomes openslr's UPPER-case; KenLM scores agree word for word;
+    words that only differ in case cannot be merged silently."""
     import kenlm
 
     from toolkit.data.synth_lm import train_arpa, upper_case_arpa
@@ -502,6 +503,18 @@ def test_upper_case_arpa_keeps_every_probability(tmp_path):
     for s in sentences + ["the cat is long", "ο σκύλος ist"]:
         assert ken_upper.score(s.upper()) == pytest.approx(ken_lower.score(s), abs=1e-5), s
     assert "STRASSE" in ken_upper and "ΣΚΎΛΟΣ" in ken_upper and "dog" not in ken_upper
-    again = tmp_path / "again.arpa.gz"  # already UPPER-case: only gzipped, same bytes each time
-    upper_case_arpa(upper, again)
+    plain = tmp_path / "upper.arpa"  # already UPPER-case: the same bytes again
+    plain.write_bytes(gzip.decompress(upper.read_bytes()))
+    again = tmp_path / "again.arpa.gz"
+    upper_case_arpa(plain, again)
     assert again.read_bytes() == upper.read_bytes()
+    lower_lines = lower.read_text(encoding="utf-8").splitlines()  # only the words changed
+    upper_lines = plain.read_text(encoding="utf-8").splitlines()
+    assert len(lower_lines) == len(upper_lines)
+    assert all(a.split("\t")[0::2] == b.split("\t")[0::2] for a, b in zip(lower_lines, upper_lines) if "\t" in a)
+
+    clash = tmp_path / "clash.arpa"
+    clash.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0\t<s>\n-1.0\tdog\n-1.0\tDog\n\n\\end\\\n",
+                     encoding="utf-8")
+    with pytest.raises(ToolkitError, match="merges two 1-grams into 'DOG'"):
+        upper_case_arpa(clash, tmp_path / "clash.arpa.gz")

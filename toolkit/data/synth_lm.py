@@ -22,10 +22,14 @@ openslr's pruned 3-gram is entropy-pruned (SRILM, threshold 1e-7); `toolkit lm t
 count, so ours drops the bigrams and trigrams seen once: smaller than `3-gram.arpa.gz`, as the
 name promises, but not the same pruning. gzip files carry no time stamp, so a seed gives the
 same bytes.
+
+`toolkit.data` sits below `toolkit.lm` (docs/ARCHITECTURE.md), so the models are trained by the
+`toolkit lm train` command in a child process, as a recipe would, and upper-cased by re-casing
+the word fields of the ARPA text (`upper_case_arpa`: a transform, not a second ARPA reader; the
+tests read the results back with KenLM and `toolkit.lm.arpa.read_arpa`).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import hashlib
@@ -62,12 +66,9 @@ def lm_sentences(text: CorpusText, recorded: dict[str, list[tuple[str, ...]]]) -
 
 
 def write_gzip(src: Path, dst: Path) -> None:
-    """gzip `src` (plain or gzipped) into `dst` atomically, with no name or time stamp in the
-    header, so the same content gives the same bytes every run."""
-    from toolkit.lm.arpa import is_gzip
-
-    opener = gzip.open if is_gzip(src) else open
-    with atomic_path(dst) as tmp, opener(src, "rb") as f, open(tmp, "wb") as raw, \
+    """gzip the plain file `src` into `dst` atomically, with no name or time stamp in the header,
+    so the same content gives the same bytes every run."""
+    with atomic_path(dst) as tmp, open(src, "rb") as f, open(tmp, "wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         shutil.copyfileobj(f, gz)
 
@@ -124,44 +125,51 @@ def phonemes(words: list[str], voice: str) -> dict[str, str]:
 
 
 def upper_case_arpa(src: Path, dst: Path) -> None:
-    """Copy an ARPA file with every word but <s>, </s>, <unk> UPPER-case, gzipped (deterministic).
+    """Write the plain ARPA file `src` to `dst` (gzipped, deterministic) with every word but <s>,
+    </s> and <unk> UPPER-case.
 
-    Trained on the UPPER-case LM text, the file usually is UPPER-case already (its unigrams say
-    so, and every n-gram is made of unigrams): then it is only gzipped.
+    Only the word fields change: in a `\\k-grams:` section an entry is `log10p<TAB>w1 .. wk`
+    with an optional `<TAB>backoff`; the header, the counts and every number are copied as they
+    are. Two n-grams that differ only in case would become one: that is an error (the LM text
+    is UPPER-case already, so it cannot happen unless the trainer changed the words).
     """
-    from toolkit.lm.arpa import ArpaModel, iter_arpa, read_arpa, write_arpa
-
-    lower = False
-    for order, ngram, _, _ in iter_arpa(src):
-        if order > 1:
-            break
-        lower = lower or (ngram[0] not in ARPA_SPECIALS and ngram[0] != ngram[0].upper())
-    if not lower:
-        write_gzip(src, dst)
-        return
-    model = read_arpa(src)
-    upper = ArpaModel()
-    for k, table in enumerate(model.ngrams, start=1):
-        new = {tuple(w if w in ARPA_SPECIALS else w.upper() for w in ngram): entry for ngram, entry in table.items()}
-        if len(new) != len(table):
-            raise ToolkitError(f"{src}: upper-casing merges {len(table) - len(new)} distinct {k}-gram(s); "
-                               "the LM text must already be UPPER-case")
-        upper.ngrams.append(new)
-    plain = src.with_name(src.name + ".upper")
-    write_arpa(upper, plain)
-    write_gzip(plain, dst)
+    order = 0
+    seen: set[tuple[str, ...]] = set()
+    with tempfile.TemporaryDirectory(prefix=".upper-", dir=dst.parent) as tmp_dir:
+        plain = Path(tmp_dir) / "upper.arpa"
+        with open(src, encoding="utf-8") as f, open(plain, "w", encoding="utf-8") as out:
+            for lineno, line in enumerate(f, start=1):
+                text = line.strip()
+                if text.startswith("\\") and text.endswith("-grams:") and text[1:-7].isdigit():
+                    order, seen = int(text[1:-7]), set()
+                elif text == "\\end\\":
+                    order = 0
+                elif order and text:
+                    fields = text.split()
+                    words = tuple(w if w in ARPA_SPECIALS else w.upper() for w in fields[1:1 + order])
+                    if len(words) != order:
+                        raise ToolkitError(f"{src}:{lineno}: a {order}-gram entry with {len(words)} words; "
+                                           "the ARPA file from `toolkit lm train` is corrupt")
+                    if words in seen:
+                        raise ToolkitError(f"{src}:{lineno}: upper-casing merges two {order}-grams into "
+                                           f"{' '.join(words)!r}; the LM text must be UPPER-case")
+                    seen.add(words)
+                    line = "\t".join([fields[0], " ".join(words), *fields[1 + order:]]) + "\n"
+                out.write(line)
+        write_gzip(plain, dst)
 
 
 def train_arpa(text: Path, order: int, out: Path, prune: list[int] | None) -> None:
-    """`toolkit lm train --order N --text T --out O [--prune ...]`, through the command's own parser."""
-    from toolkit.lm import cli as lm_cli
-
-    parser = argparse.ArgumentParser(prog="toolkit lm")
-    lm_cli.add_arguments(parser)
-    argv = ["train", "--order", str(order), "--text", str(text), "--out", str(out)]
+    """`toolkit lm train --order N --text T --out O [--prune ...]` in a child process."""
+    args = ["lm", "train", "--order", str(order), "--text", str(text), "--out", str(out)]
     if prune:
-        argv += ["--prune", *map(str, prune)]
-    lm_cli.run(parser.parse_args(argv))
+        args += ["--prune", *map(str, prune)]
+    proc = external.run_python_module("toolkit.cli", args, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise ToolkitError(f"toolkit lm {' '.join(args[1:])} failed: {last}")
+    done = [line for line in proc.stderr.splitlines() if "wrote" in line]
+    log.info("toolkit lm train: %s", done[-1].split("] ", 1)[-1] if done else out)
 
 
 def write_librispeech_lm(out: Path, texts: dict[str, CorpusText], recorded: dict[str, dict[str, list[tuple[str, ...]]]],
