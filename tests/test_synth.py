@@ -305,6 +305,8 @@ def test_test_set_has_long_utterances_and_words_absent_from_train(ls_long):
         s = summary[lang]["test"]
         assert (s["over_20s"], s["words"], s["oov_words"]) == (len(long), len(tokens), len(oov))
         assert s["max_seconds"] == pytest.approx(max(durations), abs=0.01)
+        line = [x for x in (out / "synth_summary.txt").read_text(encoding="utf-8").splitlines() if x.startswith(f"{lang}: ")]
+        assert len(line) == 1 and f"test: {len(durations)} utterances, {len(long)} over 20 s" in line[0]
 
 
 LM_FILES = ["3-gram.arpa.gz", "3-gram.pruned.1e-7.arpa.gz", "4-gram.arpa.gz", "librispeech-lexicon.txt",

@@ -33,7 +33,8 @@ Common Voice (`--format commonvoice`), 48 kHz mono MP3 (64 kb/s)::
 
 Both: `DIR/synth_summary.json` holds, per language, the minutes per split, the dev/test
 utterances over 20 s and the OOV rate of dev/test against train (and against the LM text);
-the command prints the same, one line per language.
+the command prints the same, one line per language, and writes those lines to
+`DIR/synth_summary.txt`.
 
 Text: per language a pool of sentences (`toolkit.data.synth_text`): `--lm-sentences` unique
 sentences of `toolkit.data.textgen` (word lists plus `num2words`), or the sentences of
@@ -586,7 +587,8 @@ def summary_line(language: str, s: dict) -> str:
 
 
 def write_summary(out: Path, summary: dict[str, dict]) -> None:
-    """Merge this call's languages into DIR/synth_summary.json (a Common Voice tree grows by language)."""
+    """Merge this call's languages into DIR/synth_summary.json (a Common Voice tree grows by
+    language) and write the same as DIR/synth_summary.txt, one `summary_line` per language."""
     path = out / "synth_summary.json"
     merged: dict = {}
     if path.is_file():
@@ -596,6 +598,8 @@ def write_summary(out: Path, summary: dict[str, dict]) -> None:
             log.warning("%s: unreadable; rewriting it with this call's languages", path)
     merged.update(summary)
     atomic_write_text(path, json.dumps(merged, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    atomic_write_text(out / "synth_summary.txt",
+                      "".join(summary_line(lang, s) + "\n" for lang, s in sorted(merged.items())))
 
 
 # ---------------------------------------------------------------------------------------
