@@ -576,7 +576,8 @@ def summary_line(language: str, s: dict) -> str:
     """One line per language for the command's output."""
     parts = [f"{language}: {s['minutes']:.2f} min (target {s['target_minutes']:.2f}, "
              f"{100 * (s['minutes'] / s['target_minutes'] - 1):+.1f}%)"]
-    parts.append(" / ".join(f"{k} {v:.2f}" for k, v in s["split_minutes"].items()) + " min")
+    parts.append(" / ".join(f"{k} {s['split_minutes'][k]:.2f}" for k in ("train", "dev", "test")
+                            if k in s["split_minutes"]) + " min")
     for split in ("dev", "test"):
         if split in s:
             d = s[split]
