@@ -69,3 +69,9 @@ echo "total time: $(( $(date +%s) - t0 )) s"
   --title "Pretrained vs scratch: $heldout_language (held out of pretraining; pretraining on $pretrain_languages), $report_set set" \
   --compare "pretrained=$exp/finetune_tiny_${heldout_language}_char_pretrained" \
             "scratch=$exp/finetune_tiny_${heldout_language}_char_scratch"
+# What the synthetic dev/test sets hold that real ones do: utterances over 20 s, words absent from train.
+summary=$work_dir/download/synthetic-cv/synth_summary.txt
+if [ -f "$summary" ]; then
+  printf '\nSynthetic corpus (toolkit synth-corpus, docs/synthetic.md): %s\n' \
+    "$(grep "^$heldout_language: " "$summary")" >> "$results"
+fi

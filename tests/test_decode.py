@@ -376,6 +376,35 @@ def test_decode_refuses_graphs_of_another_lang_dir(tmp_path, lang, capsys):
     assert "empty file" in capsys.readouterr().err
 
 
+def test_long_utterances_are_decoded_in_windows_and_every_one_is_scored(tmp_path, lang):
+    """An utterance longer than --chunk-above runs alone in overlapping windows (the code of
+    toolkit transcribe): within one window that is exactly the plain forward; with several windows
+    exactly `chunked_log_probs`; and the whole set is scored."""
+    from lhotse import CutSet
+
+    from toolkit.cli import main
+    from toolkit.data.dataset import AudioDataset
+    from toolkit.decode.chunking import ChunkOptions, chunked_log_probs
+
+    ckpt, model, tok, cfg = tiny_checkpoint(tmp_path, lang)
+    cuts_path, cuts = make_cuts(tmp_path, [("ab cab", "xx"), ("ba", "yy"), ("cob ab", "xx")])
+    plain, one_window, windows = tmp_path / "plain", tmp_path / "one", tmp_path / "many"
+    base = ["decode", "--checkpoint", str(ckpt), "--cuts", str(cuts_path), "--method", "greedy"]
+    assert main(base + ["--out-dir", str(plain)]) == 0
+    assert main(base + ["--out-dir", str(one_window), "--chunk-above", "0.5", "--chunk-s", "30"]) == 0
+    assert read_hyps(one_window / "recogs.txt") == read_hyps(plain / "recogs.txt")
+    assert main(base + ["--out-dir", str(windows), "--chunk-above", "0.5", "--chunk-s", "0.4",
+                        "--context-s", "0.1"]) == 0
+    raw = AudioDataset(drop_unfit=False)
+    want = {}
+    for cut in cuts:
+        wav = raw[CutSet.from_cuts([cut])]["audio"][0]
+        lp = chunked_log_probs(model, wav, ChunkOptions(chunk_s=0.4, context_s=0.1), normalize=cfg.normalize)
+        want[cut.id] = greedy_decode(lp[None], None, tok)[0]
+    got = read_hyps(windows / "recogs.txt")
+    assert got == want and len(got) == 3
+
+
 def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, lang, capsys):
     import json
 

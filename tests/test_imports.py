@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "toolkit"
 
 # Lowest first: a part may import only parts to its left (and itself).
-LAYERS = ["utils", "external", "text", "model", "data", "lm", "score", "decode", "train", "cli"]
+LAYERS = ["utils", "external", "text", "model", "data", "lm", "score", "decode", "transcribe", "train", "cli"]
 # The model core proper: imports nothing of the package but toolkit.utils.
 MODEL_CORE = ["config", "presets", "wav2vec2", "masking", "checkpoint", "convert", "fairseq_io"]
 

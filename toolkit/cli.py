@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lm": ("toolkit.lm.cli", "n-gram language models (toolkit lm train ...)"),
     "compile-graph": ("toolkit.lm.compile", "build H, L, G and HLG decoding graphs in a lang dir"),
     "decode": ("toolkit.decode.cli", "decode cuts with a CTC checkpoint (greedy, hlg, hlg-rescore, k2-*)"),
+    "transcribe": ("toolkit.transcribe.cli", "text and word times for audio files, folders, wav.scp or manifests"),
+    "export": ("toolkit.model.export", "a checkpoint as a Hugging Face folder, ONNX or TorchScript model"),
     "score": ("toolkit.score.cli", "WER/CER, error tables and bootstrap intervals for ref/hyp files"),
     "results": ("toolkit.score.results", "collect decode directories into a RESULTS.md table"),
 }

@@ -16,6 +16,7 @@ synth_minutes=3                # synthetic: minutes of audio per language
 synth_finetune_minutes=10      # synthetic: minutes of transcribed train audio of each fine-tuning language
 synth_speakers=10              # synthetic: speakers per language
 synth_nj=2                     # synthetic: parallel synthesis jobs
+synth_text=                    # synthetic: "LANG=FILE ..." sentences (one a line) for languages without a word list
 corpus_dir=                    # an existing Common Voice release (<dir>/<lang>/{train,dev,test}.tsv, clips/)
 release=cv-corpus-13.0-2023-03-09
 languages="de fr es it"        # pretraining languages (unlabelled train audio)
@@ -51,6 +52,7 @@ Options (default):
   --synthetic true|false             synthesise a Common Voice-format corpus ($synthetic)
   --synth-minutes M                  synthetic audio per language ($synth_minutes)
   --synth-finetune-minutes M         synthetic transcribed train audio per fine-tuning language ($synth_finetune_minutes)
+  --synth-text \"LANG=FILE ...\"       synthetic: sentences of languages without a word list (any espeak-ng language)
   --corpus-dir DIR                   existing Common Voice release directory
   --release NAME                     release for lhotse download ($release)
   --languages \"L1 L2 ...\"            pretraining languages ($languages)
@@ -92,13 +94,14 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
       # Pretraining languages get --synth-minutes each; a fine-tuning language gets enough that
       # its train split (80 %) holds --synth-finetune-minutes of transcribed audio.
       pt_only=$(list_minus "$all_languages" "$finetune_languages")
+      text_of() { local e; for e in $synth_text; do case " $* " in *" ${e%%=*} "*) printf ' --text %s' "$e" ;; esac; done; }
       if [ -n "$pt_only" ]; then
         toolkit synth-corpus --format commonvoice --languages "${pt_only// /,}" --out "$corpus_dir" \
-          --minutes-per-language "$synth_minutes" --speakers "$synth_speakers" --nj "$synth_nj"
+          --minutes-per-language "$synth_minutes" --speakers "$synth_speakers" --nj "$synth_nj" $(text_of $pt_only)
       fi
       toolkit synth-corpus --format commonvoice --languages "$(echo $finetune_languages | tr ' ' ,)" --out "$corpus_dir" \
         --minutes-per-language "$(awk -v m="$synth_finetune_minutes" 'BEGIN{print m / 0.8}')" \
-        --speakers "$synth_speakers" --nj "$synth_nj"
+        --speakers "$synth_speakers" --nj "$synth_nj" $(text_of $finetune_languages)
       stage_end
     fi
   elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.corpus-${all_languages// /_}.done"; then

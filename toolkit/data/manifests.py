@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toolkit.data import validate as V
+from toolkit.data.librilight import SPLITS as _LIBRILIGHT
 from toolkit.utils import ToolkitError, atomic_path
 
 log = logging.getLogger("toolkit.data.prepare")
 
-LIBRILIGHT_SPLITS = ("train-10m", "train-1h", "train-10h")  # subsets of train-clean-100, not extra training text
+LIBRILIGHT_SPLITS = tuple(_LIBRILIGHT)  # subsets of train-clean-100, not extra training text
 
 
 def is_training_split(split: str) -> bool:

@@ -42,6 +42,7 @@ from typing import Callable
 from pathlib import Path
 
 from toolkit.data import validate as V
+from toolkit.data.librilight import SPLITS as LIBRILIGHT_PARTS
 from toolkit.data.manifests import (SplitLimits, check_scripts, fail_on_empty, note_kept_whole, remove_stale,
                                      report_overlap, write_cuts)
 from toolkit.model.config import SAMPLE_RATE
@@ -51,8 +52,6 @@ log = logging.getLogger("toolkit.data.prepare")
 
 LIBRISPEECH_PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100",
                      "train-clean-360", "train-other-500", "dev-clean-2", "train-clean-5")
-LIBRILIGHT_PARTS = {"train-10m": ["1h/0"], "train-1h": [f"1h/{i}" for i in range(6)],
-                    "train-10h": [f"1h/{i}" for i in range(6)] + ["9h"]}
 CV_DEFAULT_SPLITS = ("train", "dev", "test")
 
 

@@ -19,10 +19,12 @@ case) is deliberately ignored: this is test data, not a language model of the
 language. Sentences start with a capital letter and end with a full stop, so text
 normalisation has something to undo.
 
-Adding a language = adding `lexicons/<code>.txt` (and an espeak-ng voice for it).
+Adding a language = adding `lexicons/<code>.txt` (and an espeak-ng voice for it); without a
+word list, `toolkit synth-corpus --text LANG=FILE` takes the language's sentences from a file.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +101,7 @@ def load_lexicon(language: str) -> Lexicon:
     if not path.is_file():
         raise ToolkitError(
             f"no word list for language {language!r} ({path}); available: {', '.join(available_languages())}; "
-            "add lexicons/<code>.txt to support another language"
+            f"give its sentences with --text {language}=FILE, or add lexicons/<code>.txt"
         )
     lex = _parse_lexicon_file(path, language)
     if not lex.words["numbers"]:
@@ -123,11 +125,12 @@ class SentenceGenerator:
             order = list(words)
             self.rng.shuffle(order)  # which words are frequent depends on the seed
             weights = [1.0 / (rank + 1) for rank in range(len(order))]  # Zipf, exponent 1
-            self._classes[cls] = (order, weights)
+            # Cumulative once (what random.choices computes from weights on every call).
+            self._classes[cls] = (order, list(itertools.accumulate(weights)))
 
     def _word(self, slot: str) -> str:
-        words, weights = self._classes[_CLASS_OF[slot]]
-        return self.rng.choices(words, weights)[0]
+        words, cum_weights = self._classes[_CLASS_OF[slot]]
+        return self.rng.choices(words, cum_weights=cum_weights)[0]
 
     def sentence(self) -> str:
         """One sentence, capitalised, with commas where the template has them and a full stop."""

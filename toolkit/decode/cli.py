@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from toolkit.data import read_cuts
+from toolkit.decode.chunking import ChunkOptions
 from toolkit.decode.options import SearchOptions
 from toolkit.decode.search import METHODS, WFST_METHODS, decode_cuts, make_searcher
 from toolkit.decode.tuning import TUNING_FILE, choose, parse_grid, read_tuning, score_sweep, sweep_settings, write_sweep
@@ -77,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nj", type=int, default=1, help="worker processes for the CPU WFST search")
     parser.add_argument("--device", default="auto", help="model device: auto, cpu, cuda, cuda:N")
     parser.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per model batch")
+    parser.add_argument("--chunk-above", type=float, default=60.0,
+                        help="utterances longer than this (seconds) run alone in overlapping windows")
+    parser.add_argument("--chunk-s", type=float, default=30.0, help="window length of a chunked utterance (s)")
+    parser.add_argument("--context-s", type=float, default=2.0,
+                        help="context kept on each side of a window's frames (s)")
     parser.add_argument("--key", default=None, help="name of the setting in wer-summary.txt (default: the method)")
     parser.add_argument("--verbose", action="store_true")
 
@@ -154,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
         model = build_model(ckpt).to(device).eval()
         normalize = bool(config_of(ckpt).normalize)
         del ckpt
-        result = decode_cuts(model, cuts, searchers, normalize, device, args.max_duration)
+        chunk = ChunkOptions(chunk_s=args.chunk_s, context_s=args.context_s)
+        chunk.check()
+        result = decode_cuts(model, cuts, searchers, normalize, device, args.max_duration, args.chunk_above, chunk)
 
     out_root = Path(args.out_dir)
     languages = result.languages if any(result.languages.values()) else None

@@ -173,8 +173,12 @@ def batches(cuts: Any, max_duration: float) -> Any:
 
 
 def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher], normalize: bool,
-                device: torch.device, max_duration: float) -> DecodeResult:
-    """Model forward once per batch; every searcher decodes the same log-probs.
+                device: torch.device, max_duration: float, chunk_above: float = 60.0,
+                chunk: Any = None) -> DecodeResult:
+    """Model forward once per batch of at most `max_duration` seconds; every searcher decodes the
+    same log-probs. An utterance longer than `chunk_above` seconds is run alone in overlapping windows
+    (`toolkit.decode.chunking.chunked_log_probs` with `chunk`, a ChunkOptions: the code `toolkit
+    transcribe` uses), so whole test sets decode whatever their longest utterance.
 
     Every cut is decoded (a cut whose audio cannot be used is a ToolkitError naming it, never a
     silent omission). Forward time is shared among a batch's utterances by duration.
@@ -183,17 +187,30 @@ def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher
     from tqdm import tqdm
 
     from toolkit.data.dataset import AudioDataset
+    from toolkit.decode.chunking import ChunkOptions, chunked_log_probs
     from toolkit.score.timing import Timing
 
+    chunk = chunk or ChunkOptions()
+    # the dataset leaves normalisation to the windows of a chunked utterance (per window, as transcribe)
     dataset = AudioDataset(normalize=normalize, drop_unfit=False)
+    raw = AudioDataset(normalize=False, drop_unfit=False)
     result = DecodeResult(hyps={m: {} for m in searchers}, timings={m: Timing(m) for m in searchers})
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    short = [c for c in cuts if c.duration <= chunk_above]
+    long = [[c] for c in cuts if c.duration > chunk_above]
+    if long:
+        log.info("decode: %d utterance(s) longer than %g s run in %g s windows", len(long), chunk_above, chunk.chunk_s)
     with tqdm(total=len(cuts), desc="decode", unit="utt") as bar:
-        for batch in batches(cuts, max_duration):
-            data = dataset[CutSet.from_cuts(batch)]
+        for batch in [*batches(short, max_duration), *long]:
             t0 = time.perf_counter()
-            with torch.inference_mode(), autocast:
-                log_probs, out_lengths = model(data["audio"].to(device), data["lengths"].to(device))
+            if batch[0].duration > chunk_above:
+                data = raw[CutSet.from_cuts(batch)]
+                lp = chunked_log_probs(model, data["audio"][0], chunk, normalize=normalize, device=device)
+                log_probs, out_lengths = lp[None].to(device), torch.tensor([lp.shape[0]], device=device)
+            else:
+                data = dataset[CutSet.from_cuts(batch)]
+                with torch.inference_mode(), autocast:
+                    log_probs, out_lengths = model(data["audio"].to(device), data["lengths"].to(device))
             log_probs = log_probs.float()
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -229,6 +229,23 @@ def _one_epoch(stream: BatchStream, limit: int = 0):  # noqa: ANN202
 # ---------------------------------------------------------------------------------------
 # CTC fine-tuning
 
+def training_language(cfg: TrainConfig, peek: int = 200) -> Optional[str]:
+    """The one language of the fine-tuning data: `data.languages` when it names one, else the
+    supervision language shared by the first `peek` training cuts; None when they differ or say none."""
+    import itertools
+
+    if len(cfg.data.languages) == 1:
+        return str(cfg.data.languages[0])
+    if cfg.data.languages:
+        return None
+    try:
+        cuts = load_cuts(cfg.data.train_cuts, "data.train_cuts")
+        langs = {c.supervisions[0].language for c in itertools.islice(cuts, peek) if c.supervisions}
+    except ToolkitError:
+        return None  # the training stream reports a missing manifest itself
+    return langs.pop() if len(langs) == 1 and None not in langs else None
+
+
 def check_unk_share(cuts, tokenizer, max_share: float, where: str) -> float:  # noqa: ANN001
     """Share of the training targets that the vocabulary turns into `<unk>` (characters or pieces
     it lacks: a lang dir built from other text, foreign script). Logged; above `max_share` a
@@ -278,6 +295,7 @@ class CTCTask(Task):
         self.init_ckpt = load_init(cfg)
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
         self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
+        self.language = training_language(cfg)
         self._frozen: Optional[bool] = None
         check_unk_share(load_cuts(cfg.data.train_cuts, "data.train_cuts"), self.tokenizer, cfg.data.max_unk_share,
                         f"data.train_cuts {' '.join(map(str, cfg.data.train_cuts))}")
@@ -286,7 +304,10 @@ class CTCTask(Task):
         return self.model_cfg
 
     def vocab(self) -> dict:
-        return self.tokenizer.to_dict()
+        """The checkpoint's "vocab" entry: the tokenizer's, plus "language", the ISO code whose
+        `normalize_text` rules the training text followed (None when several or unknown), so that
+        `toolkit transcribe` / `toolkit export` know the form of the model's output."""
+        return {**self.tokenizer.to_dict(), "language": self.language}
 
     def build_model(self) -> torch.nn.Module:
         from toolkit.model.wav2vec2 import Wav2Vec2ForCTC

@@ -1,0 +1,131 @@
+"""`toolkit transcribe --checkpoint CKPT [--method M] [--lang-dir L] [--format F] [--out-dir D] INPUT...`
+
+Text (and word times) for audio files, folders, Kaldi wav.scp files and Lhotse manifests with a
+fine-tuned CTC checkpoint. The checkpoint alone is enough for `--method greedy` (it carries its
+vocabulary and the language its text was normalised for); `--lang-dir` adds the graphs of
+`hlg` / `hlg-rescore` / `k2-*`. Recordings of any length: long ones run in overlapping windows
+(`--chunk-s`, `--context-s`) and are searched in segments cut between words (`--max-segment-s`);
+short ones are batched by total duration (`--max-duration`). See toolkit/transcribe/*.py for the
+contracts, docs/ARCHITECTURE.md for the summary.
+
+Exit status: 0 when every input was transcribed; 1 when some failed (each named on one line in
+the log, listed in `--out-dir`/failed.txt; the others are still transcribed) or on a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from toolkit.utils import ToolkitError, atomic_write_text, resolve_device
+
+log = logging.getLogger("toolkit.transcribe")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from toolkit.transcribe.formats import FORMATS
+    from toolkit.transcribe.search import add_search_arguments
+
+    parser.add_argument("--checkpoint", required=True, help="fine-tuned CTC checkpoint (best.pt, averaged model, ...)")
+    add_search_arguments(parser)
+    parser.add_argument("--format", default="text",
+                        help=f"comma-separated output formats: {', '.join(FORMATS)} (default: text)")
+    parser.add_argument("--out-dir", help="write text, transcripts.jsonl, ctm, srt/ID.srt, vtt/ID.vtt here "
+                                          "(default: one format to standard output)")
+    parser.add_argument("--device", default="auto", help="model device: auto, cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="model precision (auto: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--max-duration", type=float, default=200.0,
+                        help="seconds of audio per batch of short recordings")
+    parser.add_argument("--chunk-s", type=float, default=30.0,
+                        help="model window for long recordings (shorter ones are one window)")
+    parser.add_argument("--context-s", type=float, default=2.0,
+                        help="audio each window sees beyond the frames it contributes, on each side")
+    parser.add_argument("--batch-windows", type=int, default=None,
+                        help="windows of a long recording per forward (default: 1 on CPU, 8 on CUDA)")
+    parser.add_argument("--max-segment-s", type=float, default=30.0,
+                        help="long recordings are searched and aligned in segments of about this length, "
+                             "cut between words")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="audio files, folders (recursive), Kaldi wav.scp files, Lhotse cut/recording manifests")
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
+    from toolkit.text.tokenizer import Tokenizer
+    from toolkit.transcribe.audio import collect_inputs, probe_duration
+    from toolkit.decode.chunking import ChunkOptions
+    from toolkit.transcribe.formats import Outputs, parse_formats
+    from toolkit.transcribe.search import open_search
+    from toolkit.transcribe.transcriber import TranscribeOptions, Transcriber
+
+    formats = parse_formats(args.format)
+    if args.out_dir is None and len(formats) > 1:
+        raise ToolkitError(f"--format {args.format}: several formats need --out-dir (standard output takes one)")
+    if args.max_duration <= 0 or args.max_segment_s <= 0:
+        raise ToolkitError("--max-duration and --max-segment-s must be positive")
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt["kind"] != "ctc":
+        raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; "
+                           "fine-tune it first (toolkit finetune)")
+    vocab = ckpt.get("vocab")
+    tokenizer = Tokenizer.from_dict(vocab)
+    language = vocab.get("language") if isinstance(vocab, dict) else None
+    device = resolve_device(args.device)
+    chunk = ChunkOptions(args.chunk_s, args.context_s,
+                         args.batch_windows or (8 if device.type == "cuda" else 1))
+    opts = TranscribeOptions(chunk=chunk, max_duration=args.max_duration, max_segment_s=args.max_segment_s,
+                             dtype=args.dtype)
+    chunk.check()
+    items, failed = collect_inputs(args.inputs)
+    for source, message in failed:
+        log.error("skipped: %s", message)
+    if not items and failed:
+        raise ToolkitError(f"none of the {len(args.inputs)} input(s) could be used (each named above)")
+
+    model = build_model(ckpt).to(device).eval()
+    normalize = bool(config_of(ckpt).normalize)
+    del ckpt
+    known = [d for d in (probe_duration(it) for it in items) if d is not None]
+    total_h = sum(known) / 3600
+    log.info("transcribe: %d recording(s)%s, method %s, device %s", len(items),
+             f", {total_h:.2f} h of audio" + (" known from headers" if len(known) < len(items) else ""),
+             args.method, device)
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    t0 = time.perf_counter()
+    with open_search(args, tokenizer, device) as search, \
+            Outputs(formats, args.out_dir) as out, logging_redirect_tqdm(), \
+            tqdm(total=total_h or None, unit="h", disable=args.no_progress, dynamic_ncols=True,
+                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
+                            "[{elapsed}<{remaining}{postfix}]", desc="transcribe") as bar:
+
+        def progress(seconds: float) -> None:
+            if bar.total is not None and bar.n + seconds / 3600 > bar.total:
+                bar.total = bar.n + seconds / 3600  # files whose length only decoding told
+            bar.update(seconds / 3600)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix_str(f"RTF {elapsed / max(bar.n * 3600, 1e-9):.3f}", refresh=False)
+
+        transcriber = Transcriber(model, tokenizer, search, device, normalize, opts, language)
+        stats = transcriber.run(items, out, progress)
+    failed += stats.failed
+    rtf = stats.compute_seconds / stats.audio_seconds if stats.audio_seconds else float("nan")
+    log.info("transcribe: %d recording(s), %.3f h of audio in %.1f s (RTF %.4f)%s", stats.done,
+             stats.audio_seconds / 3600, stats.compute_seconds, rtf,
+             f" -> {args.out_dir}" if args.out_dir else "")
+    failed_txt = Path(args.out_dir) / "failed.txt" if args.out_dir else None
+    if failed_txt is not None and failed_txt.exists() and not failed:
+        failed_txt.unlink()  # from an earlier run of the same out dir
+    if failed:
+        if failed_txt is not None:
+            atomic_write_text(failed_txt, "".join(f"{src}\t{msg}\n" for src, msg in failed))
+        raise ToolkitError(f"{len(failed)} input(s) failed (each named above"
+                           f"{'; listed in ' + args.out_dir + '/failed.txt' if args.out_dir else ''}); "
+                           f"the other {stats.done} were transcribed")
+    return 0
