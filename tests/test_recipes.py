@@ -263,30 +263,46 @@ def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr
     assert_all_skipped(again.stdout, range(0, 7))
-    # The same LMs in openslr's format (UPPER-case, gzipped, with an UPPER-case lexicon) through
-    # --lm-dir, as a tagged second LM on the same model: the graphs and the WERs are the same.
-    lm_dir = tmp_path / "openslr_lm"
-    lm_dir.mkdir()
+    # --lm-source auto took the synthetic corpus's openslr-format LM files (UPPER-case, download/
+    # synthetic-librispeech/lm): the lexicon's words joined the lang dir (test words training lacks)
+    # and the HLG recognises words (no empty graph).
+    lm_dir = tmp_path / "download" / "synthetic-librispeech" / "lm"
+    assert (lm_dir / "3-gram.arpa.gz").is_file() or (lm_dir / "3-gram.pruned.1e-7.arpa.gz").is_file()
+    train_words = {w for s in (tmp_path / "data" / "lang_char" / "transcript_words.txt").read_text().split("\n")
+                   for w in s.split()}
+    lexicon_words = {ln.split()[0] for ln in (tmp_path / "data" / "lang_char" / "words.txt").read_text().splitlines()}
+    assert len(lexicon_words - train_words) > 10
+    hyps = (hlg / "recogs.txt").read_text()
+    assert "hyp=['" in hyps  # some hypothesis has words
+    vocab_section = (tmp_path / "RESULTS.md").read_text().split("## Vocabulary and LM weights")[1]
+    assert "finetune_tiny_10m_char/test-clean/hlg|" in vocab_section
+    # The in-domain LM on the same model (--lm-tag indomain: its own graphs and decode dirs), then the
+    # same LMs rewritten in openslr's format (UPPER-case, gzipped, an UPPER-case lexicon) through
+    # --lm-dir: graphs and WERs equal to the in-domain ones.
+    r = bash(f"{run} {opts} --stage 2 --lm-source transcripts --lm-tag indomain")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for n in (4, 5):  # the same model
+        assert re.search(rf"^stage {n}: .*already done, skipping$", r.stdout, re.M), r.stdout
+    twin_dir = tmp_path / "openslr_twin"
+    twin_dir.mkdir()
     for order, name in ((3, "3-gram.arpa.gz"), (4, "4-gram.arpa.gz")):
         with gzip.open(tmp_path / "data" / "lm" / f"transcripts_{order}gram.arpa.gz", "rt", encoding="utf-8") as f:
             text = f.read()
         upper = "\n".join("\t".join([p[0], " ".join(w if w in ("<s>", "</s>") else w.upper() for w in p[1].split()),
                                        *p[2:]]) if len(p := line.split("\t")) >= 2 else line
                           for line in text.splitlines())
-        with gzip.open(lm_dir / name, "wt", encoding="utf-8") as f:
+        with gzip.open(twin_dir / name, "wt", encoding="utf-8") as f:
             f.write(upper + "\n")
-    words = [ln.split()[0] for ln in (tmp_path / "data" / "lang_char" / "words.txt").read_text().splitlines()]
-    (lm_dir / "librispeech-lexicon.txt").write_text(
+    words = [ln.split()[0] for ln in (tmp_path / "data" / "lang_char_indomain" / "words.txt").read_text().splitlines()]
+    (twin_dir / "librispeech-lexicon.txt").write_text(
         "".join(f"{w.upper()}\tAH\n" for w in words if not w.startswith(("<", "#"))), encoding="utf-8")
-    r = bash(f"{run} {opts} --stage 2 --lm-source official --lm-dir {lm_dir} --lm-tag official")
+    r = bash(f"{run} {opts} --stage 2 --lm-source official --lm-dir {twin_dir} --lm-tag twin")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for n in (4, 5):  # the same model
-        assert re.search(rf"^stage {n}: .*already done, skipping$", r.stdout, re.M), r.stdout
     rows = wer_rows(tmp_path / "RESULTS.md")
     for t in ("dev-clean", "test-clean"):
         for m in ("greedy", "hlg"):
-            assert rows[f"finetune_tiny_10m_char/{t}_official/{m}"] == rows[f"finetune_tiny_10m_char/{t}/{m}"], (t, m)
-    assert "official/hlg|" in (tmp_path / "RESULTS.md").read_text().split("## Vocabulary and LM weights")[1]
+            assert rows[f"finetune_tiny_10m_char/{t}_twin/{m}"] == rows[f"finetune_tiny_10m_char/{t}_indomain/{m}"], (t, m)
+    assert "twin/hlg|" in (tmp_path / "RESULTS.md").read_text().split("## Vocabulary and LM weights")[1]
 
 
 @pytest.mark.slow
