@@ -15,7 +15,7 @@ from pathlib import Path
 
 from toolkit.data import read_cuts
 from toolkit.decode.options import SearchOptions
-from toolkit.decode.search import METHODS, decode_cuts, make_searcher
+from toolkit.decode.search import METHODS, RESCORE_METHODS, decode_cuts, make_searcher
 from toolkit.utils import ToolkitError, resolve_device
 
 log = logging.getLogger("toolkit.decode")
@@ -32,15 +32,32 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-active", type=int, default=d.max_active, help="most active states per frame")
     parser.add_argument("--min-active", type=int, default=d.min_active, help="fewest active states per frame")
     parser.add_argument("--lm-scale", type=float, default=d.lm_scale, help="weight of the rescoring LM")
+    parser.add_argument("--lm-scales", default=None,
+                        help="k2 rescoring methods: also score these comma-separated LM scales, all from the same "
+                             "lattice, into <method>/lm_scale_<s>/ and <method>/lm-scales.json (e.g. 0.3,0.5,0.7,1.0)")
+    parser.add_argument("--lm-scale-from", default=None, metavar="DEV_METHOD_DIR",
+                        help="use the best LM scale recorded in DEV_METHOD_DIR/lm-scales.json (a --lm-scales "
+                             "decoding of the dev set) instead of --lm-scale")
     parser.add_argument("--num-paths", type=int, default=d.num_paths,
                         help="n-best rescoring with the N best word sequences (default: hlg-rescore the whole "
                              "lattice, k2-nbest-rescore 100; 0 = whole lattice, hlg-rescore only)")
+    parser.add_argument("--nbest-scale", type=float, default=d.nbest_scale,
+                        help="k2-nbest-rescore: lattice scores are scaled by this before sampling the paths")
 
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
+    from toolkit.decode.lm_scales import best_lm_scale, parse_scales
+
+    lm_scale = args.lm_scale
+    if getattr(args, "lm_scale_from", None):
+        if lm_scale != SearchOptions.lm_scale:
+            raise ToolkitError("give either --lm-scale or --lm-scale-from, not both")
+        lm_scale = best_lm_scale(args.lm_scale_from)
+        log.info("LM scale %g: the best in %s", lm_scale, args.lm_scale_from)
     opts = SearchOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
-                         max_active=args.max_active, min_active=args.min_active, lm_scale=args.lm_scale,
-                         num_paths=args.num_paths)
+                         max_active=args.max_active, min_active=args.min_active, lm_scale=lm_scale,
+                         num_paths=args.num_paths, nbest_scale=args.nbest_scale,
+                         lm_scales=parse_scales(getattr(args, "lm_scales", None)))
     opts.check()
     return opts
 
@@ -75,6 +92,22 @@ def parse_methods(args: argparse.Namespace) -> tuple[list[str], bool]:
     return [args.method or "greedy"], False
 
 
+def write_lm_scale_sweep(out_dir: Path, method: str, opts: SearchOptions, result, languages) -> None:
+    """Score every LM scale of the sweep into out_dir/lm_scale_<s>/ and record them (lm-scales.json)."""
+    from toolkit.decode.lm_scales import write_sweep
+    from toolkit.decode.options import lm_scale_key
+    from toolkit.score import write_reports
+
+    reports = {}
+    for scale in opts.lm_scales:
+        key = lm_scale_key(scale)
+        reports[scale] = write_reports(out_dir / key, result.refs, result.alternatives[method][key], f"{method} {key}",
+                                       languages=languages)
+    best = write_sweep(out_dir, reports)
+    log.info("decode: %s: best LM scale on this set %g (WER %.2f%%); see %s/lm-scales.json", method, best,
+             reports[best].wer.rate, out_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
     from toolkit.score import write_reports
@@ -82,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     methods, subdirs = parse_methods(args)
     opts = search_options(args)
+    if opts.lm_scales and not set(methods) & set(RESCORE_METHODS):
+        raise ToolkitError(f"--lm-scales: only the k2 rescoring methods ({', '.join(RESCORE_METHODS)}) sweep LM scales")
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] != "ctc":
         raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; fine-tune it first")
@@ -105,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         summary = result.timings[m].summary()
         write_reports(out_dir, result.refs, result.hyps[m], args.key or m, languages=languages, timing=summary)
         result.timings[m].write(out_dir / "timing.txt")
+        if result.alternatives.get(m):
+            write_lm_scale_sweep(out_dir, m, opts, result, languages)
         log.info("decode: %s -> %s (RTF %.4f: forward %.1f s + search %.1f s over %.1f s of audio)", m, out_dir,
                  summary["rtf"], summary["forward_seconds"], summary["search_seconds"], summary["audio_seconds"])
     return 0

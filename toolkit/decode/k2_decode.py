@@ -1,24 +1,37 @@
-"""CTC decoding with k2 (optional; GPU when the graph and log-probs live there).
+"""CTC decoding with k2 (optional): a batch of utterances at once, on the GPU or the CPU.
 
 - ``k2-ctc``: intersection with ``k2.ctc_topo`` (no lexicon, no LM), best path -> tokens.
 - ``k2-hlg``: intersection with the k2 HLG (toolkit.lm.k2_graph), best path -> words.
-- ``k2-nbest-rescore``: the k2 HLG lattice, its LM scores replaced by a larger LM's over the
-  ``num_paths`` best distinct word sequences (on CPU with kaldifst, shared with ``hlg-rescore``).
+- ``k2-nbest-rescore``: the HLG lattice, ``num_paths`` paths sampled from it with ``k2.Nbest``
+  (their distinct word sequences), each scored by its best acoustic path in the lattice and by the
+  rescoring G (``G_<n>gram.pt``); the best ``acoustic / lm_scale + LM`` wins.
+- ``k2-whole-lattice-rescore``: the HLG lattice's first-pass LM scores replaced by the rescoring G
+  over the whole lattice (``k2.intersect_device`` with G, ``k2.top_sort``, ``k2.shortest_path``).
 
-Decoding follows k2's documented API: ``k2.DenseFsaVec(log_probs, supervision_segments)``, then
+Both rescoring methods score every LM scale of ``SearchOptions.lm_scales`` from the same lattice
+(icefall's ``lm_scale_list``); the hypothesis at ``lm_scale`` is the result, the others are its
+``alternatives``. Where rescoring leaves no path (the rescoring LM lacks a word of every
+hypothesis), the first-pass best path is kept, as ``hlg-rescore`` does.
+
+A batch is one ``k2.DenseFsaVec`` (supervision segments longest first, as k2 wants) and one
 ``k2.intersect_dense_pruned(graph, dense, search_beam, output_beam, min_active_states,
-max_active_states)`` and ``k2.shortest_path(lattice, use_double_scores=True)``.
+max_active_states)``; the graph and the log-probs live on the searcher's device.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import torch
 
-from toolkit.decode.options import DEFAULT_K2_NBEST, Hypothesis, SearchOptions
+from toolkit.decode.options import DEFAULT_K2_NBEST, Hypothesis, SearchOptions, lm_scale_key
+from toolkit.decode.search import RESCORE_METHODS
 from toolkit.lm.k2_graph import import_k2
 from toolkit.utils import ToolkitError
+
+log = logging.getLogger("toolkit.decode")
+
 
 
 def get_lattice(graph, log_probs: torch.Tensor, lengths: torch.Tensor, opts: SearchOptions):
@@ -47,31 +60,105 @@ def path_labels(fsa) -> list[int]:
     return [int(x) for x in values.tolist() if x > 0]
 
 
-def best_paths(lattice, order: list[int], batch_size: int) -> list[list[int]]:
-    """Output labels of the best path of each utterance, in batch order ([] where none)."""
-    out: list[list[int]] = [[] for _ in range(batch_size)]
-    if lattice is None:
-        return out
+def best_word_paths(lattice) -> list[list[int] | None]:
+    """Output labels of each FSA's best path (None where the FSA has no path), in lattice order."""
     k2 = import_k2()
     best = k2.shortest_path(lattice, use_double_scores=True)
+    arcs_per_fsa = best.arcs.shape().remove_axis(1).row_splits(1).diff()  # 0: no path survived
+    return [path_labels(best[j]) if int(arcs_per_fsa[j]) > 0 else None for j in range(best.shape[0])]
+
+
+def in_batch_order(per_fsa: list, order: list[int], batch_size: int, fallback: list | None = None) -> list[list[int]]:
+    """Per-lattice-FSA results back in batch order; ``[]`` (or ``fallback``'s entry) where None / absent."""
+    out: list[list[int]] = [[] for _ in range(batch_size)]
     for j, b in enumerate(order):
-        out[b] = path_labels(best[j])
+        got = per_fsa[j]
+        if got is None:
+            got = (fallback[j] if fallback is not None else None) or []
+        out[b] = got
     return out
 
 
-def lattice_word_fst(lat, lm_scale: float):
-    """A k2 lattice (one utterance) as a kaldifst word acceptor costing acoustics / lm_scale.
+def acoustic_only(lattice):
+    """A copy of the lattice whose scores are the acoustic part only (first-pass LM scores removed)."""
+    lat = lattice.clone()
+    lat.scores = lattice.scores - lattice.lm_scores
+    del lat.lm_scores
+    return lat
 
-    The first-pass LM part is taken out through ``lm_scores``, which the graph carried into the
-    lattice (set before the intersection).
+
+def nbest_rescore(lattice, G, num_paths: int, nbest_scale: float, lm_scales: list[float]) -> dict[float, list]:
+    """n-best rescoring: for each scale, the word ids of the best sequence per lattice FSA (None: none).
+
+    ``lattice`` must carry ``lm_scores`` (the first-pass LM part of its scores); ``G`` is the
+    rescoring acceptor over words (`toolkit.lm.k2_graph.load_k2_rescore_grammar`, no self-loops).
+    The distinct word sequences come from ``k2.Nbest.from_lattice`` (``num_paths`` sampled paths);
+    each gets the acoustic score of its best path through the lattice (the lattice with only its
+    acoustic scores, inverted to words, intersected with the sequence) and its LM score under G
+    (best path, i.e. the tropical score over back-off choices, as kaldifst's n-best rescoring).
     """
-    from kaldifst.utils.k2_converter import k2_to_openfst
+    k2 = import_k2()
+    nbest = k2.Nbest.from_lattice(lattice, num_paths=num_paths, use_double_scores=True, nbest_scale=nbest_scale)
+    # word ids of each kept path: [path][word]
+    aux = nbest.fsa.aux_labels
+    shape = nbest.fsa.arcs.shape().remove_axis(1)
+    if isinstance(aux, torch.Tensor):
+        words = k2.RaggedTensor(shape, aux.contiguous())
+    else:  # ragged [arc][word]: [path][arc][word] -> [path][word]
+        words = k2.RaggedTensor(shape.compose(aux.shape), aux.values).remove_axis(1)
+    words = words.remove_values_leq(0)
+    path_to_fsa = nbest.shape.row_ids(1)
+    word_fsas = k2.add_epsilon_self_loops(k2.linear_fsa(words))  # on the device of `words`
 
-    from toolkit.decode.wfst import word_fst_from_text
+    inv = k2.arc_sort(k2.invert(acoustic_only(lattice)))
+    am_lat = k2.top_sort(k2.connect(k2.intersect_device(inv, word_fsas, b_to_a_map=path_to_fsa, sorted_match_a=True)))
+    am = am_lat.get_tot_scores(use_double_scores=True, log_semiring=False)
+    lm_lat = k2.top_sort(k2.connect(k2.intersect_device(G, word_fsas, b_to_a_map=torch.zeros_like(path_to_fsa),
+                                                        sorted_match_a=True)))
+    lm = lm_lat.get_tot_scores(use_double_scores=True, log_semiring=False)
 
-    lat = lat.to("cpu")
-    lat.scores = (lat.scores - lat.lm_scores) / lm_scale
-    return word_fst_from_text(k2_to_openfst(lat, olabels="aux_labels").to_str(), float)
+    seqs = words.tolist()
+    splits = nbest.shape.row_splits(1).tolist()
+    out: dict[float, list] = {}
+    for scale in lm_scales:
+        total = (am / scale + lm).cpu()
+        best: list = []
+        for j in range(len(splits) - 1):
+            lo, hi = splits[j], splits[j + 1]
+            if hi == lo or not torch.isfinite(total[lo:hi]).any():
+                best.append(None)
+                continue
+            best.append(seqs[lo + int(torch.argmax(total[lo:hi]))])
+        out[scale] = best
+    return out
+
+
+def whole_lattice_rescore(lattice, G_loops, lm_scales: list[float]) -> dict[float, list]:
+    """Whole-lattice rescoring: for each scale, the word ids of the best rescored path per FSA (None: none).
+
+    The lattice's first-pass LM scores are taken out, its arcs inverted to words and intersected
+    with ``G_loops`` (the rescoring G with epsilon self-loops, so the lattice's word-less arcs pass
+    it; `toolkit.lm.k2_graph.load_k2_rescore_grammar`), which brings the new ``lm_scores``.
+    """
+    k2 = import_k2()
+    inv = k2.invert(acoustic_only(lattice))
+    b_to_a = torch.zeros(inv.shape[0], dtype=torch.int32, device=inv.device)
+    try:
+        rescored = k2.intersect_device(G_loops, inv, b_to_a_map=b_to_a, sorted_match_a=True)
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        # icefall's remedy: keep the arcs with a posterior above 1e-5 and try once more
+        log.warning("whole-lattice rescoring ran out of memory (%d arcs); pruning the lattice", inv.num_arcs)
+        inv = k2.prune_on_arc_post(inv, 1e-5, True)
+        rescored = k2.intersect_device(G_loops, inv, b_to_a_map=b_to_a, sorted_match_a=True)
+    lat = k2.invert(k2.top_sort(k2.connect(rescored)))
+    am = lat.scores - lat.lm_scores
+    out: dict[float, list] = {}
+    for scale in lm_scales:
+        lat.scores = am / scale + lat.lm_scores
+        out[scale] = best_word_paths(lat)
+    return out
 
 
 class K2Search:
@@ -88,22 +175,25 @@ class K2Search:
         self.num_paths = opts.num_paths if opts.num_paths is not None else DEFAULT_K2_NBEST
         if method == "k2-nbest-rescore" and self.num_paths < 1:
             raise ToolkitError(f"--num-paths {opts.num_paths}: k2-nbest-rescore rescores the N best paths, N >= 1")
+        # the scale of the result first, then the others of the sweep
+        self.lm_scales = list(dict.fromkeys([opts.lm_scale, *opts.lm_scales])) if method in RESCORE_METHODS else []
         self.lang = None
         self.G = None
         if method == "k2-ctc":
-            self.graph = k2_ctc_topo(tokenizer.vocab_size, device=device)
+            self.graph = k2_ctc_topo(tokenizer.vocab_size, device=self.device)
             return
-        self._load_hlg(lang_dir)
+        self._load_graphs(lang_dir)
 
-    def _load_hlg(self, lang_dir: Path) -> None:
-        from toolkit.lm.graph import Lang, checked_graph, read_fst, remove_backoff_disambig, rescore_grammar_path
-        from toolkit.lm.k2_graph import load_k2_hlg
+    def _load_graphs(self, lang_dir: Path) -> None:
+        from toolkit.lm.graph import Lang, checked_graph
+        from toolkit.lm.k2_graph import load_k2_hlg, load_k2_rescore_grammar
 
         self.lang = Lang.load(lang_dir)
         self.graph = load_k2_hlg(checked_graph(lang_dir, "HLG.pt"), self.device)
-        if self.method == "k2-nbest-rescore":
-            G = read_fst(rescore_grammar_path(lang_dir))
-            self.G = remove_backoff_disambig(G, self.lang.words["#0"])
+        if self.method in RESCORE_METHODS:
+            self.G = load_k2_rescore_grammar(lang_dir, self.device,
+                                             epsilon_loops=self.method == "k2-whole-lattice-rescore")
+            # HLG's scores are G's (H and L carry none): the lattice keeps them apart as lm_scores
             self.graph.lm_scores = self.graph.scores.clone()
 
     def __enter__(self):
@@ -112,26 +202,43 @@ class K2Search:
     def __exit__(self, *exc):
         return None
 
-    def decode_ids(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-        """Token ids (k2-ctc) or word ids (k2-hlg, k2-nbest-rescore) per utterance."""
+    def decode_scales(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> dict[float, list[list[int]]]:
+        """Token ids (k2-ctc) or word ids per utterance, for each LM scale of the search (one entry,
+        ``lm_scale``, for the methods without rescoring)."""
+        batch_size = log_probs.shape[0]
         lattice, order = get_lattice(self.graph, log_probs.to(self.device), lengths, self.opts)
-        out = best_paths(lattice, order, log_probs.shape[0])
-        if self.method == "k2-nbest-rescore" and lattice is not None:
-            from toolkit.decode.wfst import rescore_word_fst
+        scales = self.lm_scales or [self.opts.lm_scale]
+        if lattice is None:
+            return {s: [[] for _ in range(batch_size)] for s in scales}
+        first = best_word_paths(lattice)
+        if self.method not in RESCORE_METHODS:
+            return {scales[0]: in_batch_order(first, order, batch_size)}
+        if self.method == "k2-nbest-rescore":
+            per_scale = nbest_rescore(lattice, self.G, self.num_paths, self.opts.nbest_scale, scales)
+        else:
+            per_scale = whole_lattice_rescore(lattice, self.G, scales)
+        return {s: in_batch_order(per_scale[s], order, batch_size, fallback=first) for s in scales}
 
-            for j, b in enumerate(order):
-                rescored = rescore_word_fst(lattice_word_fst(lattice[j], self.opts.lm_scale), self.G,
-                                            self.num_paths)
-                if rescored is not None:
-                    out[b] = rescored
-        return out
+    def decode_ids(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Token ids (k2-ctc) or word ids per utterance at the search's ``lm_scale``."""
+        return next(iter(self.decode_scales(log_probs, lengths).values()))
+
+    def _text(self, ids: list[int]) -> str:
+        if self.method == "k2-ctc":
+            return self.tokenizer.decode(ids)
+        return " ".join(self.lang.words_of(ids))
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         t0 = time.perf_counter()
-        ids = self.decode_ids(log_probs, lengths)
+        per_scale = self.decode_scales(log_probs, lengths)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        per = (time.perf_counter() - t0) / max(len(ids), 1)
-        if self.method == "k2-ctc":
-            return [Hypothesis(self.tokenizer.decode(x), per) for x in ids]
-        return [Hypothesis(" ".join(self.lang.words_of(x)), per) for x in ids]
+        per = (time.perf_counter() - t0) / max(log_probs.shape[0], 1)
+        results = list(per_scale.values())
+        hyps = [Hypothesis(self._text(ids), per) for ids in results[0]]
+        if len(self.opts.lm_scales) > 0 and self.method in RESCORE_METHODS:
+            for scale, ids_list in per_scale.items():
+                if scale in self.opts.lm_scales:
+                    for hyp, ids in zip(hyps, ids_list):
+                        hyp.alternatives[lm_scale_key(scale)] = self._text(ids)
+        return hyps

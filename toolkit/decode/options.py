@@ -1,11 +1,16 @@
 """What every decoding backend (kaldi-decoder, k2) shares: the search options and the result type."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from toolkit.utils import ToolkitError
 
 DEFAULT_K2_NBEST = 100  # paths of k2-nbest-rescore when num_paths is not given
+
+
+def lm_scale_key(scale: float) -> str:
+    """The name of one LM scale's result (``lm_scale_0.7``): a Hypothesis alternative and a directory."""
+    return f"lm_scale_{scale:g}"
 
 
 @dataclass
@@ -21,7 +26,13 @@ class SearchOptions:
     - ``lm_scale``: weight of the rescoring LM against the scaled acoustics (rescoring methods).
     - ``num_paths``: n-best rescoring with the N best distinct word sequences; None = the method's
       default (``hlg-rescore``: the whole lattice; ``k2-nbest-rescore``: 100). 0 = whole lattice
-      (``hlg-rescore`` only).
+      (``hlg-rescore`` only). ``k2-nbest-rescore`` samples ``num_paths`` paths of the lattice
+      (``k2.Nbest.from_lattice``, deterministic) and keeps their distinct word sequences.
+    - ``nbest_scale``: k2-nbest-rescore: the lattice scores are multiplied by it before sampling
+      (smaller: more distinct sequences; icefall's ``nbest_scale``).
+    - ``lm_scales``: rescoring methods of k2: also the best path at each of these LM scales, all
+      from the same lattice (icefall's ``lm_scale_list``); returned as `Hypothesis.alternatives`
+      under `lm_scale_key(scale)`, so a dev set can choose the scale for the test set.
     """
 
     acoustic_scale: float = 1.0
@@ -31,6 +42,8 @@ class SearchOptions:
     min_active: int = 20
     lm_scale: float = 1.0
     num_paths: int | None = None
+    nbest_scale: float = 0.5
+    lm_scales: tuple[float, ...] = ()
 
     def check(self) -> None:
         """One-line ToolkitError for values no search can use."""
@@ -40,11 +53,20 @@ class SearchOptions:
             raise ToolkitError(f"--max-active {self.max_active} must be at least min-active {self.min_active} (>= 1)")
         if self.num_paths is not None and self.num_paths < 0:
             raise ToolkitError(f"--num-paths {self.num_paths}: must be >= 0")
+        if self.nbest_scale <= 0:
+            raise ToolkitError(f"--nbest-scale {self.nbest_scale}: must be positive")
+        if any(s <= 0 for s in self.lm_scales):
+            raise ToolkitError(f"--lm-scales {','.join(f'{s:g}' for s in self.lm_scales)}: every scale must be positive")
 
 
 @dataclass
 class Hypothesis:
-    """One utterance's result: its words and the search time spent on it (seconds)."""
+    """One utterance's result: its words and the search time spent on it (seconds).
+
+    ``alternatives``: the words under other settings of the same search (e.g. ``lm_scale_0.5`` ->
+    text, see `SearchOptions.lm_scales`), computed from the same lattice.
+    """
 
     text: str
     seconds: float
+    alternatives: dict[str, str] = field(default_factory=dict)

@@ -10,7 +10,9 @@ Methods (`METHODS`):
 - ``hlg``: kaldi-decoder one-best over ``HLG.fst`` (CPU).
 - ``hlg-rescore``: a kaldi-decoder lattice over ``HLG.fst`` rescored with the larger G recorded by
   ``compile-graph --rescore-lm`` (whole lattice, or the ``num_paths`` best word sequences).
-- ``k2-ctc``, ``k2-hlg``, ``k2-nbest-rescore`` (optional k2; toolkit/decode/k2_decode.py).
+- ``k2-ctc``, ``k2-hlg``, ``k2-nbest-rescore``, ``k2-whole-lattice-rescore`` (optional k2, batched,
+  GPU or CPU; toolkit/decode/k2_decode.py). The rescoring ones also give the result at every
+  ``SearchOptions.lm_scales`` from the same lattice (``Hypothesis.alternatives``).
 
 Use::
 
@@ -33,9 +35,10 @@ from toolkit.utils import ToolkitError
 
 log = logging.getLogger("toolkit.decode")
 
-METHODS = ("greedy", "hlg", "hlg-rescore", "k2-ctc", "k2-hlg", "k2-nbest-rescore")
+METHODS = ("greedy", "hlg", "hlg-rescore", "k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
 WFST_METHODS = ("hlg", "hlg-rescore")
-K2_METHODS = ("k2-ctc", "k2-hlg", "k2-nbest-rescore")
+K2_METHODS = ("k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
+RESCORE_METHODS = ("k2-nbest-rescore", "k2-whole-lattice-rescore")  # the ones that sweep SearchOptions.lm_scales
 
 
 class Searcher(Protocol):
@@ -128,12 +131,17 @@ class WfstSearch:
 
 @dataclass
 class DecodeResult:
-    """What `decode_cuts` returns: references, languages, and per method hypotheses and timings."""
+    """What `decode_cuts` returns: references, languages, and per method hypotheses and timings.
+
+    ``alternatives``: method -> setting (e.g. ``lm_scale_0.5``) -> cut id -> text, for searches that
+    give several settings from one lattice (`SearchOptions.lm_scales`).
+    """
 
     refs: dict[str, str] = field(default_factory=dict)
     languages: dict[str, str | None] = field(default_factory=dict)
     hyps: dict[str, dict[str, str]] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)  # method -> toolkit.score.timing.Timing
+    alternatives: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
 
 def batches(cuts: Any, max_duration: float) -> Any:
@@ -185,5 +193,7 @@ def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher
                 for i, (cid, hyp) in enumerate(zip(data["cut_ids"], search(log_probs, out_lengths))):
                     result.hyps[m][cid] = hyp.text
                     result.timings[m].add(cid, durations[i], share[i], hyp.seconds)
+                    for key, text in hyp.alternatives.items():
+                        result.alternatives.setdefault(m, {}).setdefault(key, {})[cid] = text
             bar.update(len(batch))
     return result

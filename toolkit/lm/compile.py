@@ -1,7 +1,8 @@
 """`toolkit compile-graph`: H.fst, L_disambig.fst, G_<order>.fst and HLG.fst in a lang dir.
 
 Graphs are reused until an input file (tokens.txt, words.txt, lexicon.txt, the ARPA LM) or an
-option changes; `--rescore-lm` also prepares the larger G used by `toolkit decode --method hlg-rescore`.
+option changes; `--rescore-lm` also prepares the larger G used by `toolkit decode --method hlg-rescore`;
+`--k2` adds their k2 forms (HLG.pt, G_<n>gram.pt) for the k2 methods.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", type=int, default=None, help="highest n-gram order of --lm to use (default: all)")
     parser.add_argument("--rescore-lm", help="larger ARPA LM: also build its G_<order>_rescore.fst for lattice rescoring")
     parser.add_argument("--compact-topo", action="store_true", help="O(V) CTC topology (large word-piece vocabularies)")
-    parser.add_argument("--k2", action="store_true", help="also save the graphs as k2 FSAs (needs k2)")
+    parser.add_argument("--k2", action="store_true",
+                        help="also save HLG.pt and (with a rescoring LM) G_<n>gram.pt for the k2 methods (needs k2)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs did not change")
     parser.add_argument("--verbose", action="store_true")
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         log.info("compile-graph: graphs in %s are up to date with their inputs; skipping", args.lang_dir)
     if args.k2:
-        from toolkit.lm.k2_graph import save_k2_graphs
+        from toolkit.lm.k2_graph import save_k2_graphs, save_k2_rescore_grammar
 
         save_k2_graphs(args.lang_dir, args.lm, compact=args.compact_topo, order=args.order)
+        save_k2_rescore_grammar(args.lang_dir)  # the recorded rescoring G, if any
     return 0

@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 
 from toolkit.model.config import SAMPLE_RATE
-from toolkit.model.wav2vec2 import ctc_loss
 from toolkit.train import ddp
 from toolkit.train.config import TrainConfig
+from toolkit.train.ctc import make_ctc_loss
 from toolkit.train.engine import BatchStream, StepOutput, Task
 from toolkit.utils import ToolkitError
 
@@ -232,6 +232,7 @@ class CTCTask(Task):
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
         self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
         self._frozen: Optional[bool] = None
+        self.ctc_loss = make_ctc_loss(cfg.train.ctc_loss, cfg.train.ctc_topo)  # train.ctc_loss: torch | k2
 
     def model_config(self):  # noqa: ANN201
         return self.model_cfg
@@ -298,7 +299,7 @@ class CTCTask(Task):
             return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0,
                               metrics={"dropped_utterances": pre_dropped}, sums=("dropped_utterances",))
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
-        loss, kept, dropped = ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        loss, kept, dropped = self.ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
         dropped += pre_dropped
         if dropped:
             logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
@@ -322,7 +323,8 @@ class CTCTask(Task):
         kept = blank_only = 0
         for batch in _one_epoch(stream, self.cfg.train.max_valid_batches):
             log_probs, out_lengths = model(batch["audio"].to(device), batch["lengths"].to(device))
-            l, k, _ = ctc_loss(log_probs, out_lengths, batch["targets"].to(device), batch["target_lengths"].to(device))
+            l, k, _ = self.ctc_loss(log_probs, out_lengths, batch["targets"].to(device),
+                                    batch["target_lengths"].to(device))
             loss, kept = loss + float(l), kept + k
             for cid, ref, ids in zip(batch["cut_ids"], batch["texts"], greedy_ids(log_probs.float(), out_lengths)):
                 blank_only += not ids
