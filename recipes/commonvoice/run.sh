@@ -57,7 +57,8 @@ Options (default):
   --finetune-inits \"pretrained scratch\" fine-tune from the pretrained model and/or from scratch ($finetune_inits)
   --token-type char|bpe              output units ($token_type); --nbpe N word pieces ($nbpe)
   --lm-order N                       n-gram order of the decoding LM ($lm_order)
-  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
+  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods): greedy hlg hlg-rescore, and with
+                                     k2 (local/install_k2.sh) k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --nj N                             decoding jobs per test set ($nj)
   --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   distributed training through torchrun
   --pretrain-opts / --finetune-opts  extra '--set key=value' options for the training commands
@@ -128,14 +129,19 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done); done
-  if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages" "${markers[@]}"; then
+  k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
+  markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done ${k2_opt:+data/$lang/$lang_unit/HLG.pt}); done
+  if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages${k2_opt:+ (and k2's)}" "${markers[@]}"; then
     for lang in $finetune_languages; do
-      [ -f data/$lang/$lang_unit/.graph.done ] && continue
+      [ -f data/$lang/$lang_unit/.graph.done ] && { [ -z "$k2_opt" ] || [ -f data/$lang/$lang_unit/HLG.pt ]; } && continue
       mkdir -p data/$lang/lm
       toolkit lm train --order "$lm_order" --text data/$lang/$lang_unit/transcript_words.txt \
         --out data/$lang/lm/${lm_order}gram.arpa
-      toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa
+      # rescoring LM (hlg-rescore, k2-*-rescore): one order more on the same text
+      toolkit lm train --order $((lm_order + 1)) --text data/$lang/$lang_unit/transcript_words.txt \
+        --out data/$lang/lm/$((lm_order + 1))gram.arpa
+      toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa \
+        --rescore-lm data/$lang/lm/$((lm_order + 1))gram.arpa $k2_opt
       date > data/$lang/$lang_unit/.graph.done
     done
     stage_end

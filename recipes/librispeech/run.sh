@@ -44,7 +44,8 @@ Options (default):
   --finetune-set 10m|1h|10h|100h|960h  labelled data for fine-tuning ($finetune_set)
   --token-type char|bpe / --nbpe N   output units ($token_type, $nbpe)
   --lm-order N                       order of the transcript LM when no official LM ($lm_order)
-  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
+  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods): greedy hlg hlg-rescore, and with
+                                     k2 (local/install_k2.sh) k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --test-sets \"...\"                  dev/test sets ($test_sets)
   --nj N                             decoding jobs per test set ($nj)
   --init-checkpoint PATH             fine-tune an imported checkpoint; skips pretraining
@@ -118,7 +119,9 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  if stage_begin 3 "n-gram LM and H/L/G/HLG graphs in $lang_dir" "$lang_dir/.graph.done"; then
+  k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
+  if stage_begin 3 "n-gram LM and H/L/G/HLG graphs in $lang_dir${k2_opt:+ (and k2's)}" "$lang_dir/.graph.done" \
+      ${k2_opt:+"$lang_dir/HLG.pt"}; then
     mkdir -p data/lm
     rescore=()
     if [ -f "$dl_dir/lm/3-gram.pruned.1e-7.arpa.gz" ]; then
@@ -127,8 +130,12 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     else
       lm=data/lm/${lm_order}gram.arpa
       [ -f "$lm" ] || toolkit lm train --order "$lm_order" --text data/lang_char/transcript_words.txt --out "$lm"
+      # rescoring LM (hlg-rescore, k2-*-rescore): one order more on the same text
+      big=data/lm/$((lm_order + 1))gram.arpa
+      [ -f "$big" ] || toolkit lm train --order $((lm_order + 1)) --text data/lang_char/transcript_words.txt --out "$big"
+      rescore=(--rescore-lm "$big")
     fi
-    toolkit compile-graph --lang-dir "$lang_dir" --lm "$lm" "${rescore[@]}"
+    toolkit compile-graph --lang-dir "$lang_dir" --lm "$lm" "${rescore[@]}" $k2_opt
     date > "$lang_dir/.graph.done"
     stage_end
   fi

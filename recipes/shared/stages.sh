@@ -105,6 +105,10 @@ list_minus() {  # list_minus "a b c" "b" -> "a c"
 # A YAML flow list of the words given: yaml_list a b -> [a, b] (for --set key=[...]).
 yaml_list() { local IFS=,; echo "[$*]"; }
 
+# `--k2` when k2 imports in this environment (compile-graph then also writes HLG.pt and the
+# rescoring G_<n>gram.pt that the k2-* decoding methods read), else nothing.
+k2_graph_opt() { python -c "import k2" >/dev/null 2>&1 && echo --k2 || true; }
+
 # The checkpoint a fine-tuning run is decoded with: best.pt (best dev WER), else last.pt.
 best_checkpoint() {  # best_checkpoint EXP_DIR
   local f
