@@ -131,7 +131,7 @@ fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done ${k2_opt:+data/$lang/$lang_unit/HLG.pt}); done
-  if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages${k2_opt:+ (and k2's)}" "${markers[@]}"; then
+  if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages${k2_opt:+ (and the k2 graphs)}" "${markers[@]}"; then
     for lang in $finetune_languages; do
       [ -f data/$lang/$lang_unit/.graph.done ] && { [ -z "$k2_opt" ] || [ -f data/$lang/$lang_unit/HLG.pt ]; } && continue
       mkdir -p data/$lang/lm

@@ -120,7 +120,7 @@ fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
-  if stage_begin 3 "n-gram LM and H/L/G/HLG graphs in $lang_dir${k2_opt:+ (and k2's)}" "$lang_dir/.graph.done" \
+  if stage_begin 3 "n-gram LM and H/L/G/HLG graphs in $lang_dir${k2_opt:+ (and the k2 graphs)}" "$lang_dir/.graph.done" \
       ${k2_opt:+"$lang_dir/HLG.pt"}; then
     mkdir -p data/lm
     rescore=()
