@@ -14,8 +14,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from toolkit.data import read_cuts
-from toolkit.decode.options import SearchOptions
-from toolkit.decode.search import METHODS, RESCORE_METHODS, decode_cuts, make_searcher
+from toolkit.decode.options import RESCORE_METHODS, SearchOptions
+from toolkit.decode.search import METHODS, decode_cuts, make_searcher
 from toolkit.utils import ToolkitError, resolve_device
 
 log = logging.getLogger("toolkit.decode")

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.decode.options import DEFAULT_K2_NBEST, Hypothesis, SearchOptions, lm_scale_key
-from toolkit.decode.search import RESCORE_METHODS
+from toolkit.decode.options import DEFAULT_K2_NBEST, RESCORE_METHODS, Hypothesis, SearchOptions, lm_scale_key
 from toolkit.lm.k2_graph import import_k2
 from toolkit.utils import ToolkitError
 
@@ -64,8 +63,8 @@ def best_word_paths(lattice) -> list[list[int] | None]:
     """Output labels of each FSA's best path (None where the FSA has no path), in lattice order."""
     k2 = import_k2()
     best = k2.shortest_path(lattice, use_double_scores=True)
-    arcs_per_fsa = best.arcs.shape().remove_axis(1).row_splits(1).diff()  # 0: no path survived
-    return [path_labels(best[j]) if int(arcs_per_fsa[j]) > 0 else None for j in range(best.shape[0])]
+    arcs_per_fsa = best.arcs.shape().remove_axis(1).row_splits(1).diff().tolist()  # 0: no path survived
+    return [path_labels(best[j]) if arcs_per_fsa[j] > 0 else None for j in range(best.shape[0])]
 
 
 def in_batch_order(per_fsa: list, order: list[int], batch_size: int, fallback: list | None = None) -> list[list[int]]:

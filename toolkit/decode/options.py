@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from toolkit.utils import ToolkitError
 
 DEFAULT_K2_NBEST = 100  # paths of k2-nbest-rescore when num_paths is not given
+RESCORE_METHODS = ("k2-nbest-rescore", "k2-whole-lattice-rescore")  # the searches that sweep `lm_scales`
 
 
 def lm_scale_key(scale: float) -> str:

@@ -38,7 +38,6 @@ log = logging.getLogger("toolkit.decode")
 METHODS = ("greedy", "hlg", "hlg-rescore", "k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
 WFST_METHODS = ("hlg", "hlg-rescore")
 K2_METHODS = ("k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
-RESCORE_METHODS = ("k2-nbest-rescore", "k2-whole-lattice-rescore")  # the ones that sweep SearchOptions.lm_scales
 
 
 class Searcher(Protocol):
