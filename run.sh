@@ -57,36 +57,16 @@ recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage 
   --pretrain-opts "--set train.max_updates=$pretrain_updates $pretrain_opts" \
   --finetune-opts "--set train.max_updates=$finetune_updates $finetune_opts"
 
-# The comparison: one row per method, WER/CER of both fine-tunings on $report_set (from wer-summary.txt).
+# The comparison: one row per method, WER/CER of both fine-tunings on $report_set, the best
+# method for the pretrained model and its RESULT lines (toolkit results --compare).
 [ "$stop_stage" -ge 7 ] || exit 0
 case "$report_set" in dev|test) ;; *) echo "$0: --report-set must be dev or test, got '$report_set'" >&2; exit 1 ;; esac
 exp=$work_dir/exp
-summary_of() {  # summary_of pretrained|scratch METHOD COLUMN -> column of wer-summary.txt (2 WER, 3 CER)
-  awk -F'\t' -v c="$3" 'NR == 2 {print $c}' "$exp/finetune_tiny_${heldout_language}_char_$1/decode/cv-${heldout_language}_${report_set}/$2/wer-summary.txt"
-}
-wer_of() { summary_of "$1" "$2" 2; }
-{
-  echo
-  echo "## Pretrained vs scratch: $heldout_language (held out of pretraining), $report_set set"
-  echo
-  echo "Pretraining languages: $pretrain_languages; about $finetune_minutes minutes of transcribed audio for fine-tuning."
-  echo
-  echo "|method|WER pretrained (%)|WER scratch (%)|CER pretrained (%)|CER scratch (%)|"
-  echo "|---|---|---|---|---|"
-  for m in $decode_methods; do
-    echo "|$m|$(wer_of pretrained $m)|$(wer_of scratch $m)|$(summary_of pretrained $m 3)|$(summary_of scratch $m 3)|"
-  done
-} >> "$work_dir/RESULTS.md"
-
-best=; best_wer=
-for m in $decode_methods; do
-  w=$(wer_of pretrained $m)
-  if [ -z "$best" ] || awk -v a="$w" -v b="$best_wer" 'BEGIN{exit !(a < b)}'; then best=$m; best_wer=$w; fi
-done
 results=$work_dir/RESULTS.md; [[ $results = /* ]] || results=$top/$results
-echo "RESULTS.md: $results (best method for the pretrained model: $best)"
+echo "RESULTS.md: $results"
 echo "total time: $(( $(date +%s) - t0 )) s"
-echo "RESULT cer_pretrained=$(summary_of pretrained $best 3)"
-echo "RESULT cer_scratch=$(summary_of scratch $best 3)"
-echo "RESULT wer_pretrained=$(wer_of pretrained $best)"
-echo "RESULT wer_scratch=$(wer_of scratch $best)"
+.venv/bin/toolkit results --out "$results" --append --test-set "cv-${heldout_language}_${report_set}" \
+  --methods $decode_methods \
+  --title "Pretrained vs scratch: $heldout_language (held out of pretraining; pretraining on $pretrain_languages), $report_set set" \
+  --compare "pretrained=$exp/finetune_tiny_${heldout_language}_char_pretrained" \
+            "scratch=$exp/finetune_tiny_${heldout_language}_char_scratch"

@@ -64,5 +64,5 @@ subst "$template/local/data.sh" "$dest/local/data.sh"
 subst "$template/README.md" "$dest/README.md"
 chmod +x "$dest/run.sh" "$dest/local/data.sh"
 cp "$top/recipes/commonvoice/path.sh" "$top/recipes/commonvoice/cmd.sh" "$dest/"
-cp "$top"/recipes/commonvoice/conf/{pretrain,finetune}_*.yaml "$dest/conf/"
+# training configs: recipes/shared/conf/ (a file of the same name in $dest/conf/ overrides what differs)
 echo "created $dest ($corpus, $language): edit conf/recipe.conf and local/data.sh, then cd recipes/$name && ./run.sh --help"

@@ -264,3 +264,83 @@ def test_prepare_lhotse_errors(yesno_corpus, tmp_path):
     assert main(["prepare", "lhotse", "--recipe", "yesno", "--language", "en", "--corpus-dir", str(corpus),
                  "--out", str(tmp_path / "cli"), "--nj", "1"]) == 0
     assert (tmp_path / "cli" / "yesno_cuts_train.jsonl.gz").is_file()
+
+
+def test_test_sets_are_kept_whole_and_training_limits_apply_to_training_only(ls_corpus, tmp_path):
+    """LibriSpeech dev/test hold utterances up to ~35 s: scored in full, never cut by --max-duration."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ls_corpus / "LibriSpeech", corpus / "LibriSpeech")
+    rng = np.random.default_rng(1)
+    long_test = sorted((corpus / "LibriSpeech" / "test-clean").rglob("*.flac"))[0]
+    long_train = sorted((corpus / "LibriSpeech" / "train-clean-100").rglob("*.flac"))[0]
+    for f in (long_test, long_train):
+        sf.write(f, 0.1 * rng.standard_normal(16000 * 30).astype("float32"), 16000, format="FLAC")  # 30 s
+    report = prepare("librispeech", corpus, tmp_path / "man", splits=["train-clean-100", "test-clean"])
+    test_cuts = _load(tmp_path / "man" / "librispeech_cuts_test-clean.jsonl.gz")
+    n_test = sum(len(t.read_text().splitlines()) for t in (corpus / "LibriSpeech" / "test-clean").rglob("*.trans.txt"))
+    assert len(test_cuts) == n_test and report.total_dropped("librispeech_test-clean") == 0
+    assert max(c.duration for c in test_cuts) == pytest.approx(30.0)
+    assert long_train.stem not in {c.id for c in _load(tmp_path / "man" / "librispeech_cuts_train-clean-100.jsonl.gz")}
+    assert any("too long" in r for r in report.dropped["librispeech_train-clean-100"])
+    note = [n for n in report.notes if n.startswith("librispeech_test-clean: evaluation split kept whole")]
+    assert note == [f"librispeech_test-clean: evaluation split kept whole ({n_test} utterances; 1 longer than "
+                    "--max-duration 20 s, the longest 30.0 s)"]
+    assert note[0] in report.summary()
+
+
+def test_an_emptied_split_removes_its_old_manifest_and_fails_naming_it(cv_corpus, tmp_path):
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    out = tmp_path / "man"
+    prepare("commonvoice", corpus, out)
+    dev = out / "cv-fr_cuts_dev.jsonl.gz"
+    assert dev.is_file()
+    for row in (corpus / "fr" / "dev.tsv").read_text().splitlines()[1:]:  # every dev clip disappears
+        (corpus / "fr" / "clips" / row.split("\t")[1]).unlink()
+    train_before = [c.to_dict() for c in _load(out / "cv-fr_cuts_train.jsonl.gz")]
+    with pytest.raises(ToolkitError) as e:
+        prepare("commonvoice", corpus, out, overwrite=True)
+    assert "no usable utterance in split(s) cv-fr_dev" in str(e.value) and "\n" not in str(e.value)
+    assert not dev.exists()  # no stale manifest that a later stage would trust
+    assert [c.to_dict() for c in _load(out / "cv-fr_cuts_train.jsonl.gz")] == train_before  # the others: redone, same
+
+
+def test_audio_with_nan_samples_is_dropped_at_prepare(cv_corpus, tmp_path, caplog):
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    tsv = corpus / "fr" / "test.tsv"
+    lines = tsv.read_text().splitlines()
+    fields = lines[1].split("\t")
+    bad = np.full(16000, 0.1, dtype="float32")
+    bad[100:200] = np.nan
+    sf.write(corpus / "fr" / "clips" / "nan.wav", bad, 16000, subtype="FLOAT")
+    fields[1] = "nan.wav"
+    tsv.write_text("\n".join(lines + ["\t".join(fields)]) + "\n", encoding="utf-8")  # one more row
+    with caplog.at_level(logging.WARNING, logger="toolkit.data.prepare"):
+        report = prepare("commonvoice", corpus, tmp_path / "man", splits=["test"])
+    cuts = _load(tmp_path / "man" / "cv-fr_cuts_test.jsonl.gz")
+    assert "nan" not in {c.id for c in cuts} and len(cuts) == len(lines) - 1
+    msgs = [r.getMessage() for r in caplog.records if "nan.wav" in r.getMessage()]
+    assert len(msgs) == 1 and "corrupt audio (NaN or infinite samples)" in msgs[0]
+    assert report.dropped["cv-fr_test"]["corrupt audio (NaN or infinite samples)"] == 1
+
+
+def test_foreign_script_text_is_counted_and_refused_above_the_share(cv_corpus, tmp_path):
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    tsv = corpus / "fr" / "train.tsv"
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    fields = lines[1].split("\t")
+    fields[3] = "Привет мир"  # a Russian sentence in the French corpus
+    lines[1] = "\t".join(fields)
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    n = len(lines) - 1
+    with pytest.raises(ToolkitError) as e:
+        prepare("commonvoice", corpus, tmp_path / "man", splits=["train"])
+    msg = str(e.value)
+    assert f"cv-fr_train: 1 of {n} utterances of language fr ({100 / n:.1f}%) hold letters of another script than " \
+           "LATIN (e.g. CYRILLIC in " in msg and "--max-foreign-share 0.02" in msg and "\n" not in msg
+    assert not (tmp_path / "man" / "cv-fr_cuts_train.jsonl.gz").exists()
+    report = prepare("commonvoice", corpus, tmp_path / "man", splits=["train"], max_foreign_share=0.5)
+    assert any("hold letters of another script than LATIN" in note for note in report.notes)
+    assert len(_load(tmp_path / "man" / "cv-fr_cuts_train.jsonl.gz")) == n  # kept, and counted

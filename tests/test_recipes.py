@@ -146,20 +146,37 @@ def test_toolkit_launcher_multinode_needs_endpoint() -> None:
     assert r.returncode != 0 and "--rdzv-endpoint" in r.stderr
 
 
-def test_recogs_to_text_inverts_the_scorers_recogs(tmp_path: Path) -> None:
-    from toolkit.score.report import format_recogs
+def test_read_recogs_inverts_the_scorers_recogs(tmp_path: Path) -> None:
+    from toolkit.score.report import format_recogs, read_recogs
 
     refs = {"u1": "l'homme a dit", "u2": "x", "u3": "it's \"quoted\" fine"}
     hyps = {"u1": "l'homme", "u2": "", "u3": "it's fine"}
     (tmp_path / "recogs.txt").write_text(format_recogs(list(refs), refs, hyps))
-    for side, expected in (("ref", refs), ("hyp", hyps)):
-        r = bash(f". {STAGES}; recogs_to_text {side} < recogs.txt", cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        got = {}
-        for line in r.stdout.splitlines():
-            utt, _, words = line.partition(" ")
-            got[utt] = words
-        assert got == expected
+    assert read_recogs(tmp_path / "recogs.txt") == (refs, hyps)
+    (tmp_path / "bad.txt").write_text("u1:\tref=['a']\nu1 hyp a\n")
+    from toolkit.utils import ToolkitError
+
+    with pytest.raises(ToolkitError, match=r"bad.txt:2: not a recogs.txt line"):
+        read_recogs(tmp_path / "bad.txt")
+
+
+def test_stage_items_are_marked_once_by_the_helpers(tmp_path: Path) -> None:
+    script = f"""set -euo pipefail; . {STAGES}
+if stage_begin 5 "per item" a/.done b/.done; then
+  for x in a b; do
+    stage_item_done $x/.done && {{ echo "skip $x"; continue; }}
+    echo "run $x"; stage_item_end $x/.done
+  done
+  stage_end
+fi"""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".done").write_text("earlier\n")
+    first = bash(script, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "skip a" in first.stdout and "run b" in first.stdout
+    assert (tmp_path / "a" / ".done").read_text() == "earlier\n"  # never rewritten
+    assert (tmp_path / "b" / ".done").is_file()
+    assert "already done, skipping" in bash(script, cwd=tmp_path).stdout
 
 
 def test_stage_markers_skip_and_never_overwrite_outputs(tmp_path: Path) -> None:

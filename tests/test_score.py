@@ -212,6 +212,13 @@ def test_score_cli(tmp_path):
     utt2lang = write_kaldi(tmp_path / "utt2lang", {u: ("en", "hi")[i % 2] for i, u in enumerate(sorted(refs))})
     proc = run_cli("score", "--ref", str(ref), "--hyp", str(hyp), "--cer", "--markdown",
                    "--out-dir", str(tmp_path / "out"), "--key", "k", "--utt2lang", str(utt2lang))
+    # one hypothesis is missing: a WER over part of the set is refused, with the count
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().endswith("1 of 50 reference utterances have no hypothesis (e.g. 'utt0003'); decode "
+                                        "the whole set, or pass --allow-missing to count them as deletions")
+    assert not (tmp_path / "out").exists()
+    proc = run_cli("score", "--ref", str(ref), "--hyp", str(hyp), "--cer", "--markdown", "--allow-missing",
+                   "--out-dir", str(tmp_path / "out"), "--key", "k", "--utt2lang", str(utt2lang))
     assert proc.returncode == 0, proc.stderr
     report = score_pairs(refs, hyps)
     out = proc.stdout.splitlines()
@@ -329,3 +336,75 @@ def test_split_decoding_scored_once_with_merged_timing_and_cut_languages(tmp_pat
     (tmp_path / "bad.txt").write_text("x\t1.0\n", encoding="utf-8")
     with pytest.raises(ToolkitError, match="bad.txt:1: expected"):
         Timing.read([tmp_path / "bad.txt"])
+
+
+def test_score_cli_refuses_hypotheses_of_another_set(tmp_path):
+    ref = write_kaldi(tmp_path / "ref", {"a1": "x y", "a2": "z"})
+    hyp = write_kaldi(tmp_path / "hyp", {"b1": "x y", "b2": "z"})
+    for extra in ([], ["--allow-missing"]):
+        proc = run_cli("score", "--ref", str(ref), "--hyp", str(hyp), *extra)
+        assert proc.returncode == 1
+        assert "no hypothesis id matches a reference id (2 references, e.g. 'a1'; hypotheses e.g. 'b1')" in proc.stderr
+        assert proc.stderr.count("\n") == 1
+
+
+def test_score_decode_dirs_equals_scoring_the_whole_set(tmp_path):
+    """The jobs of a split decoding, scored together, give the numbers of one job over the whole set."""
+    from toolkit.score import write_reports
+    from toolkit.score.timing import Timing
+
+    refs, hyps = random_pairs(30, seed=5)
+    ids = sorted(refs)
+    jobs = [ids[:11], ids[11:20], ids[20:]]
+    for j, part in enumerate(jobs, start=1):
+        d = tmp_path / f"split/{j}"
+        t = Timing("m")
+        for u in part:
+            t.add(u, 2.0, 0.1, 0.05)
+        write_reports(d, {u: refs[u] for u in part}, {u: hyps[u] for u in part}, "m", timing=t.summary())
+        t.write(d / "timing.txt")
+    proc = run_cli("score", "--decode-dirs", *[str(tmp_path / f"split/{j}") for j in (1, 2, 3)],
+                   "--out-dir", str(tmp_path / "merged"), "--key", "m")
+    assert proc.returncode == 0, proc.stderr
+    whole = write_reports(tmp_path / "whole", refs, hyps, "m")
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["wer"] == json.loads((tmp_path / "whole" / "results.json").read_text())["wer"]
+    assert merged["num_sentences"] == 30 and merged["wer"]["err"] == whole.wer.err
+    assert merged["rtf"] == pytest.approx(0.15 / 2.0)
+    assert len([l for l in (tmp_path / "merged" / "timing.txt").read_text().splitlines() if not l.startswith("#")]) == 30
+    # a job given twice is an error, not a double count
+    proc = run_cli("score", "--decode-dirs", str(tmp_path / "split/1"), str(tmp_path / "split/1"),
+                   "--out-dir", str(tmp_path / "twice"))
+    assert proc.returncode == 1 and "decoded by another job too" in proc.stderr
+
+
+def test_results_compare_picks_the_best_method_of_the_first_experiment(tmp_path):
+    from toolkit.score import write_reports
+
+    refs = {"u1": "a b c d", "u2": "e f g h"}
+    hyps = {  # (experiment, method) -> hypotheses; pretrained: hlg best; scratch: greedy best
+        ("pre", "greedy"): {"u1": "a x c d", "u2": "e f x x"}, ("pre", "hlg"): {"u1": "a b c d", "u2": "e f g x"},
+        ("scr", "greedy"): {"u1": "a b x d", "u2": "e f g h"}, ("scr", "hlg"): {"u1": "x x x x", "u2": "e f g h"},
+    }
+    for (exp, method), h in hyps.items():
+        write_reports(tmp_path / exp / "decode" / "cv-it_test" / method, refs, h, method)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# earlier content\n")
+    proc = run_cli("results", "--compare", f"pretrained={tmp_path / 'pre'}", f"scratch={tmp_path / 'scr'}",
+                   "--test-set", "cv-it_test", "--out", str(out), "--append", "--title", "P vs S")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = parse_table(lines, "|method|WER pretrained (%)|WER scratch (%)|")
+    # one-letter words: CER equals WER here
+    assert rows == [["greedy", "37.50", "12.50", "37.50", "12.50", "2 / 2"],
+                    ["hlg", "12.50", "50.00", "12.50", "50.00", "2 / 2"]]
+    assert "Best method for pretrained on cv-it_test (lowest WER): hlg." in lines
+    assert lines[-4:] == ["RESULT cer_pretrained=12.50", "RESULT cer_scratch=50.00",
+                          "RESULT wer_pretrained=12.50", "RESULT wer_scratch=50.00"]
+    text = out.read_text()
+    assert text.startswith("# earlier content\n\n## P vs S") and "|hlg|12.50|50.00|" in text
+    proc = run_cli("results", "--compare", f"pretrained={tmp_path / 'pre'}", "--test-set", "cv-it_dev")
+    assert proc.returncode == 1 and "no decode/cv-it_dev/<method>/results.json" in proc.stderr
+    proc = run_cli("results", "--compare", f"pretrained={tmp_path / 'pre'}", "--test-set", "cv-it_test",
+                   "--methods", "hlg-rescore")
+    assert proc.returncode == 1 and "no results for method(s) hlg-rescore" in proc.stderr

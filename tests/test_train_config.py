@@ -16,8 +16,8 @@ from toolkit.utils import ToolkitError
 CONFIGS = Path(__file__).resolve().parents[1] / "toolkit" / "train" / "configs"
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "c.yaml"
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
     p.write_text(text)
     return p
 
@@ -112,3 +112,19 @@ def test_scheduler_state_and_param_groups():
     other = Scheduler(opt, 1e-3, 100, ScheduleSection(name="polynomial", warmup_updates=10))
     other.load_state_dict(state)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_several_configs_merge_in_order_and_exp_dir_comes_from_the_file_name(tmp_path):
+    from toolkit.train.config import load_config
+
+    shared = write(tmp_path, "optim:\n  lr: 1.0e-3\n  clip_norm: 5.0\ntrain:\n  max_updates: 10\n", name="finetune_tiny.yaml")
+    own = tmp_path / "own"
+    own.mkdir()
+    recipe = write(own, "optim:\n  lr: 3.0e-4\n", name="finetune_tiny.yaml")
+    cfg = load_config([shared, recipe], "finetune")
+    assert cfg.optim.lr == 3.0e-4 and cfg.optim.clip_norm == 5.0 and cfg.train.max_updates == 10
+    # no exp_dir anywhere: exp/<name of the last file>, never one directory shared by every config
+    assert cfg.exp_dir == "exp/finetune_tiny"
+    assert load_config([shared], "finetune", ["exp_dir=exp/x"]).exp_dir == "exp/x"
+    with pytest.raises(ToolkitError, match="exp_dir is not set"):
+        load_config(None, "finetune")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from toolkit.train.config import TrainConfig, load_config
-from toolkit.train.engine import BatchStream, StepOutput, Task, Trainer, list_checkpoints
+from toolkit.train.engine import BatchStream, StepOutput, Task, Trainer
+from toolkit.train.expdir import list_checkpoints
 from toolkit.utils import ToolkitError
 
 
@@ -206,13 +207,19 @@ def test_ctc_drops_and_counts_utterances_too_short_for_their_labels():
 
 
 class CodebookTask(ToyTask):
-    """Reports a code perplexity like the pretraining task: healthy, then collapsed."""
+    """Reports a code perplexity like the pretraining task: healthy, then collapsed; the health
+    check is the pretraining task's own."""
 
     num_codes = 128
 
-    def __init__(self, batches: list[dict], collapse_at: int):
+    def __init__(self, batches: list[dict], collapse_at: int, cfg: TrainConfig):
         super().__init__(batches, dropout=0.0)
-        self.collapse_at = collapse_at
+        self.collapse_at, self.cfg = collapse_at, cfg
+
+    def check_health(self, row: dict, num_updates: int) -> None:
+        from toolkit.train.tasks import PretrainTask
+
+        PretrainTask.check_health(self, row, num_updates)
 
     def step(self, model, batch, num_updates) -> StepOutput:
         out = super().step(model, batch, num_updates)
@@ -223,7 +230,7 @@ class CodebookTask(ToyTask):
 def test_codebook_collapse_is_warned_about_after_warmup_only(tmp_path, caplog):
     cfg = config(tmp_path, max_updates=12, collapse_after=4, collapse_threshold=0.02, valid_interval=100)
     with caplog.at_level("WARNING", logger="toolkit.train"):
-        Trainer(cfg, CodebookTask(make_batches(12), collapse_at=8), resume=False).run()
+        Trainer(cfg, CodebookTask(make_batches(12), collapse_at=8, cfg=cfg), resume=False).run()
     warned = [r.getMessage() for r in caplog.records if "codebook collapse" in r.getMessage()]
     # perplexity 100 of 128 codes is healthy; 1.5 < 0.02 x 128 from update 9 on
     assert warned and all("1.5 < 0.020 x 128" in m for m in warned)
@@ -233,7 +240,7 @@ def test_codebook_collapse_is_warned_about_after_warmup_only(tmp_path, caplog):
 def test_no_collapse_warning_before_collapse_after(tmp_path, caplog):
     cfg = config(tmp_path, max_updates=6, collapse_after=100, valid_interval=100)
     with caplog.at_level("WARNING", logger="toolkit.train"):
-        Trainer(cfg, CodebookTask(make_batches(6), collapse_at=0), resume=False).run()
+        Trainer(cfg, CodebookTask(make_batches(6), collapse_at=0, cfg=cfg), resume=False).run()
     assert not [r for r in caplog.records if "codebook collapse" in r.getMessage()]
 
 

@@ -7,8 +7,10 @@ for importing torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+import traceback
 
 from toolkit import __version__
 
@@ -40,6 +42,8 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `toolkit <command> [options]` (argv: the words after `toolkit`); returns the exit status
+    (0 ok, 1 a one-line error, 2 unknown command, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -59,16 +63,49 @@ def main(argv: list[str] | None = None) -> int:
 
     from toolkit.utils import ToolkitError, setup_logging
 
-    setup_logging(getattr(args, "verbose", False))
+    verbose = bool(getattr(args, "verbose", False))
+    setup_logging(verbose)
     try:
         rc = module.run(args)
     except ToolkitError as e:
+        if verbose:
+            traceback.print_exc()
         print(f"toolkit {name}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # The error boundary: disk full, read-only or missing directories, a directory where a file
+        # goes: one line naming the path and what to do (the traceback only with --verbose).
+        if verbose:
+            traceback.print_exc()
+        print(f"toolkit {name}: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"toolkit {name}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+OS_FIXES = {
+    errno.ENOSPC: "free disk space there and rerun (completed files are intact: outputs are written atomically)",
+    errno.EDQUOT: "free space in your quota and rerun (completed files are intact)",
+    errno.EROFS: "the file system is read-only: choose an output location you can write to",
+    errno.EACCES: "no permission: make it writable/readable for you or choose another location",
+    errno.EPERM: "no permission: make it writable/readable for you or choose another location",
+    errno.EISDIR: "it is a directory: give a file name",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: fix the path",
+    errno.ENOENT: "no such file or directory: check the path",
+    errno.EMFILE: "too many open files: raise `ulimit -n` or use fewer jobs",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """`<path>: <reason>; <fix>` for an OSError (the path it names, else the message alone)."""
+    where = e.filename if e.filename is not None else ""
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    reason = e.strerror or str(e) or type(e).__name__
+    fix = OS_FIXES.get(e.errno or -1, "check the path and the disk, then rerun")
+    return f"{where}: {reason}; {fix}" if where else f"{reason}; {fix}"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def _error(message: str) -> Exception:
 
 
 def install_hint(program: str) -> str:
+    """How to get a PROGRAMS entry: the apt-get line, or the installer step that builds it."""
     how = PROGRAMS[program]
     kind, _, what = how.partition(":")
     if kind == "apt":

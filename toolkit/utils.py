@@ -31,29 +31,55 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     like lhotse's `.jsonl.gz`, behave the same).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ToolkitError(f"{path}: is a directory; give a file name for this output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); the result gets the mode any new file gets here
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # a failed write names no file: name the output it was for
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 `text` to `path` through `atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` through `atomic_path`. torch reports a full disk as an obscure RuntimeError
+    ("unexpected pos ..."): that becomes the OSError it is (ENOSPC, naming the file)."""
+    import errno
+    import shutil
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            written = tmp.stat().st_size if tmp.exists() else 0
+            if shutil.disk_usage(tmp.parent).free < max(written, 1 << 20):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise ToolkitError(f"{path}: cannot write ({str(e).splitlines()[0][:120]}); check the disk") from None
 
 
 # ---------------------------------------------------------------------------------------

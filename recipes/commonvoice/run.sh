@@ -21,7 +21,7 @@ release=cv-corpus-13.0-2023-03-09
 languages="de fr es it"        # pretraining languages (unlabelled train audio)
 finetune_languages="de"        # languages fine-tuned and decoded, each on its own
 alpha=0.5                      # XLSR language sampling: p_l ~ (n_l/N)^alpha
-size=tiny                      # conf/pretrain_<size>.yaml, conf/finetune_<size>.yaml
+size=tiny                      # recipes/shared/conf/{pretrain,finetune}_<size>.yaml (+ conf/ of this recipe)
 pretrain=true                  # false: no pretraining stage (fine-tune --init-checkpoint or scratch)
 init_checkpoint=               # continue pretraining from (or, with --pretrain false, fine-tune) this checkpoint
 finetune_inits="pretrained"    # any of: pretrained scratch (one fine-tuning per entry)
@@ -92,7 +92,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
         --speakers "$synth_speakers" --nj "$synth_nj"
       stage_end
     fi
-  elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.done.${all_languages// /_}"; then
+  elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.corpus-${all_languages// /_}.done"; then
     missing=
     for lang in $all_languages; do [ -f "$corpus_dir/$lang/train.tsv" ] || missing+=" $lang"; done
     if [ -n "$missing" ]; then
@@ -108,9 +108,8 @@ fi
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   markers=(); for lang in $all_languages; do markers+=(data/manifests/.cv-$lang.done); done
   if stage_begin 1 "Lhotse manifests for $all_languages (text normalised, cuts validated)" "${markers[@]}"; then
-    todo=; for lang in $all_languages; do [ -f data/manifests/.cv-$lang.done ] || todo+=",$lang"; done
+    todo=; for lang in $all_languages; do stage_item_done data/manifests/.cv-$lang.done || todo+=",$lang"; done
     toolkit prepare commonvoice --corpus-dir "$corpus_dir" --languages "${todo#,}" --out data/manifests
-    for lang in $all_languages; do date > data/manifests/.cv-$lang.done; done
     stage_end
   fi
 fi
@@ -119,10 +118,10 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.done); done
   if stage_begin 2 "lang dirs ($token_type) for $finetune_languages" "${markers[@]}"; then
     for lang in $finetune_languages; do
-      is_done data/$lang/$lang_unit && continue
+      stage_item_done data/$lang/$lang_unit/.done && continue
       toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" \
         --cuts data/manifests/cv-${lang}_cuts_train.jsonl.gz --out data/$lang/$lang_unit
-      mark_done data/$lang/$lang_unit
+      stage_item_end data/$lang/$lang_unit/.done
     done
     stage_end
   fi
@@ -133,7 +132,8 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done ${k2_opt:+data/$lang/$lang_unit/HLG.pt}); done
   if stage_begin 3 "${lm_order}-gram LMs on the training transcripts and HLG graphs for $finetune_languages${k2_opt:+ (and the k2 graphs)}" "${markers[@]}"; then
     for lang in $finetune_languages; do
-      [ -f data/$lang/$lang_unit/.graph.done ] && { [ -z "$k2_opt" ] || [ -f data/$lang/$lang_unit/HLG.pt ]; } && continue
+      stage_item_done data/$lang/$lang_unit/.graph.done && { [ -z "$k2_opt" ] || [ -f data/$lang/$lang_unit/HLG.pt ]; } \
+        && continue
       mkdir -p data/$lang/lm
       toolkit lm train --order "$lm_order" --text data/$lang/$lang_unit/transcript_words.txt \
         --out data/$lang/lm/${lm_order}gram.arpa
@@ -142,7 +142,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
         --out data/$lang/lm/$((lm_order + 1))gram.arpa
       toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa \
         --rescore-lm data/$lang/lm/$((lm_order + 1))gram.arpa $k2_opt
-      date > data/$lang/$lang_unit/.graph.done
+      stage_item_end data/$lang/$lang_unit/.graph.done
     done
     stage_end
   fi
@@ -155,14 +155,13 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ "$pretrain" = true ]; then
     dev_cuts=(); for lang in $languages; do dev_cuts+=(data/manifests/cv-${lang}_cuts_dev.jsonl.gz); done
     init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
-      $launcher pretrain --config "$conf/pretrain_$size.yaml" \
+      $launcher pretrain $(train_configs pretrain "$size") \
         --set "exp_dir=$pretrain_dir" \
         --set "data.train_cuts=$(yaml_list "${train_cuts[@]}")" \
         --set "data.dev_cuts=$(yaml_list "${dev_cuts[@]}")" \
         --set "data.languages=$(yaml_list $languages)" --set "data.alpha=$alpha" \
         "${init_opt[@]}" $pretrain_opts
     toolkit plot "$pretrain_dir" >/dev/null 2>&1 || true  # curves are a convenience
-    mark_done "$pretrain_dir"
     stage_end
   fi
 fi
@@ -187,17 +186,17 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
     for lang in $finetune_languages; do
       for init in $finetune_inits; do
         dir=$(ft_dir_for $lang $init)
-        is_done $dir && continue
+        stage_item_done $dir/.done && continue
         init_path=$(init_for $init)
         echo "  fine-tuning $lang from $init_path -> $dir (log: $dir/log/finetune.log)"
         $train_cmd --gpu "$ngpus" $dir/log/finetune.log \
-          $launcher finetune --config "$conf/finetune_$size.yaml" \
+          $launcher finetune $(train_configs finetune "$size") \
             --set "exp_dir=$dir" --set "train.init=$init_path" \
             --set "data.train_cuts=[data/manifests/cv-${lang}_cuts_train.jsonl.gz]" \
             --set "data.dev_cuts=[data/manifests/cv-${lang}_cuts_dev.jsonl.gz]" \
             --set "data.lang_dir=data/$lang/$lang_unit" $finetune_opts
         toolkit plot "$dir" >/dev/null 2>&1 || true
-        mark_done $dir
+        stage_item_end $dir/.done
       done
     done
     stage_end
@@ -214,11 +213,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
       for init in $finetune_inits; do
         dir=$(ft_dir_for $lang $init)
         for t in $test_sets; do
-          out=$dir/decode/cv-${lang}_$t
-          todo=; for m in $decode_methods; do [ -f $out/$m/wer-summary.txt ] || todo+=" $m"; done
-          [ -n "$todo" ] || continue
           decode_cuts "$(best_checkpoint $dir)" data/manifests/cv-${lang}_cuts_$t.jsonl.gz \
-            data/$lang/$lang_unit "${todo# }" "$out" "$nj"
+            data/$lang/$lang_unit "$decode_methods" "$dir/decode/cv-${lang}_$t" "$nj"
         done
       done
     done

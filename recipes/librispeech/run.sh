@@ -15,7 +15,7 @@ synthetic=false                # true: synthesise a LibriSpeech-format tree (too
 synth_minutes=20               # synthetic: minutes of audio
 synth_subset_scale=0.1         # synthetic: scale of the Libri-light folds (1.0 = real 10 min / 1 h / 10 h)
 download_lm=true               # real data: fetch the official 3-gram/4-gram ARPA from openslr when online
-size=base                      # conf/pretrain_<size>.yaml, conf/finetune_<size>.yaml
+size=base                      # recipes/shared/conf/{pretrain,finetune}_<size>.yaml (+ conf/ of this recipe)
 finetune_set=10m               # 10m | 1h | 10h (Libri-light) | 100h | 960h
 token_type=char                # char (the paper) | bpe
 nbpe=500
@@ -85,7 +85,6 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
         done
       fi
     fi
-    date > "$corpus_dir/.corpus.done"
     stage_end
   fi
 fi
@@ -93,7 +92,6 @@ fi
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   if stage_begin 1 "Lhotse manifests of every split found in $corpus_dir" data/manifests/.librispeech.done; then
     toolkit prepare librispeech --corpus-dir "$corpus_dir" --out data/manifests
-    date > data/manifests/.librispeech.done
     stage_end
   fi
 fi
@@ -112,8 +110,11 @@ dev_cuts=$(split_cuts dev-clean)
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   if stage_begin 2 "lang dirs: characters (data/lang_char) and word pieces (data/lang_bpe_$nbpe)" \
       data/lang_char/.done data/lang_bpe_$nbpe/.done; then
-    is_done data/lang_char || { toolkit lang-dir --type char --cuts "${train_splits[@]}" --out data/lang_char; mark_done data/lang_char; }
-    is_done data/lang_bpe_$nbpe || { toolkit lang-dir --type bpe --vocab-size "$nbpe" --cuts "${train_splits[@]}" --out data/lang_bpe_$nbpe; mark_done data/lang_bpe_$nbpe; }
+    stage_item_done data/lang_char/.done || {
+      toolkit lang-dir --type char --cuts "${train_splits[@]}" --out data/lang_char; stage_item_end data/lang_char/.done; }
+    stage_item_done data/lang_bpe_$nbpe/.done || {
+      toolkit lang-dir --type bpe --vocab-size "$nbpe" --cuts "${train_splits[@]}" --out data/lang_bpe_$nbpe
+      stage_item_end data/lang_bpe_$nbpe/.done; }
     stage_end
   fi
 fi
@@ -136,7 +137,6 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
       rescore=(--rescore-lm "$big")
     fi
     toolkit compile-graph --lang-dir "$lang_dir" --lm "$lm" "${rescore[@]}" $k2_opt
-    date > "$lang_dir/.graph.done"
     stage_end
   fi
 fi
@@ -145,11 +145,10 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ -z "$init_checkpoint" ]; then
   if stage_begin 4 "pretrain a $size model on the untranscribed train audio in $pretrain_dir" "$pretrain_dir/.done"; then
     echo "  log: $pretrain_dir/log/pretrain.log"
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
-      $launcher pretrain --config "$conf/pretrain_$size.yaml" \
+      $launcher pretrain $(train_configs pretrain "$size") \
         --set "exp_dir=$pretrain_dir" --set "data.train_cuts=$(yaml_list "${train_splits[@]}")" \
         --set "data.dev_cuts=[$dev_cuts]" $pretrain_opts
     toolkit plot "$pretrain_dir" >/dev/null 2>&1 || true  # curves are a convenience
-    mark_done "$pretrain_dir"
     stage_end
   fi
 fi
@@ -159,11 +158,10 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   if stage_begin 5 "CTC fine-tuning ($token_type) on $finetune_set from $init in $ft_dir" "$ft_dir/.done"; then
     echo "  log: $ft_dir/log/finetune.log"
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
-      $launcher finetune --config "$conf/finetune_$size.yaml" \
+      $launcher finetune $(train_configs finetune "$size") \
         --set "exp_dir=$ft_dir" --set "train.init=$init" --set "data.train_cuts=$ft_cuts" \
         --set "data.dev_cuts=[$dev_cuts]" --set "data.lang_dir=$lang_dir" $finetune_opts
     toolkit plot "$ft_dir" >/dev/null 2>&1 || true
-    mark_done "$ft_dir"
     stage_end
   fi
 fi
@@ -174,9 +172,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each)" "${markers[@]}"; then
     ckpt=$(best_checkpoint "$ft_dir")
     for t in "${present_tests[@]}"; do
-      todo=; for m in $decode_methods; do [ -f "$ft_dir/decode/$t/$m/wer-summary.txt" ] || todo+=" $m"; done
-      [ -n "$todo" ] || continue
-      decode_cuts "$ckpt" "$(split_cuts $t)" "$lang_dir" "${todo# }" "$ft_dir/decode/$t" "$nj"
+      decode_cuts "$ckpt" "$(split_cuts $t)" "$lang_dir" "$decode_methods" "$ft_dir/decode/$t" "$nj"
     done
     stage_end
   fi

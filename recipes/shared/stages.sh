@@ -7,17 +7,14 @@
 #     fi
 #   fi
 #
-# stage_begin prints the stage's one line; when every marker given already exists it prints
-# "... already done, skipping" and returns 1. stage_end writes the markers named *.done (other
-# paths are outputs the stage wrote itself, only checked) and prints the stage's wall time. Markers live next to the outputs they vouch for, and output directories
-# carry the settings in their names (exp/finetune_tiny_10m), so a rerun with other settings
-# does not trust the markers of a different experiment.
-
-# ESPnet/icefall's log(): time stamp, calling file and line.
-log() {
-  local fname=${BASH_SOURCE[1]##*/}
-  echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}) $*"
-}
+# The one marker protocol: a stage names its markers (`*.done` files) in stage_begin; when all
+# exist it prints "... already done, skipping" and returns 1. Markers are written only by these
+# helpers, each once: stage_end writes the stage's markers, and a stage that loops over items
+# (languages, experiments) skips a finished item with `stage_item_done MARKER` and marks it with
+# `stage_item_end MARKER` (stage_end then leaves that marker alone). Other paths given to
+# stage_begin are outputs the stage writes itself, only checked. Markers live next to the
+# outputs they vouch for, and output directories carry the settings in their names
+# (exp/finetune_tiny_10m), so a rerun with other settings does not trust another experiment's.
 
 __stage_n=
 __stage_desc=
@@ -44,12 +41,19 @@ stage_begin() {  # stage_begin N "what it does" [marker ...]
   return 0
 }
 
+_stage_mark() {  # writes one marker (the time it was written)
+  mkdir -p "$(dirname "$1")"
+  date '+%Y-%m-%d %H:%M:%S' > "$1"
+}
+
+stage_item_done() { [ -f "$1" ]; }          # stage_item_done MARKER: this item of the stage is finished
+stage_item_end() { _stage_mark "$1"; }      # stage_item_end MARKER: mark one item of the stage finished
+
 stage_end() {  # marks the stage's outputs as complete and reports its time
   local m dt
   for m in "${__stage_markers[@]}"; do
-    # Only *.done markers are written; other paths are outputs the stage itself produced.
     case "$m" in
-      *.done) mkdir -p "$(dirname "$m")"; date '+%Y-%m-%d %H:%M:%S' > "$m" ;;
+      *.done) [ -f "$m" ] || _stage_mark "$m" ;;
       *) [ -e "$m" ] || echo "stage $__stage_n: warning: expected output $m is missing" >&2 ;;
     esac
   done
@@ -65,14 +69,16 @@ stage_summary() {  # one line per stage run in this invocation, with its wall ti
   for line in "${__stage_times[@]}"; do echo "  $line"; done
 }
 
-# Does this directory already hold a finished job? (for per-item skips inside a stage)
-is_done() { [ -f "$1/.done" ]; }
-mark_done() { mkdir -p "$1"; date '+%Y-%m-%d %H:%M:%S' > "$1/.done"; }
-
-# Runs `toolkit ARGS...` in the recipe's environment; a wrapper so that a failing command
-# names itself before set -e stops the recipe.
-tk() {
-  toolkit "$@" || { local rc=$?; echo "$0: 'toolkit $1' failed (exit $rc); see the messages above" >&2; return $rc; }
+# The --config options of a training config: the shared one (recipes/shared/conf) and, when the
+# recipe has one of the same name in its conf/, the recipe's own on top (it holds only what differs).
+#   train_configs pretrain|finetune SIZE
+train_configs() {
+  local name=$1_$2.yaml shared_conf
+  shared_conf=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/conf
+  [ -f "$shared_conf/$name" ] || { echo "$0: no $shared_conf/$name: --size must be tiny, base or large" >&2; return 1; }
+  echo "--config $shared_conf/$name"
+  [ -f "$conf/$name" ] && echo "--config $conf/$name"
+  return 0
 }
 
 # The command that runs `toolkit` for training: plain for one process, torchrun for several
@@ -118,13 +124,18 @@ best_checkpoint() {  # best_checkpoint EXP_DIR
 }
 
 # Decode one cut set with every method into OUT_DIR/<method>/ (recogs.txt, errs.txt,
-# wer-summary.txt, results.json). With NJ > 1 the cuts are split with `lhotse split`, the parts
+# wer-summary.txt, results.json); methods whose OUT_DIR/<method>/wer-summary.txt exists are
+# skipped. With NJ > 1 the cuts are split with `lhotse split`, the parts
 # decoded as $decode_cmd jobs (one forward pass per part serves every method), and each
-# method's transcripts joined and scored once, so the numbers equal those of a single job.
+# method's jobs scored once together (`toolkit score --decode-dirs`), so the numbers equal those
+# of a single job.
 #   decode_cuts CHECKPOINT CUTS LANG_DIR "METHOD ..." OUT_DIR NJ [extra toolkit decode options]
 decode_cuts() {
-  local ckpt=$1 cuts=$2 lang_dir=$3 methods=$4 out=$5 nj=$6 j m ncuts
+  local ckpt=$1 cuts=$2 lang_dir=$3 methods= out=$5 nj=$6 j m ncuts
+  for m in $4; do [ -f "$out/$m/wer-summary.txt" ] || methods+=" $m"; done
+  methods=${methods# }
   shift 6
+  [ -n "$methods" ] || return 0
   mkdir -p "$out/log"
   ncuts=$(gzip -dc "$cuts" | wc -l)
   [ "$nj" -le "$ncuts" ] || nj=$ncuts  # lhotse cannot split 5 cuts 12 ways
@@ -140,20 +151,7 @@ decode_cuts() {
     --cuts "$out/split/$base.JOB.jsonl.gz" --lang-dir "$lang_dir" --methods "${methods// /,}" \
     --out-dir "$out/split/JOB" "$@"
   for m in $methods; do
-    mkdir -p "$out/split/$m"
-    for j in $(seq 1 "$nj"); do cat "$out/split/$j/$m/recogs.txt"; done > "$out/split/$m/recogs.txt"
-    recogs_to_text ref < "$out/split/$m/recogs.txt" > "$out/split/$m/ref.txt"
-    recogs_to_text hyp < "$out/split/$m/recogs.txt" > "$out/split/$m/hyp.txt"
-    # scored once over all jobs: merged timing (RTF) and the languages of the cuts
-    toolkit score --ref "$out/split/$m/ref.txt" --hyp "$out/split/$m/hyp.txt" --out-dir "$out/$m" --key "$m" \
-      --cuts "$cuts" --timing $(for j in $(seq 1 "$nj"); do echo "$out/split/$j/$m/timing.txt"; done) \
-      > "$out/log/score.$m.log"
+    toolkit score --decode-dirs $(for j in $(seq 1 "$nj"); do echo "$out/split/$j/$m"; done) \
+      --out-dir "$out/$m" --key "$m" --cuts "$cuts" > "$out/log/score.$m.log"
   done
-}
-
-# icefall's recogs.txt (`id:<TAB>ref=['w1', 'w2']`) back to a Kaldi text file (`id w1 w2`).
-# Words never hold spaces, so each list element is one quoted word.
-recogs_to_text() {  # recogs_to_text ref|hyp < recogs.txt
-  sed -n -E "s/^(.*):\t$1=\[(.*)\]$/\1 \2/p" \
-    | sed -E "s/ ['\"]/ /; s/['\"], ['\"]/ /g; s/['\"]$//"
 }

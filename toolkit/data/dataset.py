@@ -13,7 +13,7 @@ Batch contract (ARCHITECTURE.md, "Data"), B cuts, S samples at 16 kHz:
 - `num_dropped` (int): cuts dropped from this batch, each with a warning naming the cut and
   its file: audio that fails to load or is shorter than one model frame (400 samples), and,
   with a tokenizer, utterances whose frame count cannot fit their labels under CTC
-  (labels + repeated neighbours; DESIGN §9: such cuts drive CTC to blank-only output).
+  (labels + repeated neighbours; docs/DESIGN.md, "Traps": such cuts drive CTC to blank-only output).
   A batch whose every cut was dropped comes back empty (B = 0) rather than stopping a long
   run. With `drop_unfit=False` (decoding: every utterance must be scored) the first such cut
   raises ToolkitError naming the cut and its file instead.

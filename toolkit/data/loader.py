@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["make_loader", "ResumableSampler"]
 
+ONE_BUCKET_BIN = 1e9  # seconds: a bin edge no cut reaches
+
 
 class ResumableSampler(torch.utils.data.Sampler):
     """Wraps lhotse's DynamicBucketingSampler; counts consumed batches for exact resume.
@@ -109,9 +111,11 @@ def make_loader(cuts: Any, dataset: Any, max_duration: float, shuffle: bool = Tr
         raise ToolkitError(f"max_duration={max_duration}: must be a positive number of seconds per batch")
     if not 0 <= rank < world_size:
         raise ToolkitError(f"rank={rank} is not within world_size={world_size}")
+    # lhotse cannot estimate bins for one bucket (a one-utterance dev set): one open-ended bin then.
+    bins = {"duration_bins": [ONE_BUCKET_BIN]} if num_buckets < 2 else {"num_buckets": num_buckets}
     inner = DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
-                                    world_size=world_size, rank=rank, num_buckets=num_buckets,
-                                    drop_last=drop_last, buffer_size=buffer_size)
+                                    world_size=world_size, rank=rank, drop_last=drop_last,
+                                    buffer_size=buffer_size, **bins)
     config = {"max_duration": float(max_duration), "shuffle": shuffle, "seed": seed, "world_size": world_size,
               "rank": rank, "num_buckets": num_buckets, "drop_last": drop_last, "buffer_size": buffer_size}
     sampler = ResumableSampler(inner, config)

@@ -1,4 +1,4 @@
-"""Language-balanced sampling for multilingual pretraining (XLSR, DESIGN §5 and §9).
+"""Language-balanced sampling for multilingual pretraining (XLSR; docs/DESIGN.md, "Multilingual" and "Traps").
 
 Language l, with n_l hours of audio out of N, is sampled with probability
 

@@ -5,7 +5,8 @@
 For every split this
 
 1. reads the corpus index itself (LibriSpeech `*.trans.txt`, Common Voice `<split>.tsv`)
-   and validates each utterance (`toolkit.data.validate`): one warning line per
+   and validates each utterance (`toolkit.data.validate`; duration limits in training splits
+   only, dev/test kept whole: `toolkit.data.manifests.SplitLimits`): one warning line per
    dropped file, counted in the summary printed at the end;
 2. stages the usable utterances (symlinks + filtered index) in a temporary directory
    and runs lhotse's own recipe on it (`prepare_librispeech` / `prepare_commonvoice`),
@@ -16,9 +17,10 @@ For every split this
    `language` = ISO code and `speaker`; resamples to 16 kHz (`cut.resample`), decodes
    every cut once to catch corrupt audio;
 4. writes `<out>/<prefix>_cuts_<split>.jsonl.gz` atomically (prefix `librispeech` or
-   `cv-<lang>`); an existing output is kept unless `--overwrite`.
+   `cv-<lang>`); an existing output is kept unless `--overwrite`. A split that yields no
+   utterance fails the command, naming it, and its old manifest is removed.
 
-Finally it reports dev/test sentences that also occur in train (DESIGN §9).
+Finally it reports dev/test sentences that also occur in train (docs/DESIGN.md, "Traps").
 
 LibriSpeech language: LibriSpeech is English; a corpus from `toolkit synth-corpus` has
 `LibriSpeech/speaker_languages.txt` (`<spk> <lang>`), which wins over `--language`.
@@ -36,9 +38,12 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Callable
 from pathlib import Path
 
 from toolkit.data import validate as V
+from toolkit.data.manifests import (SplitLimits, check_scripts, fail_on_empty, note_kept_whole, remove_stale,
+                                     report_overlap, write_cuts)
 from toolkit.model.config import SAMPLE_RATE
 from toolkit.utils import ToolkitError, atomic_path
 
@@ -79,11 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", default="en",
                         help="LibriSpeech without speaker_languages.txt, or a lhotse recipe's corpus: its ISO code")
     parser.add_argument("--splits", default=None, help="comma-separated split names (default: all found)")
-    parser.add_argument("--min-duration", default="auto", help=f"seconds or auto (= {V.AUTO_MIN_DURATION} s)")
-    parser.add_argument("--max-duration", type=float, default=20.0)
+    parser.add_argument("--min-duration", default="auto",
+                        help=f"seconds or auto (= {V.AUTO_MIN_DURATION} s); training splits only")
+    parser.add_argument("--max-duration", type=float, default=20.0,
+                        help="seconds; training splits only (dev and test are kept whole)")
     parser.add_argument("--check-audio", choices=["decode", "header"], default="decode",
                         help="decode every file (catches corrupt audio) or only read headers")
     parser.add_argument("--overwrite", action="store_true", help="redo splits whose manifest exists")
+    parser.add_argument("--max-foreign-share", type=float, default=0.02,
+                        help="most utterances of a split that may hold letters of another script than its main one")
     parser.add_argument("--nj", type=int, default=2)
 
 
@@ -100,13 +109,14 @@ def run(args: argparse.Namespace) -> int:
         report = prepare_lhotse(args.recipe, args.corpus_dir, args.out, args.language, prefix=args.prefix,
                                 splits=_csv_list(args.splits), min_duration=args.min_duration,
                                 max_duration=args.max_duration, check_audio=args.check_audio,
-                                overwrite=args.overwrite, nj=args.nj)
+                                overwrite=args.overwrite, nj=args.nj, max_foreign_share=args.max_foreign_share)
         print(report.summary())
         return 0
     report = prepare(args.corpus, args.corpus_dir, args.out, languages=_csv_list(args.languages),
                      splits=_csv_list(args.splits), default_language=args.language,
                      min_duration=args.min_duration, max_duration=args.max_duration,
-                     check_audio=args.check_audio, overwrite=args.overwrite, nj=args.nj)
+                     check_audio=args.check_audio, overwrite=args.overwrite, nj=args.nj,
+                     max_foreign_share=args.max_foreign_share)
     print(report.summary())
     return 0
 
@@ -153,23 +163,42 @@ def scan_librispeech(part_dirs: list[Path], spk_lang: dict[str, str], default_la
 
 
 def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
+    """Entries of `<lang>/<split>.tsv`; one-line errors for a missing, non-UTF-8 or malformed TSV and
+    for a clip listed twice."""
     tsv = lang_dir / f"{split}.tsv"
     if not tsv.is_file():
         raise ToolkitError(f"{tsv}: not found; choose splits that exist with --splits")
-    with open(tsv, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"path", "client_id", "sentence", "gender", "age", "accents", "variant"} - set(reader.fieldnames or [])
-        if missing:
-            raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))} that lhotse's recipe reads")
-        return [Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
-                      language, r) for r in reader]
+    try:
+        text = tsv.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = tsv.read_bytes()[: e.start].count(b"\n") + 1
+        raise ToolkitError(f"{tsv}:{line}: not UTF-8 (byte {e.start}); Common Voice TSVs are UTF-8: re-download or "
+                           "convert the file (e.g. iconv -t UTF-8)") from None
+    reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    missing = {"path", "client_id", "sentence", "gender", "age", "accents", "variant"} - set(reader.fieldnames or [])
+    if missing:
+        raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))} that lhotse's recipe reads")
+    entries: list[Entry] = []
+    first_line: dict[str, int] = {}
+    for n, r in enumerate(reader, start=2):
+        if not r.get("path"):
+            raise ToolkitError(f"{tsv}:{n}: no clip in the path column; fix or remove the row")
+        if r["path"] in first_line:
+            raise ToolkitError(f"{tsv}:{n}: clip {r['path']} is listed twice (also on line {first_line[r['path']]}); "
+                               "remove the duplicate row")
+        first_line[r["path"]] = n
+        entries.append(Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
+                             language, r))
+    return entries
 
 
 # ---------------------------------------------------------------------------------------
 # Validation, staging and lhotse's recipes
 
-def validate_entries(entries: list[Entry], manifest: str, report: V.DropReport, min_dur: float, max_dur: float,
+def validate_entries(entries: list[Entry], manifest: str, split: str, report: V.DropReport, limits: SplitLimits,
                      nj: int) -> list[Entry]:
+    """The entries of one split that pass `limits` (headers read in `nj` threads, text normalised);
+    every other one is dropped with one warning naming its file and counted in `report`."""
     from toolkit.text.normalize import normalize_text
 
     headers = V.headers_in_parallel([e.audio for e in entries], nj, f"{manifest}: headers")
@@ -180,11 +209,12 @@ def validate_entries(entries: list[Entry], manifest: str, report: V.DropReport, 
             continue
         e.duration = duration
         e.norm_text = normalize_text(e.text, e.language)
-        why = V.check_text_and_duration(e.norm_text, duration, min_dur, max_dur)
+        why = limits.check(split, e.norm_text, duration)
         if why:
             report.drop(manifest, why, e.audio)
             continue
         good.append(e)
+    note_kept_whole(report, manifest, split, [e.duration for e in good], limits)
     return good
 
 
@@ -274,16 +304,18 @@ def build_cuts(recordings, supervisions, entries: list[Entry]):
     return cuts.resample(SAMPLE_RATE).to_eager()
 
 
-def prepare_split(manifest: str, entries: list[Entry], stage_fn, out_path: Path, report: V.DropReport,
-                  min_dur: float, max_dur: float, check_audio: str, nj: int) -> bool:
+def prepare_split(job: "SplitJob", out_path: Path, report: V.DropReport, limits: SplitLimits, check_audio: str,
+                  nj: int, max_foreign_share: float = 0.02) -> bool:
     """Validate, stage, run lhotse, build and write one manifest; False if nothing usable."""
-    good = validate_entries(entries, manifest, report, min_dur, max_dur, nj)
+    manifest = f"{job.prefix}_{job.split}"
+    good = validate_entries(job.entries, manifest, job.split, report, limits, nj)
     if not good:
-        log.warning("%s: no usable utterance (%d listed); %s not written", manifest, len(entries), out_path)
+        remove_stale(out_path, manifest)
         return False
+    check_scripts({e.utt_id: (e.language, e.norm_text) for e in good}, manifest, report, max_foreign_share)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest}-", dir=out_path.parent))
     try:
-        recordings, supervisions = stage_fn(good, staging)
+        recordings, supervisions = job.stage(good, staging, nj)
         cuts = build_cuts(recordings, supervisions, good)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -291,47 +323,23 @@ def prepare_split(manifest: str, entries: list[Entry], stage_fn, out_path: Path,
     return write_cuts(cuts, manifest, out_path, report, check_audio, nj, lambda cut: by_id[cut.id].audio)
 
 
-def write_cuts(cuts, manifest: str, out_path: Path, report: V.DropReport, check_audio: str, nj: int,
-               file_of) -> bool:
-    """Last step of every preparation: with `check_audio == "decode"` drop cuts whose audio does
-    not decode (warning naming `file_of(cut)`), count the kept ones, write the manifest
-    atomically. False (nothing written) when no cut is left."""
-    if check_audio == "decode" and len(cuts):
-        bad = V.decode_errors(list(cuts), nj, f"{manifest}: decoding")
-        for cut in cuts:
-            if cut.id in bad:
-                report.drop(manifest, bad[cut.id], file_of(cut))
-        cuts = cuts.filter(lambda c: c.id not in bad).to_eager()
-    if len(cuts) == 0:
-        log.warning("%s: no usable utterance left; %s not written", manifest, out_path)
-        return False
-    for cut in cuts:
-        report.keep(manifest, cut.duration)
-    with atomic_path(out_path) as tmp:
-        cuts.to_file(tmp)
-    log.info("%s: wrote %d cuts (%.2f h) to %s", manifest, len(cuts), report.kept_seconds[manifest] / 3600, out_path)
-    return True
-
-
-def duration_limits(min_duration: str | float, max_duration: float) -> float:
-    """--min-duration resolved (auto = the model's receptive field); one-line error unless below --max-duration."""
-    min_dur = V.resolve_min_duration(min_duration)
-    if max_duration <= min_dur:
-        raise ToolkitError(f"--max-duration {max_duration} must exceed --min-duration {min_dur}")
-    return min_dur
-
-
-def nothing_usable(corpus_dir: Path, report: V.DropReport) -> ToolkitError:
-    return ToolkitError(f"{corpus_dir}: no usable utterance in any split ({report.total_dropped()} dropped, "
-                        "see the warnings above); check the corpus and --min-duration/--max-duration")
-
-
 # ---------------------------------------------------------------------------------------
 # Driver
 
+@dataclass
+class SplitJob:
+    """One manifest to write: `<prefix>_cuts_<split>.jsonl.gz` from `entries`, staged for lhotse by
+    `stage(good_entries, staging_dir, nj) -> (recordings, supervisions)`."""
+
+    prefix: str
+    split: str
+    entries: list[Entry]
+    stage: Callable[[list[Entry], Path, int], tuple]
+
+
 def _librispeech_jobs(corpus_dir: Path, splits: list[str] | None, languages: list[str] | None,
-                      default_language: str) -> list[tuple[str, str, list[Entry]]]:
-    """(prefix, split, entries) for every LibriSpeech / Libri-light split to prepare."""
+                      default_language: str) -> list[SplitJob]:
+    """A job for every LibriSpeech / Libri-light split to prepare."""
     root = _librispeech_root(corpus_dir)
     finetune = root.parent / "librispeech_finetuning"
     available: dict[str, list[Path]] = {p: [root / p] for p in LIBRISPEECH_PARTS if (root / p).is_dir()}
@@ -349,12 +357,12 @@ def _librispeech_jobs(corpus_dir: Path, splits: list[str] | None, languages: lis
         entries = scan_librispeech(available[split], spk_lang, default_language)
         if languages:
             entries = [e for e in entries if e.language in languages]
-        jobs.append(("librispeech", split, entries))
+        jobs.append(SplitJob("librispeech", split, entries,
+                             lambda good, st, nj, split=split: lhotse_librispeech(good, split, st, nj)))
     return jobs
 
 
-def _commonvoice_jobs(corpus_dir: Path, splits: list[str] | None,
-                      languages: list[str] | None) -> list[tuple[str, str, list[Entry], str]]:
+def _commonvoice_jobs(corpus_dir: Path, splits: list[str] | None, languages: list[str] | None) -> list[SplitJob]:
     if not corpus_dir.is_dir():
         raise ToolkitError(f"--corpus-dir {corpus_dir}: not a directory")
     langs = languages or sorted(p.name for p in corpus_dir.iterdir() if (p / "train.tsv").is_file())
@@ -366,56 +374,35 @@ def _commonvoice_jobs(corpus_dir: Path, splits: list[str] | None,
         if not (corpus_dir / lang).is_dir():
             raise ToolkitError(f"--languages {lang}: {corpus_dir / lang} does not exist")
         for split in splits or CV_DEFAULT_SPLITS:
-            jobs.append((f"cv-{lang}", split, scan_commonvoice(corpus_dir / lang, split, lang), lang))
+            jobs.append(SplitJob(f"cv-{lang}", split, scan_commonvoice(corpus_dir / lang, split, lang),
+                                 lambda good, st, nj, split=split, lang=lang: lhotse_commonvoice(good, lang, split, st, nj)))
     return jobs
-
-
-def report_overlap(out: Path, prefixes: list[str], report: V.DropReport) -> None:
-    """Note dev/test sentences that also occur in the train split(s) of the same prefix."""
-    from lhotse import CutSet
-
-    for prefix in sorted(set(prefixes)):
-        files = sorted(out.glob(f"{prefix}_cuts_*.jsonl.gz"))
-        texts = {f.name[len(prefix) + 6:-len(".jsonl.gz")]: [s.text for c in CutSet.from_file(f) for s in c.supervisions]
-                 for f in files}
-        train = {t for split, ts in texts.items() if split.startswith("train") and split not in LIBRILIGHT_PARTS
-                 for t in ts}
-        for split, ts in sorted(texts.items()):
-            if split.startswith(("dev", "test")):
-                n, total = V.sentence_overlap(train, ts)
-                line = f"overlap: {prefix} {split}: {n} of {total} sentences also in train ({100 * n / max(total, 1):.1f}%)"
-                report.notes.append(line)
-                (log.warning if n else log.info)(line)
 
 
 def prepare(corpus: str, corpus_dir: Path, out: Path, languages: list[str] | None = None,
             splits: list[str] | None = None, default_language: str = "en", min_duration: str | float = "auto",
             max_duration: float = 20.0, check_audio: str = "decode", overwrite: bool = False,
-            nj: int = 2) -> V.DropReport:
-    """Prepare every requested split; ToolkitError when nothing usable remains at all."""
-    min_dur = duration_limits(min_duration, max_duration)
+            nj: int = 2, max_foreign_share: float = 0.02) -> V.DropReport:
+    """Prepare every requested split; ToolkitError naming the splits that yielded nothing."""
+    limits = SplitLimits.from_options(min_duration, max_duration)
     corpus_dir = Path(corpus_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = V.DropReport()
     if corpus == "librispeech":
-        jobs = [(p, s, e, lambda good, st, s=s: lhotse_librispeech(good, s, st, nj))
-                for p, s, e in _librispeech_jobs(corpus_dir, splits, languages, default_language)]
+        jobs = _librispeech_jobs(corpus_dir, splits, languages, default_language)
     elif corpus == "commonvoice":
-        jobs = [(p, s, e, lambda good, st, s=s, lang=lang: lhotse_commonvoice(good, lang, s, st, nj))
-                for p, s, e, lang in _commonvoice_jobs(corpus_dir, splits, languages)]
+        jobs = _commonvoice_jobs(corpus_dir, splits, languages)
     else:
         raise ToolkitError(f"corpus {corpus!r}: use librispeech or commonvoice")
-    usable = 0
-    for prefix, split, entries, stage_fn in jobs:
-        out_path = out / f"{prefix}_cuts_{split}.jsonl.gz"
+    empty = []
+    for job in jobs:
+        out_path = out / f"{job.prefix}_cuts_{job.split}.jsonl.gz"
         if out_path.is_file() and not overwrite:
-            log.info("%s exists; skipping %s %s (use --overwrite to redo it)", out_path, prefix, split)
-            usable += 1
+            log.info("%s exists; skipping %s %s (use --overwrite to redo it)", out_path, job.prefix, job.split)
             continue
-        usable += prepare_split(f"{prefix}_{split}", entries, stage_fn, out_path, report, min_dur, max_duration,
-                                check_audio, nj)
-    if usable == 0:
-        raise nothing_usable(corpus_dir, report)
-    report_overlap(out, [j[0] for j in jobs], report)
+        if not prepare_split(job, out_path, report, limits, check_audio, nj, max_foreign_share):
+            empty.append(f"{job.prefix}_{job.split}")
+    fail_on_empty(corpus_dir, report, empty)
+    report_overlap(out, [j.prefix for j in jobs], report)
     return report

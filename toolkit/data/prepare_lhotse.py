@@ -9,10 +9,11 @@ returns:
    per utterance, cut id = supervision id), so long recordings with segments work too;
 2. text normalised per language (`--language`, or the supervision's own ISO code), the
    original in `custom["orig_text"]`;
-3. empty text, clips shorter than the model's receptive field (or `--min-duration`), longer
-   than `--max-duration`, or whose text needs more CTC frames than the audio has, dropped with
-   one warning line each naming the file; with `--check-audio decode` every cut is decoded
-   once and corrupt audio dropped the same way;
+3. in training splits, empty text, clips shorter than the model's receptive field (or
+   `--min-duration`), longer than `--max-duration`, or whose text needs more CTC frames than the
+   audio has, dropped with one warning line each naming the file (dev/test splits are kept
+   whole: only what cannot be decoded is dropped; see toolkit.data.manifests); with
+   `--check-audio decode` every cut is decoded once and corrupt audio dropped the same way;
 4. resampled to 16 kHz and written atomically to `<out>/<prefix>_cuts_<split>.jsonl.gz`
    (existing outputs kept unless `--overwrite`); the summary counts what was dropped and why.
 A split named "all" is written for recipes that return a single manifest pair.
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from toolkit.data import validate as V
 from toolkit.model.config import SAMPLE_RATE
-from toolkit.data.prepare import duration_limits, nothing_usable, report_overlap, write_cuts
+from toolkit.data.manifests import (SplitLimits, check_scripts, fail_on_empty, note_kept_whole, report_overlap,
+                                     write_cuts)
 from toolkit.utils import ToolkitError
 
 log = logging.getLogger("toolkit.data.prepare")
@@ -73,8 +75,7 @@ def _source(cut) -> str:
     return cut.recording.sources[0].source if cut.has_recording else cut.id
 
 
-def split_cuts(manifests: dict, language: str, manifest: str, report: V.DropReport,
-               min_dur: float, max_dur: float):
+def split_cuts(manifests: dict, language: str, manifest: str, split: str, report: V.DropReport, limits: SplitLimits):
     """Validated, normalised, 16 kHz cuts of one split (drops recorded in `report`)."""
     from lhotse import CutSet
     from lhotse.utils import fastcopy
@@ -91,22 +92,24 @@ def split_cuts(manifests: dict, language: str, manifest: str, report: V.DropRepo
         sup = cut.supervisions[0]
         lang = sup.language if sup.language and ISO_CODE.match(sup.language) else language
         text = normalize_text(sup.text or "", lang)
-        why = V.check_text_and_duration(text, cut.duration, min_dur, max_dur)
+        why = limits.check(split, text, cut.duration)
         if why:
             report.drop(manifest, why, _source(cut))
             continue
         sup = fastcopy(sup, text=text, language=lang, custom=dict(sup.custom or {}, orig_text=sup.text))
         kept.append(fastcopy(cut, id=sup.id, supervisions=[sup]))
+    note_kept_whole(report, manifest, split, [c.duration for c in kept], limits)
     return CutSet.from_cuts(kept).resample(SAMPLE_RATE).to_eager()
 
 
 def prepare_lhotse(recipe: str, corpus_dir: Path, out: Path, language: str, prefix: str | None = None,
                    splits: list[str] | None = None, min_duration: str | float = "auto", max_duration: float = 20.0,
-                   check_audio: str = "decode", overwrite: bool = False, nj: int = 2) -> V.DropReport:
-    """Prepare every (requested) split lhotse's recipe returns; ToolkitError when nothing usable remains."""
+                   check_audio: str = "decode", overwrite: bool = False, nj: int = 2,
+                   max_foreign_share: float = 0.02) -> V.DropReport:
+    """Prepare every (requested) split lhotse's recipe returns; ToolkitError naming the splits that yielded nothing."""
     if not ISO_CODE.match(language):
         raise ToolkitError(f"--language {language!r}: give the corpus's ISO 639 code (e.g. en, de, sw)")
-    min_dur = duration_limits(min_duration, max_duration)
+    limits = SplitLimits.from_options(min_duration, max_duration)
     prefix = prefix or recipe
     corpus_dir, out = Path(corpus_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,17 +119,18 @@ def prepare_lhotse(recipe: str, corpus_dir: Path, out: Path, language: str, pref
     if unknown:
         raise ToolkitError(f"--splits: {', '.join(unknown)} not returned by lhotse's prepare_{recipe} "
                            f"(it returned: {', '.join(sorted(manifests))})")
-    usable = 0
+    empty = []
     for split in splits or sorted(manifests):
         out_path = out / f"{prefix}_cuts_{split}.jsonl.gz"
         if out_path.is_file() and not overwrite:
             log.info("%s exists; skipping %s (use --overwrite to redo it)", out_path, split)
-            usable += 1
             continue
         manifest = f"{prefix}_{split}"
-        cuts = split_cuts(manifests[split], language, manifest, report, min_dur, max_duration)
-        usable += write_cuts(cuts, manifest, out_path, report, check_audio, nj, _source)
-    if usable == 0:
-        raise nothing_usable(corpus_dir, report)
+        cuts = split_cuts(manifests[split], language, manifest, split, report, limits)
+        check_scripts({c.id: (c.supervisions[0].language, c.supervisions[0].text) for c in cuts}, manifest, report,
+                      max_foreign_share)
+        if not write_cuts(cuts, manifest, out_path, report, check_audio, nj, _source):
+            empty.append(manifest)
+    fail_on_empty(corpus_dir, report, empty)
     report_overlap(out, [prefix], report)
     return report

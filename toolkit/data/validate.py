@@ -98,6 +98,16 @@ def header_duration(path: Path) -> tuple[float | None, str]:
     return rec.duration, ""
 
 
+def check_decodable(text: str, duration: float) -> str:
+    """"" if an evaluation utterance can be decoded and scored, else the reason it cannot: empty
+    text (nothing to score) or audio shorter than one model frame (nothing to decode)."""
+    if not text:
+        return "empty text after normalisation"
+    if num_frames(round(duration * SAMPLE_RATE)) == 0:
+        return f"too short to decode ({duration:.3f} s is less than one model frame)"
+    return ""
+
+
 def check_text_and_duration(text: str, duration: float, min_duration: float, max_duration: float) -> str:
     """"" if usable, else the drop reason (with the numbers that made it fail)."""
     if not text:
@@ -119,7 +129,9 @@ def headers_in_parallel(paths: list[Path], nj: int, desc: str) -> list[tuple[flo
 
 
 def decode_errors(cuts: list, nj: int, desc: str) -> dict[str, str]:
-    """cut id -> why its audio cannot be decoded, for the cuts whose audio fails to load."""
+    """cut id -> why its audio cannot be used, for the cuts whose audio fails to load, decodes to
+    nothing, or holds NaN/Inf samples (which would stop decoding or poison training)."""
+    import numpy as np
 
     def one(cut) -> tuple[str, str]:
         try:
@@ -129,6 +141,8 @@ def decode_errors(cuts: list, nj: int, desc: str) -> dict[str, str]:
             return cut.id, f"corrupt audio ({type(e).__name__}: {msg})"
         if audio.size == 0:
             return cut.id, "corrupt audio (decoded to no samples)"
+        if not np.isfinite(audio).all():
+            return cut.id, "corrupt audio (NaN or infinite samples)"
         return cut.id, ""
 
     with ThreadPoolExecutor(max(1, nj)) as ex:

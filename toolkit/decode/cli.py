@@ -46,6 +46,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
+    """The `SearchOptions` of the flags of `add_search_arguments`, checked (one-line errors)."""
     from toolkit.decode.lm_scales import best_lm_scale, parse_scales
 
     lm_scale = args.lm_scale

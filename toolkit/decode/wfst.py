@@ -125,7 +125,9 @@ def rescore_word_fst(words: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst, num
 
 
 class LatticeRescorer:
-    """Lattice decoding over HLG.fst, then whole-lattice rescoring with a larger G (``G_<n>.fst``)."""
+    """Lattice decoding over HLG.fst, then rescoring with a larger G (``G_<n>_rescore.fst``): of the
+    whole lattice when ``opts.num_paths`` is 0 or None, else of its ``num_paths`` best distinct word
+    sequences (`rescore_word_fst`)."""
 
     def __init__(self, hlg: str | os.PathLike, rescore_g: str | os.PathLike, backoff_id: int, opts: SearchOptions):
         opts.check()

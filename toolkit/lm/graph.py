@@ -280,6 +280,7 @@ LANG_FILES = ("tokens.txt", "words.txt", "lexicon.txt")  # the lang-dir files a 
 
 
 def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's content (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -349,6 +350,7 @@ def remove_graphs(lang_dir: str | os.PathLike) -> list[str]:
 
 
 def compile_hint(lang_dir: Path, name: str) -> str:
+    """The `toolkit compile-graph` command that builds graph `name` of `lang_dir`."""
     if name == "HLG.pt":
         return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM --k2`"
     if name.endswith("_rescore.fst"):
@@ -384,6 +386,7 @@ def checked_graph(lang_dir: str | os.PathLike, name: str) -> Path:
 
 
 def write_fst(fst: kaldifst.StdVectorFst, path: Path) -> None:
+    """Write an OpenFst binary atomically; a one-line error when it cannot be written."""
     with atomic_path(path) as tmp:
         if not fst.write(str(tmp)):
             raise ToolkitError(f"{path}: cannot write the FST; check disk space and permissions")
@@ -406,6 +409,8 @@ def read_fst(path: str | os.PathLike) -> kaldifst.StdVectorFst:
 
 @dataclass
 class GraphPaths:
+    """The graphs `compile_graphs` leaves in the lang dir (G and HLG only with an LM) and which it rebuilt."""
+
     H: Path
     L: Path
     G: Path | None

@@ -61,12 +61,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"{path}: checkpoint not found; check the path (training writes exp/<name>/checkpoint-<step>.pt)")
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"{path}: empty file, not a checkpoint; use another checkpoint (e.g. an earlier "
+                           "checkpoint-<step>.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (EOFError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise ToolkitError(
+                f"{path}: refused: the file holds Python objects that a checkpoint of weights never holds (it may be "
+                "a malicious pickle; nothing in it was executed); use a checkpoint written by toolkit training, or "
+                "convert a fairseq/Hugging Face/torchaudio model with `toolkit import-checkpoint`") from None
+        raise ToolkitError(f"{path}: not a readable checkpoint ({_first_line(e)}); re-copy it or use an earlier "
+                           "checkpoint") from None
+    except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as e:
+        kind = _sniff(path)
+        if kind:
+            raise ToolkitError(f"{path}: {kind}, not a checkpoint; give a checkpoint (.pt written by toolkit "
+                               "training, e.g. exp/NAME/best.pt)") from None
         raise ToolkitError(
-            f"{path}: cannot read this checkpoint (truncated or corrupt file? {reason}); "
+            f"{path}: cannot read this checkpoint (truncated or corrupt: {_first_line(e)}); "
             "re-copy it or use an earlier checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ToolkitError(
@@ -80,6 +95,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if ckpt["kind"] not in KINDS:
         raise ToolkitError(f"{path}: unknown checkpoint kind {ckpt['kind']!r} (expected one of {KINDS})")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def _sniff(path: Path) -> str:
+    """What a file that is no checkpoint looks like (an audio or text file given by mistake), or ""."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    for magic, what in ((b"RIFF", "a WAV audio file"), (b"fLaC", "a FLAC audio file"), (b"ID3", "an MP3 audio file"),
+                        (b"OggS", "an Ogg audio file"), (b"\x1f\x8b", "a gzip file")):
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return ""
 
 
 def config_of(ckpt: dict) -> Wav2Vec2Config:
@@ -125,6 +160,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], whe
 
 
 def describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[str], limit: int = 6) -> str:
+    """One line listing (at most `limit` of each) missing, unexpected and wrongly shaped state-dict keys."""
     parts = []
     for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
         if keys:

@@ -49,6 +49,13 @@ def receptive_field(conv_layers: ConvLayers | None = None) -> int:
     return rf
 
 
+# The fields that make two models different networks (parameter shapes and layer structure);
+# the others (dropout, masking, loss weights, ...) are training settings of the same network.
+ARCHITECTURE_FIELDS = ("extractor_mode", "conv_feature_layers", "conv_bias", "encoder_layers", "encoder_embed_dim",
+                       "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos",
+                       "conv_pos_groups", "final_dim", "latent_vars", "latent_groups", "latent_dim")
+
+
 @dataclass
 class Wav2Vec2Config:
     """Architecture, masking and loss options (fairseq names and defaults).
@@ -123,6 +130,11 @@ class Wav2Vec2Config:
     def vq_dim(self) -> int:
         """Codevector size summed over groups (`latent_dim`, or `proj_dim` when 0)."""
         return self.latent_dim or self.proj_dim
+
+    def architecture(self) -> dict[str, Any]:
+        """The `ARCHITECTURE_FIELDS` of this config (equal for the same network)."""
+        d = self.to_dict()
+        return {k: d[k] for k in ARCHITECTURE_FIELDS}
 
     @property
     def total_stride(self) -> int:

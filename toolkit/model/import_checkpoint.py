@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from toolkit.model.config import SAMPLE_RATE
 from toolkit.text.symbols import read_token_list
 from toolkit.utils import ToolkitError
 
@@ -294,9 +295,9 @@ def _hf_preprocessing(src: Path, cfg: Any) -> Any:
         pre = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ToolkitError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
-    rate = pre.get("sampling_rate", 16000)
-    if rate != 16000:
-        raise ToolkitError(f"{path}: the model expects {rate} Hz audio; the toolkit works at 16 kHz only")
+    rate = pre.get("sampling_rate", SAMPLE_RATE)
+    if rate != SAMPLE_RATE:
+        raise ToolkitError(f"{path}: the model expects {rate} Hz audio; the toolkit works at {SAMPLE_RATE} Hz only")
     return cfg.replace(normalize=bool(pre.get("do_normalize", cfg.normalize)))
 
 

@@ -82,7 +82,7 @@ _PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
-# Other spellings in use (DESIGN.md, torchaudio factory names).
+# Other spellings in use (the XLS-R paper's names, torchaudio factory names).
 _ALIASES = {"xlsr_300m": "xls_r_300m", "xlsr_1b": "xls_r_1b", "xlsr_2b": "xls_r_2b", "large_lv60k": "large_lv60"}
 
 

@@ -206,7 +206,7 @@ class TransformerEncoder(nn.Module):
     def seed_layerdrop(self, seed: int) -> None:
         """Draw LayerDrop patterns from a CPU generator seeded with `seed`.
 
-        Seed it identically on every DDP rank so all ranks skip the same layers (DESIGN §9).
+        Seed it identically on every DDP rank so all ranks skip the same layers (docs/DESIGN.md, "Traps").
         """
         self.layerdrop_generator = torch.Generator().manual_seed(seed)
 
@@ -348,6 +348,16 @@ def _perplexity(probs: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(probs * torch.log(probs + 1e-7)).sum(dim=-1)).sum()
 
 
+@dataclass
+class QuantizerOutput:
+    """What `GumbelVectorQuantizer.forward` returns for N masked frames."""
+
+    x: torch.Tensor  # (N, vq_dim) the chosen codevectors, one per group concatenated
+    codes: torch.Tensor  # (N, G) long, the code of each group
+    code_perplexity: torch.Tensor  # perplexity of the hard code distribution over the batch
+    prob_perplexity: torch.Tensor  # perplexity of the averaged softmax (drives the diversity loss)
+
+
 class GumbelVectorQuantizer(nn.Module):
     """Product quantizer: G groups x V codevectors, straight-through Gumbel-softmax in training."""
 
@@ -364,8 +374,8 @@ class GumbelVectorQuantizer(nn.Module):
     def set_num_updates(self, num_updates: int) -> None:
         self.curr_temp = max(self.max_temp * self.temp_decay ** num_updates, self.min_temp)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (N, C) -> {"x": (N, vq_dim), "codes": (N, G), "code_perplexity", "prob_perplexity"}."""
+    def forward(self, x: torch.Tensor) -> "QuantizerOutput":
+        """x (N, C) masked-frame features -> QuantizerOutput (codevectors, codes, perplexities)."""
         n = x.shape[0]
         logits = self.weight_proj(x).float().view(n, self.groups, self.num_vars)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -380,7 +390,7 @@ class GumbelVectorQuantizer(nn.Module):
                 onehot = hard
         codebook = self.vars.view(self.groups, self.num_vars, -1)
         q = torch.einsum("ngv,gvd->ngd", onehot.to(codebook.dtype), codebook).reshape(n, -1)
-        return {"x": q, "codes": codes, "code_perplexity": code_ppl, "prob_perplexity": prob_ppl}
+        return QuantizerOutput(q, codes, code_ppl, prob_ppl)
 
 
 @dataclass
@@ -430,7 +440,7 @@ class Wav2Vec2ForPretraining(nn.Module):
         n = idx.shape[0]
         feats = self.dropout_features(out.features.flatten(0, 1).index_select(0, idx))  # (N, C)
         q = self.quantizer(feats)
-        y = self.project_q(q["x"])
+        y = self.project_q(q.x)
         x = self.final_proj(out.x.flatten(0, 1).index_select(0, idx))
         if sampled_negative_indices is not None:
             neg = negatives_from_flat_indices(mask, sampled_negative_indices.to(mask.device))
@@ -438,10 +448,10 @@ class Wav2Vec2ForPretraining(nn.Module):
             neg = sample_negatives(mask, cfg.num_negatives, cfg.cross_sample_negatives,
                                    self.negatives_generator, num_masked=n)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = contrastive_logits(x.float(), y.float(), q["codes"], neg, cfg.logit_temp)
+            logits = contrastive_logits(x.float(), y.float(), q.codes, neg, cfg.logit_temp)
             contrastive = F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=x.device), reduction="sum")
             num_vars = cfg.latent_vars * cfg.latent_groups
-            diversity = (num_vars - q["prob_perplexity"]) / num_vars * n
+            diversity = (num_vars - q.prob_perplexity) / num_vars * n
             pen = out.features_pen.float()
             loss = contrastive + cfg.loss_weights[0] * diversity + cfg.loss_weights[1] * pen * n
         dev = loss.device
@@ -449,7 +459,7 @@ class Wav2Vec2ForPretraining(nn.Module):
         metrics = {
             "contrastive_loss": contrastive.detach(), "diversity_loss": diversity.detach(),
             "features_pen": pen.detach(), "accuracy": _accuracy(logits.detach()),
-            "code_perplexity": q["code_perplexity"].detach(), "prob_perplexity": q["prob_perplexity"].detach(),
+            "code_perplexity": q.code_perplexity.detach(), "prob_perplexity": q.prob_perplexity.detach(),
             "temperature": torch.tensor(self.quantizer.curr_temp, device=dev), "mask_fraction": n / valid,
             "sample_size": torch.tensor(float(n), device=dev),
         }
@@ -537,6 +547,8 @@ def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch
 
 
 class CTCLoss(NamedTuple):
+    """What `ctc_loss` returns."""
+
     loss: torch.Tensor  # summed over the kept utterances (fp32 scalar)
     kept: int  # utterances whose frames can hold their labels
     dropped: int  # utterances that cannot be aligned (left out of the loss)

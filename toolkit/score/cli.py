@@ -6,8 +6,10 @@
 Prints Kaldi-style %WER (and with --cer %CER) lines with the sentence error rate and the 95%
 bootstrap interval; --markdown prints ESPnet-style RESULTS.md rows; --out-dir writes
 recogs.txt, errs.txt, errs-cer.txt, wer-summary.txt and results.json there. A decoding split
-into jobs is scored once this way: `--timing` merges the jobs' timing.txt (real-time factor) and
-`--cuts` gives the languages of the utterances.
+into jobs is scored once with `--decode-dirs JOB1 JOB2 ...` (their recogs.txt joined, their
+timing.txt merged for the real-time factor); `--cuts` gives the languages of the utterances.
+A hypothesis set that misses reference utterances is an error (`--allow-missing` counts them
+as deletions), and one that matches none always is.
 """
 from __future__ import annotations
 
@@ -20,8 +22,13 @@ from toolkit.utils import ToolkitError, read_utf8_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ref", type=Path, required=True, help="reference Kaldi text file: uttid word word ...")
-    parser.add_argument("--hyp", type=Path, required=True, help="hypothesis Kaldi text file: uttid word word ...")
+    parser.add_argument("--ref", type=Path, help="reference Kaldi text file: uttid word word ...")
+    parser.add_argument("--hyp", type=Path, help="hypothesis Kaldi text file: uttid word word ...")
+    parser.add_argument("--decode-dirs", type=Path, nargs="+", default=None,
+                        help="instead of --ref/--hyp: decode directories of toolkit decode (the jobs of a split "
+                             "decoding), each with recogs.txt and timing.txt, scored together as one set")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score a hypothesis set that lacks some reference utterances (they count as deletions)")
     parser.add_argument("--out-dir", type=Path, default=None, help="write recogs/errs/wer-summary/results.json here")
     parser.add_argument("--key", default="score", help="setting name in wer-summary.txt and the log lines")
     parser.add_argument("--utt2lang", type=Path, default=None, help="optional `uttid lang` file: per-language scores")
@@ -77,11 +84,56 @@ def languages_of_cuts(path: Path) -> dict[str, str]:
     return {c.id: c.supervisions[0].language for c in read_cuts(path) if c.supervisions and c.supervisions[0].language}
 
 
+def check_coverage(refs: dict[str, str], hyps: dict[str, str], allow_missing: bool, where: str) -> None:
+    """A hypothesis set must cover every reference: a WER over a silently smaller set is wrong."""
+    missing = [u for u in refs if u not in hyps]
+    if not missing:
+        return
+    if len(missing) == len(refs):
+        raise ToolkitError(f"{where}: no hypothesis id matches a reference id ({len(refs)} references, e.g. "
+                           f"{next(iter(refs))!r}; hypotheses e.g. {next(iter(hyps), 'none')!r}); "
+                           "score the hypotheses of this test set")
+    if not allow_missing:
+        raise ToolkitError(f"{where}: {len(missing)} of {len(refs)} reference utterances have no hypothesis "
+                           f"(e.g. {missing[0]!r}); decode the whole set, or pass --allow-missing to count them as "
+                           "deletions")
+
+
+def _from_decode_dirs(dirs: list[Path]) -> tuple[dict[str, str], dict[str, str], list[Path]]:
+    from toolkit.score.report import read_recogs
+
+    refs: dict[str, str] = {}
+    hyps: dict[str, str] = {}
+    timings = []
+    for d in dirs:
+        r, h = read_recogs(d / "recogs.txt")
+        twice = sorted(set(r) & set(refs))
+        if twice:
+            raise ToolkitError(f"--decode-dirs {d}: utterance {twice[0]!r} was decoded by another job too; "
+                               "give each job's directory once")
+        refs.update(r)
+        hyps.update(h)
+        if (d / "timing.txt").is_file():
+            timings.append(d / "timing.txt")
+    return refs, hyps, timings
+
+
 def run(args: argparse.Namespace) -> int:
-    refs = read_kaldi_text(args.ref, "--ref")
+    if args.decode_dirs:
+        if args.ref or args.hyp:
+            raise ToolkitError("give --decode-dirs or --ref/--hyp, not both")
+        refs, hyps, timing_files = _from_decode_dirs(args.decode_dirs)
+        args.timing = (args.timing or []) + timing_files
+        where = f"--decode-dirs {' '.join(map(str, args.decode_dirs))}"
+    else:
+        if not args.ref or not args.hyp:
+            raise ToolkitError("give --ref and --hyp (Kaldi text files), or --decode-dirs")
+        refs = read_kaldi_text(args.ref, "--ref")
+        hyps = read_kaldi_text(args.hyp, "--hyp")
+        where = f"--hyp {args.hyp}"
     if not refs:
-        raise ToolkitError(f"--ref {args.ref}: no utterances; the reference file is empty")
-    hyps = read_kaldi_text(args.hyp, "--hyp")
+        raise ToolkitError(f"{args.ref or where}: no utterances; the reference set is empty")
+    check_coverage(refs, hyps, args.allow_missing, where)
     languages = None
     if args.utt2lang is not None:
         languages = {u: t.split()[0] for u, t in read_kaldi_text(args.utt2lang, "--utt2lang").items() if t.split()}

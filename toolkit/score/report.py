@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from toolkit.score.compute import GAP, ErrorStats, Report, UttAlignment, score_pairs
-from toolkit.utils import atomic_write_text
+from toolkit.utils import ToolkitError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,33 @@ def format_recogs(ids: Sequence[str], refs: Mapping[str, str], hyps: Mapping[str
         lines.append(f"{utt}:\tref={refs[utt].split()}")
         lines.append(f"{utt}:\thyp={hyps.get(utt, '').split()}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def read_recogs(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(refs, hyps) of a recogs.txt written by `format_recogs`; one-line ToolkitError naming the line."""
+    import ast
+
+    from toolkit.utils import read_utf8_lines
+
+    refs: dict[str, str] = {}
+    hyps: dict[str, str] = {}
+    for n, line in enumerate(read_utf8_lines(path, "--decode-dirs", "a decode directory's recogs.txt"), start=1):
+        if not line.strip():
+            continue
+        utt, sep, rest = line.partition(":\t")
+        side, eq, words = rest.partition("=")
+        try:
+            value = ast.literal_eval(words) if sep and eq and side in ("ref", "hyp") else None
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+            raise ToolkitError(f"{path}:{n}: not a recogs.txt line ('ID:<TAB>ref=[...]' or 'ID:<TAB>hyp=[...]'); "
+                               "re-run toolkit decode for that directory")
+        table = refs if side == "ref" else hyps
+        if utt in table:
+            raise ToolkitError(f"{path}:{n}: utterance {utt!r} has two {side} lines; re-run toolkit decode")
+        table[utt] = " ".join(value)
+    return refs, hyps
 
 
 def merge_error_runs(alignment: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -12,6 +12,8 @@ from toolkit.utils import atomic_write_text
 
 @dataclass
 class UttTime:
+    """Seconds spent on one utterance."""
+
     duration: float  # audio seconds
     forward: float = 0.0  # this utterance's share of its batch's model forward (by duration)
     search: float = 0.0  # decoding of its log-probs

@@ -1,4 +1,4 @@
-"""Per-language text normalisation for ASR transcripts (DESIGN §5).
+"""Per-language text normalisation for ASR transcripts (docs/DESIGN.md, "Multilingual").
 
 `normalize_text(text, language)` is the one function every corpus preparation step uses,
 so that training text, lexicons, LM text and scoring references all agree.

@@ -44,13 +44,40 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return out
 
 
+def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
+    """Only checkpoints of one network with one vocabulary can be averaged: else a one-line error
+    naming the first checkpoint that differs from the last one, and how."""
+    from toolkit.model.checkpoint import config_of
+
+    last = ckpts[-1]
+    arch = config_of(last).architecture()
+    tokens = (last.get("vocab") or {}).get("tokens")
+    for p, c in zip(paths, ckpts):
+        if c["kind"] != last["kind"]:
+            raise ToolkitError(f"{p}: a {c['kind']} checkpoint; {paths[-1]} is {last['kind']}: average checkpoints of "
+                               "one run only")
+        other = config_of(c).architecture()
+        differ = [k for k in arch if arch[k] != other[k]]
+        if differ:
+            raise ToolkitError(f"{p}: another architecture than {paths[-1]} ({differ[0]}: {other[differ[0]]} vs "
+                               f"{arch[differ[0]]}); average checkpoints of one run only")
+        if (c.get("vocab") or {}).get("tokens") != tokens:
+            raise ToolkitError(f"{p}: another vocabulary than {paths[-1]} (its output ids mean other tokens); "
+                               "average checkpoints of one run only")
+
+
 def average_checkpoints(paths: list[Path], out: Path) -> None:
+    """Write the element-wise mean of the weights of `paths` (one network, one vocabulary) to `out`
+    (not one of `paths`), as a checkpoint without training state; one-line errors otherwise."""
     from toolkit.model.checkpoint import load_checkpoint
 
+    if any(p.resolve() == out.resolve() for p in paths):
+        raise ToolkitError(f"--out {out}: is one of the checkpoints to average; write the average to a new file "
+                           "(e.g. avg-N.pt)")
+    if out.is_dir():
+        raise ToolkitError(f"--out {out}: is a directory; give a file name such as {out / 'avg.pt'}")
     ckpts = [load_checkpoint(p) for p in paths]
-    kinds = {c["kind"] for c in ckpts}
-    if len(kinds) != 1:
-        raise ToolkitError(f"cannot average checkpoints of different kinds {sorted(kinds)}")
+    check_compatible(paths, ckpts)
     last = ckpts[-1]
     avg = {k: last[k] for k in ("format", "version", "kind", "model_config", "vocab") if k in last}
     avg["model"] = average_state_dicts([c["model"] for c in ckpts])
@@ -64,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.exp_dir:
             raise ToolkitError("give --exp-dir (with --last N) or --checkpoints FILE...")
-        from toolkit.train.engine import list_checkpoints
+        from toolkit.train.expdir import list_checkpoints
 
         found = list_checkpoints(args.exp_dir)
         if not found:

@@ -11,7 +11,8 @@ logger = logging.getLogger("toolkit.train")
 
 def add_training_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     example = "toolkit/train/configs/pretrain_tiny.yaml" if task == "pretrain" else "toolkit/train/configs/finetune_tiny.yaml"
-    parser.add_argument("--config", required=True, help=f"YAML config (example: {example})")
+    parser.add_argument("--config", required=True, action="append",
+                        help=f"YAML config (example: {example}); repeat it to merge several, each over the previous")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
     group = parser.add_mutually_exclusive_group()
@@ -19,6 +20,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                        help="resume from CHECKPOINT, or (default) from the latest checkpoint-<step>.pt in exp_dir")
     group.add_argument("--no-resume", dest="resume", action="store_const", const=None,
                        help="start from scratch even if exp_dir holds checkpoints")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even though the config differs from the checkpoint's (each change is listed)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -38,6 +41,7 @@ def run_training(args: argparse.Namespace, task_name: str) -> dict:
         if not Path(resume).is_file():
             raise ToolkitError(f"--resume {resume}: checkpoint not found")
     try:
-        return Trainer(cfg, task, resume=False if resume is None else (True if resume == "auto" else resume)).run()
+        return Trainer(cfg, task, resume=False if resume is None else (True if resume == "auto" else resume),
+                       allow_config_change=args.allow_config_change).run()
     finally:
         ddp.cleanup()

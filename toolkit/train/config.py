@@ -24,9 +24,10 @@ from toolkit.utils import ToolkitError, apply_overrides, dataclass_from_dict, lo
 
 @dataclass
 class ModelSection:
-    """`preset` names a `toolkit.model.presets` entry; `overrides` sets Wav2Vec2Config fields."""
+    """`preset` names a `toolkit.model.presets` entry (None: the architecture of `train.init`, or
+    tiny without one); `overrides` sets Wav2Vec2Config fields."""
 
-    preset: str = "tiny"
+    preset: Optional[str] = None
     overrides: dict = field(default_factory=dict)
 
 
@@ -51,6 +52,7 @@ class DataSection:
     normalize: Optional[bool] = None
     speed_perturb: bool = False
     lang_dir: Optional[str] = None
+    max_unk_share: float = 0.01  # fine-tuning: most training targets that may be <unk> (outside the vocabulary)
 
 
 @dataclass
@@ -124,7 +126,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
-    exp_dir: str = "exp/run"
+    exp_dir: Optional[str] = None  # required; load_config derives it from the config file's name when unset
     task: str = "pretrain"
 
 
@@ -168,23 +170,31 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None, task: str, overrides: list[str] | None = None,
+def load_config(path: str | Path | list | tuple | None, task: str, overrides: list[str] | None = None,
                 base: dict | None = None) -> TrainConfig:
-    """Read `path` (YAML) over the task defaults, apply `--set` overrides, validate.
+    """Read the YAML file(s) `path` over the task defaults, apply `--set` overrides, validate.
 
-    `base` (a dict) sits between the defaults and the file: used on resume to start from the
-    config saved in the experiment directory.
+    Several files are merged in order, each over the previous (a recipe's own conf file holds only
+    what differs from the shared one). `base` (a dict) sits between the defaults and the files:
+    used on resume to start from the config saved in the experiment directory. Without an
+    `exp_dir` the experiment directory is `exp/<name of the last config file>` (never one
+    directory shared by every such config).
     """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     defaults = pretrain_defaults() if task == "pretrain" else finetune_defaults()
     data = _deep_merge(defaults, base or {})
-    if path is not None:
-        user = load_yaml(path)
+    for p in paths:
+        user = load_yaml(p)
         if "task" in user:
-            raise ToolkitError(f"{path}: key 'task' is set by the command (toolkit pretrain/finetune); remove it")
+            raise ToolkitError(f"{p}: key 'task' is set by the command (toolkit pretrain/finetune); remove it")
         data = _deep_merge(data, user)
     data = apply_overrides(data, overrides)
     data["task"] = task
-    where = str(path) if path is not None else "config"
+    where = " + ".join(str(p) for p in paths) or "config"
+    if not data.get("exp_dir"):
+        if not paths:
+            raise ToolkitError(f"{where}: exp_dir is not set; give one with --set exp_dir=exp/NAME")
+        data["exp_dir"] = str(Path("exp") / Path(paths[-1]).stem)
     cfg = dataclass_from_dict(TrainConfig, data, where)
     validate(cfg, where)
     return cfg
@@ -234,6 +244,13 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             raise bad(f"data.{key}", "must be a list")
     if d.max_duration <= 0:
         raise bad("data.max_duration", "must be positive (audio seconds per batch)")
+    for key, value, low in (("train.seed", t.seed, 0), ("data.num_workers", d.num_workers, 0),
+                            ("data.num_buckets", d.num_buckets, 1), ("train.freeze_finetune_updates",
+                                                                     t.freeze_finetune_updates, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(key, f"must be an integer >= {low}, got {value!r}")
+    if not 0 <= d.max_unk_share <= 1:
+        raise bad("data.max_unk_share", f"must be a share between 0 and 1, got {d.max_unk_share!r}")
 
 
 def _coerce_floats(section: Any, where: str) -> None:

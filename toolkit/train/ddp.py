@@ -6,7 +6,7 @@ buckets. Why:
 - one all-reduce per *update*, not per micro-batch, under gradient accumulation;
 - LayerDrop and `freeze_finetune_updates` leave parameters without gradients; DDP then
   needs `find_unused_parameters=True` (and hangs or errors when ranks disagree, the trap in
-  DESIGN §9). Here a parameter that got a gradient on any rank gets a zero gradient on the
+  docs/DESIGN.md, "Traps"). Here a parameter that got a gradient on any rank gets a zero gradient on the
   ranks where it did not, so ranks can never disagree on the bucket layout;
 - the loss normalisation of fairseq (divide by the global number of masked frames) is then
   a single multiplication.

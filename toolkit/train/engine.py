@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from toolkit.train import ddp
+from toolkit.train import ddp, expdir
+from toolkit.train.expdir import list_checkpoints
 from toolkit.train.config import TrainConfig, config_to_dict, config_to_yaml
 from toolkit.train.optim import Scheduler, build_optimizer, grad_norm
 from toolkit.utils import ToolkitError, atomic_write_text, resolve_device
@@ -86,6 +86,10 @@ class Task:
     def best_metric(self) -> Optional[str]:
         """Validation metric (lower is better) that selects best.pt, or None."""
         return None
+
+    def check_health(self, row: dict, num_updates: int) -> None:
+        """Called with every logged training row (averaged over the log interval): warn about an
+        objective-specific failure (e.g. codebook collapse in pretraining)."""
 
 
 class BatchStream:
@@ -203,26 +207,68 @@ def isolated_rng(seed: int) -> Iterator[None]:
         set_rng_state(saved)
 
 
-# ---------------------------------------------------------------------------------------
-# Checkpoint files
+# Settings that may change between an interrupted run and its resume: how long and how often,
+# not what is trained. Anything else changed is listed and refused without --allow-config-change.
+RESUMABLE_CHANGES = ("exp_dir", "train.max_updates", "train.log_interval", "train.save_interval",
+                     "train.valid_interval", "train.keep_last", "train.device", "train.max_valid_batches",
+                     "data.num_workers", "data.dev_cuts")
 
-CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "overrides":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
-def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of `checkpoint-<step>.pt` in exp_dir, oldest first."""
-    exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in exp_dir.iterdir() if (m := CKPT_RE.match(p.name))]
-    return sorted(found)
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every setting that differs (nested dicts flattened with dots)."""
+    a, b = _flatten(saved, prefix), _flatten(current, prefix)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_resume(path: Path, ckpt: dict, task: Task, cfg: TrainConfig, allow_config_change: bool) -> None:
+    """A resume must continue the same experiment: the same vocabulary (a reordered tokens.txt of the
+    same size would silently scramble the output layer), and the same model and training settings
+    unless `allow_config_change` (each change is listed on its own line first)."""
+    vocab = task.vocab()
+    if vocab is not None:
+        saved = (ckpt.get("vocab") or {}).get("tokens")
+        tokens = vocab["tokens"]
+        if saved != tokens:
+            saved = saved or []
+            i = next((i for i, (a, b) in enumerate(zip(saved, tokens)) if a != b), min(len(saved), len(tokens)))
+            a = saved[i] if i < len(saved) else "(none)"
+            b = tokens[i] if i < len(tokens) else "(none)"
+            raise ToolkitError(f"{path}: the vocabulary of data.lang_dir differs from the checkpoint's ({len(tokens)} vs "
+                               f"{len(saved)} tokens, first difference at id {i}: {b!r} vs {a!r}); resume with the lang "
+                               "dir the run started with, or start a new exp_dir")
+    model_cfg = task.model_config()
+    changes = config_changes(ckpt.get("model_config") or {}, model_cfg.to_dict() if model_cfg is not None else {},
+                             "model.")
+    train_changes = config_changes(ckpt.get("train_config") or {}, config_to_dict(cfg))
+    changes += [c for c in train_changes if c.split(":")[0] not in RESUMABLE_CHANGES
+                and not c.startswith(("model.preset:", "model.overrides:", "train.init:"))]
+    if not changes:
+        return
+    for c in changes:
+        logger.warning("resume from %s: changed %s", path, c)
+    if not allow_config_change:
+        raise ToolkitError(f"{path}: the config differs from the one this run was started with ({len(changes)} "
+                           f"change(s) listed above, e.g. {changes[0]}); resume with the same config, pass "
+                           "--allow-config-change to accept them, or start a new exp_dir")
 
 
 class Trainer:
     """Runs `cfg.train.max_updates` updates of `task`, resuming from exp_dir when asked."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, resume: bool | str = True):
+    def __init__(self, cfg: TrainConfig, task: Task, resume: bool | str = True, allow_config_change: bool = False):
         self.cfg, self.task, self.resume = cfg, task, resume
+        self.allow_config_change = allow_config_change
         self.exp_dir = Path(cfg.exp_dir)
         base = resolve_device(cfg.train.device, option="train.device")
         self.dist = ddp.init_distributed(base.type)
@@ -235,6 +281,7 @@ class Trainer:
         self.counters = {"skipped_nonfinite": 0, "skipped_empty": 0, "fp16_overflows": 0}
         self.best: Optional[float] = None
         self.writer = None
+        self._sum_keys: set[str] = set()  # metrics summed (not averaged) over a log window
 
     # -- setup ---------------------------------------------------------------------------
     def _amp_dtype(self) -> Optional[torch.dtype]:
@@ -252,6 +299,8 @@ class Trainer:
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
     def _setup_output(self) -> None:
+        """Log file, config.yaml and TensorBoard writer; on a resume TensorBoard events logged after
+        the resumed update (by the interrupted run) are purged."""
         if not self.dist.is_main:
             return
         (self.exp_dir / "log").mkdir(parents=True, exist_ok=True)
@@ -266,7 +315,8 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"),
+                                        purge_step=self.num_updates + 1 if self.num_updates else None)
         except ImportError:  # tensorboard is optional at run time
             logger.warning("tensorboard is not installed; no TensorBoard scalars")
 
@@ -322,24 +372,22 @@ class Trainer:
             return
         path = self.exp_dir / f"checkpoint-{self.num_updates}.pt"
         self.save(path)
-        link_tmp = self.exp_dir / ".last.pt.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            link_tmp.unlink()
-        os.symlink(path.name, link_tmp)
-        os.replace(link_tmp, self.exp_dir / "last.pt")
+        self._point_last(path.name)
+        # Everything in exp_dir is this run's lineage (expdir.set_aside_*), so the oldest go.
         for _, old in list_checkpoints(self.exp_dir)[: -self.cfg.train.keep_last]:
             old.unlink()
         logger.info("saved %s", path)
 
-    def _maybe_resume(self) -> None:
+    def _maybe_resume(self) -> Optional[Path]:
+        """Restore the training state from `self.resume`; returns the checkpoint resumed from."""
         if self.resume is False:
-            return
+            return None
         if isinstance(self.resume, str):
             path = Path(self.resume)
         else:
             found = list_checkpoints(self.exp_dir)
             if not found:
-                return
+                return None
             path = found[-1][1]
         from toolkit.model.checkpoint import load_checkpoint
 
@@ -349,6 +397,7 @@ class Trainer:
         if ckpt.get("kind") != self.task.kind:
             raise ToolkitError(f"{path}: a {ckpt.get('kind')!r} checkpoint cannot resume {self.task.kind!r} training; "
                                "use another exp_dir or train.init")
+        check_resume(path, ckpt, self.task, self.cfg, self.allow_config_change)
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -365,6 +414,28 @@ class Trainer:
         self.best = ckpt.get("best")
         self._resume_rng = ckpt["rng"]
         logger.info("resumed from %s at update %d", path, self.num_updates)
+        return path
+
+    def _own_exp_dir(self, resumed_from: Optional[Path]) -> None:
+        """Keep exp_dir to one lineage: set aside another run's files (fresh start) or another
+        branch's checkpoints (resume), and cut metrics.jsonl back to the resumed update."""
+        if not self.dist.is_main:
+            return
+        if resumed_from is None:
+            expdir.set_aside_for_fresh_start(self.exp_dir)
+            return
+        expdir.set_aside_other_branch(self.exp_dir, self.num_updates, resumed_from)
+        expdir.truncate_metrics(self.exp_dir, self.num_updates)
+        last = self.exp_dir / "last.pt"
+        if resumed_from.resolve().parent == self.exp_dir.resolve() and (last.is_symlink() or last.exists()):
+            self._point_last(resumed_from.name)
+
+    def _point_last(self, name: str) -> None:
+        link_tmp = self.exp_dir / ".last.pt.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            link_tmp.unlink()
+        os.symlink(name, link_tmp)
+        os.replace(link_tmp, self.exp_dir / "last.pt")
 
     # -- one update ----------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -452,15 +523,17 @@ class Trainer:
                 "lower optim.lr, set optim.clip_norm, or check the data")
         return None
 
-    @staticmethod
-    def _summarise(outs: list[StepOutput], sample_size: float, audio_seconds: float, norm: float, lr: float) -> dict:
+    def _summarise(self, outs: list[StepOutput], sample_size: float, audio_seconds: float, norm: float,
+                   lr: float) -> dict:
         loss = sum(float(o.loss.detach()) for o in outs)
         row: dict[str, float] = {"loss": loss / max(sample_size, 1e-9), "sample_size": sample_size,
                                  "grad_norm": norm, "lr": lr, "audio_seconds": audio_seconds}
+        sums = {k for o in outs for k in o.sums}
+        self._sum_keys |= sums
         keys = {k for o in outs for k in o.metrics}
         for k in sorted(keys):
             vals = [o.metrics[k] for o in outs if k in o.metrics]
-            row[k] = sum(vals) if k in outs[0].sums else sum(vals) / len(vals)
+            row[k] = sum(vals) if k in sums else sum(vals) / len(vals)
         return row
 
     # -- logging -------------------------------------------------------------------------
@@ -484,7 +557,7 @@ class Trainer:
         for k in rows[-1]:
             if k == "loss":
                 out[k] = sum(r["loss"] * r["sample_size"] for r in rows) / max(total_ss, 1e-9)
-            elif k == "audio_seconds" or k.startswith("dropped"):
+            elif k == "audio_seconds" or k in self._sum_keys:
                 out[k] = sum(r.get(k, 0.0) for r in rows)
             elif k == "lr":
                 out[k] = rows[-1][k]
@@ -493,16 +566,6 @@ class Trainer:
         out["audio_s_per_s"] = out.get("audio_seconds", 0.0) * self.dist.world_size / max(elapsed, 1e-9)
         out["skipped"] = float(self.counters["skipped_nonfinite"])
         return out
-
-    def _health(self, row: dict) -> None:
-        t = self.cfg.train
-        ppl = row.get("code_perplexity")
-        if ppl is not None and self.num_updates >= t.collapse_after:
-            codes = getattr(self.task, "num_codes", None)
-            if codes and ppl < t.collapse_threshold * codes:
-                logger.warning("codebook collapse? code perplexity %.1f < %.3f x %d codes at update %d; "
-                               "check the diversity loss weight and the Gumbel temperature",
-                               ppl, t.collapse_threshold, codes, self.num_updates)
 
     def validate(self) -> dict:
         """Rank 0 validates (fixed seeds, training RNG untouched); others wait at the barrier."""
@@ -523,15 +586,21 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train to max_updates; returns the last logged training row (for tests and benches)."""
+        """Train to max_updates; returns the last logged training row (for tests and benches).
+
+        The run owns exp_dir meanwhile (expdir.ExperimentLock): a second run there is refused."""
+        with expdir.owned(self.exp_dir, self.dist.is_main):
+            return self._run()
+
+    def _run(self) -> dict:
         from tqdm import tqdm
 
         t = self.cfg.train
-        self._setup_output()
         self._build()
         self._resume_rng = None
-        self._maybe_resume()
-        self._rotate_old_metrics()
+        resumed_from = self._maybe_resume()
+        self._own_exp_dir(resumed_from)
+        self._setup_output()
         self.batches.prime()
         if self._resume_rng is not None:
             # Restored last: building the model and the batch stream consumed random numbers.
@@ -543,6 +612,7 @@ class Trainer:
         last: dict = {}
         if self.num_updates >= t.max_updates:
             logger.info("already at update %d >= train.max_updates; nothing to do", self.num_updates)
+            self._close()
             return last
         window: list[dict] = []
         t0 = time.time()
@@ -558,7 +628,7 @@ class Trainer:
                 if self.num_updates % t.log_interval == 0 or self.num_updates == t.max_updates:
                     last = self._average_window(window, time.time() - t0)
                     self._log("train", last)
-                    self._health(last)
+                    self.task.check_health(last, self.num_updates)
                     window, t0 = [], time.time()
                 if self.num_updates % t.valid_interval == 0 or self.num_updates == t.max_updates:
                     self.validate()
@@ -568,12 +638,6 @@ class Trainer:
             bar.close()
             self._close()
         return last
-
-    def _rotate_old_metrics(self) -> None:
-        """A fresh start in a used exp_dir keeps the old curves aside instead of appending to them."""
-        old = self.exp_dir / "metrics.jsonl"
-        if self.num_updates == 0 and self.dist.is_main and old.is_file():
-            old.rename(self.exp_dir / f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
 
     def _close(self) -> None:
         if self.writer is not None:

@@ -35,7 +35,9 @@ def read_metrics(path: Path) -> dict[str, dict[str, tuple[list[int], list[float]
             row = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                break  # a run killed while writing
+                logger.warning("%s:%d: the last line is cut off (a run killed while writing it); plotting the "
+                               "rows before it", path, i + 1)
+                break
             raise ToolkitError(f"{path}:{i + 1}: not a JSON line; the file is damaged") from None
         for k, v in row.items():
             if k not in SKIP and isinstance(v, (int, float)):

@@ -46,8 +46,16 @@ def resolve_model_config(cfg: TrainConfig, init_ckpt: Optional[dict]):  # noqa: 
 
     if init_ckpt is not None:
         base = Wav2Vec2Config.from_dict(init_ckpt["model_config"], where=f"{cfg.train.init} model_config")
+        if cfg.model.preset is not None:
+            wanted = get_preset(cfg.model.preset).architecture()
+            differ = [k for k, v in base.architecture().items() if wanted[k] != v]
+            if differ:
+                k = differ[0]
+                raise ToolkitError(f"model.preset {cfg.model.preset} and train.init {cfg.train.init} are different "
+                                   f"architectures ({k}: {wanted[k]} vs {base.architecture()[k]}); the model comes "
+                                   "from train.init: remove model.preset or choose the matching one")
     else:
-        base = get_preset(cfg.model.preset)
+        base = get_preset(cfg.model.preset or "tiny")
     changes = dict(cfg.model.overrides)
     if cfg.train.feature_grad_mult is not None:
         changes["feature_grad_mult"] = cfg.train.feature_grad_mult
@@ -69,7 +77,7 @@ def load_init(cfg: TrainConfig) -> Optional[dict]:
 
 
 def seed_layerdrop(model: torch.nn.Module, seed: int) -> None:
-    """Seed the model's LayerDrop generator identically on every rank (DESIGN §9), if it has one."""
+    """Seed the model's LayerDrop generator identically on every rank (docs/DESIGN.md, "Traps"), if it has one."""
     for module in model.modules():
         if hasattr(module, "seed_layerdrop"):
             module.seed_layerdrop(seed)
@@ -200,6 +208,15 @@ class PretrainTask(Task):
     def best_metric(self) -> Optional[str]:
         return "loss"
 
+    def check_health(self, row: dict, num_updates: int) -> None:
+        """Codebook collapse: code perplexity far below the number of codes after warm-up."""
+        t = self.cfg.train
+        ppl = row.get("code_perplexity")
+        if ppl is not None and num_updates >= t.collapse_after and ppl < t.collapse_threshold * self.num_codes:
+            logger.warning("codebook collapse? code perplexity %.1f < %.3f x %d codes at update %d; "
+                           "check the diversity loss weight and the Gumbel temperature",
+                           ppl, t.collapse_threshold, self.num_codes, num_updates)
+
 
 def _one_epoch(stream: BatchStream, limit: int = 0):  # noqa: ANN202
     it = iter(stream.loader)
@@ -211,6 +228,36 @@ def _one_epoch(stream: BatchStream, limit: int = 0):  # noqa: ANN202
 
 # ---------------------------------------------------------------------------------------
 # CTC fine-tuning
+
+def check_unk_share(cuts, tokenizer, max_share: float, where: str) -> float:  # noqa: ANN001
+    """Share of the training targets that the vocabulary turns into `<unk>` (characters or pieces
+    it lacks: a lang dir built from other text, foreign script). Logged; above `max_share` a
+    one-line error, since the model would learn to output <unk> for them."""
+    from collections import Counter
+
+    tokenizer.reset_oov()
+    total = 0
+    unknown: Counter = Counter()
+    for cut in cuts:
+        text = " ".join(s.text or "" for s in cut.supervisions)
+        ids = tokenizer.encode(text)
+        total += len(ids)
+        if tokenizer.type == "char" and tokenizer.oov_count:
+            unknown.update(c for c in text if not c.isspace() and c not in tokenizer.token_to_id)
+    n = tokenizer.reset_oov()
+    share = n / max(total, 1)
+    if n:
+        seen = ", ".join(f"{c!r} x{k}" for c, k in unknown.most_common(5))
+        msg = (f"{where}: {n} of {total} training targets ({100 * share:.2f}%) are <unk> (outside the vocabulary"
+               f"{': ' + seen if seen else ''})")
+        if share > max_share:
+            raise ToolkitError(f"{msg}; above data.max_unk_share={max_share}: build the lang dir from this training "
+                               "text (toolkit lang-dir) or normalise the text, or raise data.max_unk_share")
+        logger.warning("%s", msg)
+    else:
+        logger.info("%s: every training target is in the vocabulary (%d tokens)", where, total)
+    return share
+
 
 class CTCTask(Task):
     """CTC fine-tuning: pretrained (or random) wav2vec2 + a new linear head over the vocabulary."""
@@ -233,6 +280,8 @@ class CTCTask(Task):
         self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
         self._frozen: Optional[bool] = None
         self.ctc_loss = make_ctc_loss(cfg.train.ctc_loss, cfg.train.ctc_topo)  # train.ctc_loss: torch | k2
+        check_unk_share(load_cuts(cfg.data.train_cuts, "data.train_cuts"), self.tokenizer, cfg.data.max_unk_share,
+                        f"data.train_cuts {' '.join(map(str, cfg.data.train_cuts))}")
 
     def model_config(self):  # noqa: ANN201
         return self.model_cfg
@@ -304,7 +353,8 @@ class CTCTask(Task):
         if dropped:
             logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
         return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=float(batch["lengths"].sum()) / SAMPLE_RATE,
-                          metrics={"dropped_utterances": float(dropped)}, sums=("dropped_utterances",))
+                          metrics={"dropped_utterances": float(dropped), "unk_targets": float(batch.get("num_oov", 0))},
+                          sums=("dropped_utterances", "unk_targets"))
 
     def validate(self, model: torch.nn.Module, num_updates: int) -> dict[str, float]:
         """Dev CTC loss and greedy WER/CER, scored by `toolkit.score.score_pairs` (the same numbers

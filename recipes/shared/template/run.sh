@@ -15,7 +15,7 @@ work_dir=$recipe_dir
 corpus_dir=                    # default: download/<corpus>
 synthetic=false                # true: synthesise the corpus with espeak-ng (toolkit synth-corpus)
 synth_minutes=5
-size=tiny                      # conf/pretrain_<size>.yaml, conf/finetune_<size>.yaml
+size=tiny                      # training configs: recipes/shared/conf/{pretrain,finetune}_<size>.yaml (+ conf/ of this recipe)
 pretrain=true                  # false: fine-tune --init-checkpoint (or from scratch without one)
 init_checkpoint=               # imported checkpoint (toolkit import-checkpoint)
 token_type=char                # char | bpe
@@ -83,7 +83,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && [ "$pretrain" = true ]; then
   if stage_begin 3 "pretrain a $size model on the $train_split audio in $pretrain_dir" "$pretrain_dir/.done"; then
     init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
-      $launcher pretrain --config "$conf/pretrain_$size.yaml" --set "exp_dir=$pretrain_dir" \
+      $launcher pretrain $(train_configs pretrain "$size") --set "exp_dir=$pretrain_dir" \
         --set "data.train_cuts=[$(cuts $train_split)]" --set "data.dev_cuts=[$(cuts $dev_split)]" \
         "${init_opt[@]}" $pretrain_opts
     stage_end
@@ -93,7 +93,7 @@ fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   if stage_begin 4 "CTC fine-tuning from $init in $ft_dir" "$ft_dir/.done"; then
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
-      $launcher finetune --config "$conf/finetune_$size.yaml" --set "exp_dir=$ft_dir" --set "train.init=$init" \
+      $launcher finetune $(train_configs finetune "$size") --set "exp_dir=$ft_dir" --set "train.init=$init" \
         --set "data.train_cuts=[$(cuts $train_split)]" --set "data.dev_cuts=[$(cuts $dev_split)]" \
         --set "data.lang_dir=$lang_dir" $finetune_opts
     stage_end

@@ -19,11 +19,10 @@ if [ "$corpus" = lhotse ]; then
 fi
 
 if [ "$synthetic" = true ]; then
-  # espeak-ng speech in the corpus' own layout, so the real preparation path is exercised.
-  [ -f "$corpus_dir/.done" ] || {
-    toolkit synth-corpus --format "$corpus" --languages "$language" --minutes-per-language "$synth_minutes" \
-      --speakers 6 --out "$corpus_dir"
-    date > "$corpus_dir/.done"; }
+  # espeak-ng speech in the corpus' own layout, so the real preparation path is exercised
+  # (synth-corpus resumes: files already synthesised are reused).
+  toolkit synth-corpus --format "$corpus" --languages "$language" --minutes-per-language "$synth_minutes" \
+    --speakers 6 --out "$corpus_dir"
 elif [ ! -e "$corpus_dir" ]; then
   case "$corpus" in
     librispeech) lhotse download librispeech --full "$corpus_dir" ;;
