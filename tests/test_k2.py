@@ -236,16 +236,16 @@ def test_training_config_chooses_the_ctc_loss(tmp_path):
     from toolkit.train.config import load_config
     from toolkit.train.ctc import K2CtcLoss
 
-    cfg = load_config(None, "finetune", ["train.ctc_loss=k2", "train.ctc_topo=modified"])
+    cfg = load_config(None, "finetune", ["exp_dir=exp/x", "train.ctc_loss=k2", "train.ctc_topo=modified"])
     assert (cfg.train.ctc_loss, cfg.train.ctc_topo) == ("k2", "modified")
     from toolkit.train.ctc import make_ctc_loss
 
     loss = make_ctc_loss(cfg.train.ctc_loss, cfg.train.ctc_topo)
     assert isinstance(loss, K2CtcLoss) and loss.modified
     with pytest.raises(ToolkitError, match="train.ctc_topo: modified needs train.ctc_loss=k2"):
-        load_config(None, "finetune", ["train.ctc_topo=modified"])
+        load_config(None, "finetune", ["exp_dir=exp/x", "train.ctc_topo=modified"])
     with pytest.raises(ToolkitError, match="train.ctc_loss: 'warp' is not one of torch, k2"):
-        load_config(None, "finetune", ["train.ctc_loss=warp"])
+        load_config(None, "finetune", ["exp_dir=exp/x", "train.ctc_loss=warp"])
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -282,3 +282,30 @@ def test_decode_command_sweeps_lm_scales_on_dev_and_applies_the_best(tmp_path, l
     assert "only the k2 rescoring methods" in capsys.readouterr().err
     assert main([*common, "--method", m, "--out-dir", str(tmp_path / "x"), "--lm-scale-from", str(tmp_path)]) == 1
     assert "lm-scales.json: not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetuning_with_the_k2_loss_follows_the_torch_loss(tmp_path, lang):
+    """`train.ctc_loss: k2` through the whole training step: the same losses as torch's, update by update."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_decode import make_cuts
+
+    cuts, _ = make_cuts(tmp_path, [("ab cab", "xx"), ("ba", "xx"), ("cob ab", "xx"), ("cab ba", "xx")])
+    config = Path(__file__).resolve().parents[1] / "toolkit" / "train" / "configs" / "finetune_tiny.yaml"
+    losses = {}
+    for kind in ("torch", "k2"):
+        exp = tmp_path / f"exp_{kind}"
+        r = subprocess.run([sys.executable, "-m", "toolkit.cli", "finetune", "--config", str(config),
+                            "--set", f"exp_dir={exp}", "--set", f"data.train_cuts=[{cuts}]", "--set", "data.dev_cuts=[]",
+                            "--set", f"data.lang_dir={lang}", "--set", "train.max_updates=4",
+                            "--set", "train.log_interval=1", "--set", "train.device=cpu",
+                            "--set", f"train.ctc_loss={kind}"], capture_output=True, text=True, timeout=900,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+        losses[kind] = [row["loss"] for row in rows if row["split"] == "train"]
+    assert len(losses["torch"]) == 4
+    np.testing.assert_allclose(losses["k2"], losses["torch"], rtol=1e-4)
