@@ -57,8 +57,8 @@ done <<< "$programs"
 # Building KenLM's lmplz needs a compiler, CMake and Boost (only when lmplz is missing).
 kenlm_build_deps=(g++ make cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev
                   libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev)
-# Building k2 (--with-k2 true) needs the same compiler and CMake, and git.
-[ "$with_k2" = true ] && kenlm_build_deps+=(git)
+# Building k2 (--with-k2 true) needs the same compiler and CMake, git, and patchelf (RUNPATH).
+[ "$with_k2" = true ] && kenlm_build_deps+=(git patchelf)
 if { [ ! -x "$venv/bin/lmplz" ] || [ "$with_k2" = true ]; } && command -v dpkg-query >/dev/null 2>&1; then
   for pkg in "${kenlm_build_deps[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || apt_missing+=("$pkg")

@@ -26,7 +26,8 @@
 # torch's CPU libraries itself (TORCH_LIBRARY, TORCH_LIBRARIES, TORCH_CXX_FLAGS with torch's C++
 # ABI) instead of find_package(Torch), which for a CUDA wheel of torch demands a CUDA toolkit even
 # when k2 does not use CUDA; such a k2 runs with the CPU and the CUDA wheels of that torch version.
-# Installed: site-packages/k2/ (Python package), _k2*.so and libk2*.so beside it (RPATH $ORIGIN),
+# Installed: site-packages/k2/ (Python package), _k2*.so and libk2*.so beside it (RUNPATH set to
+# $ORIGIN with patchelf when it is installed),
 # and a k2-<version>.dist-info, so `pip uninstall k2` removes it.
 #
 # Usage: local/install_k2.sh [--source DIR | --ref REF] [--cuda true] [--cuda-arch "8.0 9.0"] [--jobs N]
@@ -193,6 +194,7 @@ PY
   log "configuring (CMake; log: $log_file)"
   mkdir -p "$work/build"
   prefix_map="-ffile-prefix-map=$work/src=k2 -ffile-prefix-map=$work/pybind11=pybind11 -ffile-prefix-map=$work/build=build"
+  prefix_map+=" -ffile-prefix-map=$torch_dir=torch"
   (cd "$work/build" && cmake "$work/src" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_STANDARD=17 \
       -DK2_ENABLE_TESTS=OFF -DK2_ENABLE_BENCHMARK=OFF "${cmake_cuda[@]}" \
       "-DPYTHON_EXECUTABLE=$python" "-DPython_EXECUTABLE=$python" \
@@ -209,6 +211,13 @@ PY
   cp -r "$work/src/k2/python/k2" "$work/site/k2"
   find "$work/site/k2" -name __pycache__ -prune -exec rm -rf {} +
   cp "$work/build/lib/"_k2*.so "$work/build/lib/"libk2*.so "$work/site/"
+  # CMake's build-tree RUNPATH names the build dir and the venv's torch/lib; the libraries need only
+  # each other ($ORIGIN; torch's are loaded by `import torch` before _k2)
+  if command -v patchelf >/dev/null 2>&1; then
+    for f in "$work/site/"*.so; do patchelf --set-rpath '$ORIGIN' "$f"; done
+  else
+    log "note: patchelf not found, so the libraries' RUNPATH keeps the build paths (harmless; apt-get install patchelf)"
+  fi
   version=$(sed -n 's/^set(K2_VERSION "\(.*\)")/\1/p' "$work/src/CMakeLists.txt")
   cat > "$work/site/build-info.txt" <<EOF
 k2 $version, source: ${source:-$repo at $ref} ($label)
