@@ -312,7 +312,7 @@ def test_kill_9_at_random_points_of_a_finetuning_then_resume_gives_the_uninterru
         proc = subprocess.Popen(args("exp_kill"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(0.2, 1.0) * run_seconds)
+            proc.wait(timeout=rng.uniform(0.1, 0.5) * run_seconds)  # start-up, updates, validation, saves
             if proc.returncode == 0:
                 break  # finished before the kill: the run is complete
             pytest.fail(f"the resumed run failed with exit status {proc.returncode}")
@@ -322,7 +322,7 @@ def test_kill_9_at_random_points_of_a_finetuning_then_resume_gives_the_uninterru
             kills += 1
     final = subprocess.run(args("exp_kill"), cwd=tmp_path, capture_output=True, text=True, env=env)
     assert final.returncode == 0, final.stderr[-2000:]
-    assert kills >= 15, f"only {kills} kills landed before the run finished"
+    assert kills == 20, f"only {kills} kills landed before the run finished"
     a = torch.load(tmp_path / "exp_ref" / "checkpoint-24.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "exp_kill" / "checkpoint-24.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
