@@ -37,7 +37,8 @@ Options (default):
   --heldout-language L              fine-tuning language, unseen in pretraining ($heldout_language)
   --pretrain-minutes M              synthetic audio per pretraining language ($pretrain_minutes)
   --finetune-minutes M              transcribed audio for fine-tuning ($finetune_minutes)
-  --decode-methods \"greedy hlg\"     decoding methods ($decode_methods)
+  --decode-methods \"greedy hlg\"     decoding methods ($decode_methods); with k2 (local/install_k2.sh)
+                                    also k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --report-set dev|test             set of the comparison table and RESULT lines ($report_set)
   --pretrain-updates N              pretraining updates ($pretrain_updates)
   --finetune-updates N              updates of each fine-tuning ($finetune_updates)

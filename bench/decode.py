@@ -1,4 +1,5 @@
-"""Benchmark: our `hlg` decoder (kaldi-decoder over HLG.fst) vs torchaudio's flashlight ctc_decoder.
+"""Benchmark: our `hlg` decoder (kaldi-decoder over HLG.fst) vs torchaudio's flashlight ctc_decoder,
+and (when k2 is installed) our `k2-hlg` (k2 over HLG.pt, batches of utterances) vs `hlg`.
 
 Both decode the same CTC log-probs with the same lexicon and the same ARPA LM (LM weight 1, no word
 insertion score), one utterance at a time on one CPU thread. The log-probs are synthetic but shaped
@@ -8,9 +9,13 @@ letters) that make greedy decoding's WER high. The LM is a 3-gram trained on 20k
 the same language by the toolkit's Kneser-Ney trainer.
 
 Prints the decoding real-time factor of each, their ratio (flashlight time / our time: > 1 means we are
-faster), and the WER of each (plus greedy's, for scale). Usage:
+faster), and the WER of each (plus greedy's, for scale). k2-hlg uses the same graph (HLG.pt is built
+from the same L and G), beam and max-active, and decodes `--k2-batch` utterances per
+`intersect_dense_pruned` call on `--k2-device` (cuda when available); it is timed batch by batch,
+interleaved with `hlg` on the same utterances: `rtf_ratio_k2_vs_hlg` = k2-hlg time / hlg time
+(< 1 means k2 is faster). Usage:
 
-    .venv/bin/python bench/decode.py [--utts 300] [--beam 12] [--max-active 1000] [--fl-beam-size 50]
+    .venv/bin/python bench/decode.py [--utts 300] [--beam 12] [--max-active 1000] [--fl-beam-size 50] [--k2-batch 50]
 """
 from __future__ import annotations
 
@@ -121,6 +126,8 @@ def main() -> None:
     p.add_argument("--fl-beam-size", type=int, default=50)
     p.add_argument("--fl-beam-threshold", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k2-batch", type=int, default=50, help="utterances per k2 intersection")
+    p.add_argument("--k2-device", default="auto", help="k2-hlg device: auto (cuda when available), cpu, cuda")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -161,6 +168,8 @@ def main() -> None:
             t_ours += t1 - t0
             t_fl += t2 - t1
 
+        k2_result = bench_k2(d, mats, ours, args)
+
     w_greedy, w_ours, w_fl = wer(test, greedy), wer(test, hyp_ours), wer(test, hyp_fl)
     print(f"settings: ours beam={args.beam} max_active={args.max_active}; "
           f"flashlight beam_size={args.fl_beam_size} beam_threshold={args.fl_beam_threshold}; LM weight 1")
@@ -173,6 +182,51 @@ def main() -> None:
     print(f"RESULT rtf_ratio_vs_flashlight={ratio:.3f}")
     print(f"RESULT wer_hlg={w_ours:.2f}")
     print(f"RESULT wer_flashlight={w_fl:.2f}")
+    if k2_result is not None:
+        hyp_k2, t_k2, t_hlg, device = k2_result
+        w_k2 = wer(test, hyp_k2)
+        print(f"k2-hlg ({device}, batches of {args.k2_batch}) WER {w_k2:6.2f}%  search RTF {t_k2 / audio:.5f}  "
+              f"({t_k2:.2f} s; hlg in the same passes {t_hlg:.2f} s)")
+        print(f"rtf_ratio_k2_vs_hlg = k2-hlg time / hlg time = {t_k2 / t_hlg:.3f} "
+              f"({'k2-hlg is faster' if t_k2 < t_hlg else 'hlg is faster'})")
+        print(f"RESULT rtf_ratio_k2_vs_hlg={t_k2 / t_hlg:.3f}")
+        print(f"RESULT wer_k2_hlg={w_k2:.2f}")
+
+
+def bench_k2(d: Path, mats: list[np.ndarray], hlg, args):
+    """(k2-hlg hypotheses, k2 seconds, hlg seconds on the same batches, device), or None without k2."""
+    try:
+        import k2  # noqa: F401
+    except ImportError as e:
+        print(f"k2 not installed ({e}): no k2-hlg (build it with local/install_k2.sh)")
+        return None
+    from toolkit.decode.k2_decode import K2Search
+    from toolkit.lm.k2_graph import save_k2_graphs
+    from toolkit.utils import resolve_device
+
+    device = resolve_device(args.k2_device, "--k2-device")
+    t0 = time.perf_counter()
+    save_k2_graphs(d, d / "lm.arpa")
+    print(f"HLG.pt compiled in {time.perf_counter() - t0:.1f} s")
+    search = K2Search("k2-hlg", SearchOptions(beam=args.beam, max_active=args.max_active), d, None, device)
+    batches = [mats[i:i + args.k2_batch] for i in range(0, len(mats), args.k2_batch)]
+    search(*_padded(batches[0][:2]))  # warm-up
+    hyps, t_k2, t_hlg = [], 0.0, 0.0
+    for group in batches:
+        t0 = time.perf_counter()
+        for m in group:
+            hlg.decode(m)
+        t1 = time.perf_counter()
+        hyps += [h.text for h in search(*_padded(group))]
+        t2 = time.perf_counter()
+        t_hlg += t1 - t0
+        t_k2 += t2 - t1
+    return hyps, t_k2, t_hlg, device
+
+
+def _padded(group: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([m.shape[0] for m in group])
+    return torch.nn.utils.rnn.pad_sequence([torch.from_numpy(m) for m in group], batch_first=True), lengths
 
 
 if __name__ == "__main__":

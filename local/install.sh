@@ -4,18 +4,25 @@
 # .venv with the pinned stack of requirements.txt, this package in editable mode, and KenLM's
 # lmplz (local/build_kenlm.sh, cached outside the work tree). Ends by checking that every
 # program of toolkit/external.py is on PATH. Idempotent: a stamp keyed on requirements.txt and
-# setup.py makes a second run take seconds. Usage: local/install.sh [--force true]
+# setup.py makes a second run take seconds. --with-k2 true also builds k2 for this torch
+# (local/install_k2.sh, cached outside the work tree).
+# Usage: local/install.sh [--force true] [--with-k2 true [--k2-opts "--cuda true ..."]]
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 
 force=false
-help_message="Usage: local/install.sh [--force true]
+with_k2=false
+k2_opts=
+help_message="Usage: local/install.sh [--force true] [--with-k2 true] [--k2-opts \"...\"]
   Creates .venv with the pinned stack (requirements.txt), installs the programs the toolkit
   runs (espeak-ng, sox, ffmpeg, wget with apt when root; KenLM's lmplz built from source) and
   installs the toolkit in editable mode.
-  --force true   reinstall even when the stamp says the environment is current"
+  --force true     reinstall even when the stamp says the environment is current
+  --with-k2 true   also build and install k2 for this torch (local/install_k2.sh; CPU unless
+                   --k2-opts \"--cuda true\"); skipped when the venv's k2 already imports
+  --k2-opts \"...\"  options for local/install_k2.sh (--cuda true, --cuda-arch, --source DIR, --ref REF)"
 . local/parse_options.sh
 
 venv=$top/.venv
@@ -50,7 +57,9 @@ done <<< "$programs"
 # Building KenLM's lmplz needs a compiler, CMake and Boost (only when lmplz is missing).
 kenlm_build_deps=(g++ make cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev
                   libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev)
-if [ ! -x "$venv/bin/lmplz" ] && command -v dpkg-query >/dev/null 2>&1; then
+# Building k2 (--with-k2 true) needs the same compiler and CMake, git, and patchelf (RUNPATH).
+[ "$with_k2" = true ] && kenlm_build_deps+=(git patchelf)
+if { [ ! -x "$venv/bin/lmplz" ] || [ "$with_k2" = true ]; } && command -v dpkg-query >/dev/null 2>&1; then
   for pkg in "${kenlm_build_deps[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || apt_missing+=("$pkg")
   done
@@ -99,6 +108,16 @@ fi
 step="KenLM lmplz (local/build_kenlm.sh)"
 if [ "$force" = true ] || [ ! -x "$venv/bin/lmplz" ]; then
   local/build_kenlm.sh --bin-dir "$venv/bin"
+fi
+
+step="k2 (local/install_k2.sh)"
+if [ "$with_k2" = true ]; then
+  if [ "$force" != true ] && env -u PYTHONPATH "$venv/bin/python" -c 'import k2' >/dev/null 2>&1; then
+    log "k2 imports in $venv; not rebuilt (local/install_k2.sh --force true rebuilds it)"
+  else
+    # shellcheck disable=SC2086  # k2_opts is a list of options
+    local/install_k2.sh --venv "$venv" $k2_opts
+  fi
 fi
 
 step="external programs on PATH"

@@ -28,6 +28,15 @@ RUN_LOCAL = ROOT / "recipes" / "shared" / "run_local.sh"
 RUN_SLURM = ROOT / "recipes" / "shared" / "run_slurm.sh"
 
 # A few updates of the tiny model: enough for every stage to produce its files.
+def k2_methods() -> list[str]:
+    """The k2 decoding methods when k2 imports here (the recipes then compile its graphs too), else none."""
+    try:
+        import k2  # noqa: F401
+    except ImportError:
+        return []
+    return ["k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore"]
+
+
 FEW_UPDATES = ("--set train.max_updates=8 --set train.save_interval=8 --set train.valid_interval=8 "
                "--set train.log_interval=4")
 
@@ -220,18 +229,19 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "commonvoice" / "run.sh"
     opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
             f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
-            f"--finetune-inits 'pretrained scratch' --decode-methods 'greedy hlg hlg-rescore' "
+            f"--finetune-inits 'pretrained scratch' "
+            f"--decode-methods '{' '.join(['greedy', 'hlg', 'hlg-rescore', *k2_methods()])}' "
             f"--lm-scales '0.5 1.0 1.5' --word-penalties '-1 0 1' "
             f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
     r = bash(f"{run} {opts}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    methods = ("greedy", "hlg", "hlg-rescore")
+    methods = ("greedy", "hlg", "hlg-rescore", *k2_methods())
     expected = [f"finetune_tiny_es_char_{init}/cv-es_{t}/{m}"
                 for init in ("pretrained", "scratch") for t in ("dev", "test") for m in methods]
     check_results(tmp_path / "RESULTS.md", expected)
     # the LM weight x penalty grid was tuned on dev and applied to test; RESULTS.md names the choice
     decode = tmp_path / "exp" / "finetune_tiny_es_char_pretrained" / "decode"
-    for m in ("hlg", "hlg-rescore"):
+    for m in ("hlg", "hlg-rescore", *(m for m in k2_methods() if m != "k2-ctc")):
         tuning = json.loads((decode / "cv-es_dev" / m / "tuning.json").read_text())
         assert len(tuning["grid"]) == 9
         lm = json.loads((decode / "cv-es_test" / m / "results.json").read_text())["lm"]
@@ -247,12 +257,14 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "librispeech" / "run.sh"
+    methods = ["greedy", "hlg", *k2_methods()]  # with k2, stage 3 writes its graphs and the k2 methods decode
     opts = (f"--work-dir {tmp_path} --synthetic true --synth-minutes 4 --synth-subset-scale 0.1 --size tiny "
-            f"--finetune-set 10m --nbpe 40 --nj 2 --pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
+            f"--finetune-set 10m --nbpe 40 --nj 2 --decode-methods '{' '.join(methods)}' "
+            f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
     r = bash(f"{run} {opts}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     check_results(tmp_path / "RESULTS.md", [f"finetune_tiny_10m_char/{t}/{m}"
-                                            for t in ("dev-clean", "test-clean") for m in ("greedy", "hlg")])
+                                            for t in ("dev-clean", "test-clean") for m in methods])
     assert (tmp_path / "data" / "lang_bpe_40" / "bpe.model").is_file()  # both lang dirs, as in the stage
     # --nj 2: two decoding jobs scored once, with the merged timing (RTF) and the cuts' language
     hlg = tmp_path / "exp" / "finetune_tiny_10m_char" / "decode" / "test-clean" / "hlg"

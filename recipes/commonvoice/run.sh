@@ -69,7 +69,8 @@ Options (default):
   --lm-text FILE                     more LM text, normalised like the transcripts
   --lm-scales \"S ...\" / --word-penalties \"P ...\"  LM weight x insertion penalty grid tuned on dev, applied to test
                                      ($lm_scales / $word_penalties; --lm-scales \"\" turns tuning off)
-  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
+  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods): greedy hlg hlg-rescore, and with
+                                     k2 (local/install_k2.sh) k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --nj N                             decoding jobs per test set ($nj)
   --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   distributed training through torchrun
   --pretrain-opts / --finetune-opts  extra '--set key=value' options for the training commands
@@ -146,17 +147,19 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done); done
-  if stage_begin 3 "${lm_order}-gram (and ${rescore_lm_order}-gram rescoring) LMs and HLG graphs for $finetune_languages" "${markers[@]}"; then
+  k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
+  markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done ${k2_opt:+data/$lang/$lang_unit/HLG.pt}); done
+  if stage_begin 3 "${lm_order}-gram (and ${rescore_lm_order}-gram rescoring) LMs and HLG graphs for $finetune_languages${k2_opt:+ (and the k2 graphs)}" "${markers[@]}"; then
     for lang in $finetune_languages; do
-      stage_item_done data/$lang/$lang_unit/.graph.done && continue
+      stage_item_done data/$lang/$lang_unit/.graph.done && { [ -z "$k2_opt" ] || [ -f data/$lang/$lang_unit/HLG.pt ]; } \
+        && continue
       rescore=()
       for order in $lm_order $([ "$rescore_lm_order" -gt 0 ] && echo "$rescore_lm_order"); do
         toolkit lm train --order "$order" --language "$lang" --text data/$lang/lm/text.txt --out data/$lang/lm/${order}gram.arpa
       done
       [ "$rescore_lm_order" -gt 0 ] && rescore=(--rescore-lm data/$lang/lm/${rescore_lm_order}gram.arpa)
       toolkit compile-graph --lang-dir data/$lang/$lang_unit --lm data/$lang/lm/${lm_order}gram.arpa "${rescore[@]}" \
-        --dev-cuts data/manifests/cv-${lang}_cuts_dev.jsonl.gz
+        --dev-cuts data/manifests/cv-${lang}_cuts_dev.jsonl.gz $k2_opt
       stage_item_end data/$lang/$lang_unit/.graph.done
     done
     stage_end

@@ -60,7 +60,8 @@ Options (default):
   --size tiny|base|large             model and training config ($size)
   --finetune-set 10m|1h|10h|100h|960h  labelled data for fine-tuning ($finetune_set)
   --token-type char|bpe / --nbpe N   output units ($token_type, $nbpe)
-  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods)
+  --decode-methods \"greedy hlg\"      decoding methods ($decode_methods): greedy hlg hlg-rescore, and with
+                                     k2 (local/install_k2.sh) k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --test-sets \"...\"                  dev/test sets ($test_sets)
   --nj N                             decoding jobs per test set ($nj)
   --init-checkpoint PATH             fine-tune an imported checkpoint; skips pretraining
@@ -171,7 +172,9 @@ fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   src=$(source_of_lm)
-  if stage_begin 3 "$src n-gram LMs and H/L/G/HLG graphs in $graph_dir" "$graph_dir/.graph.done"; then
+  k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
+  if stage_begin 3 "$src n-gram LMs and H/L/G/HLG graphs in $graph_dir${k2_opt:+ (and the k2 graphs)}" "$graph_dir/.graph.done" \
+      ${k2_opt:+"$graph_dir/HLG.pt"}; then
     mkdir -p data/lm
     rescore=()
     case "$src" in
@@ -194,7 +197,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
         [ "$rescore_lm_order" -gt 0 ] && rescore=(--rescore-lm data/lm/${name}_${rescore_lm_order}gram.arpa.gz) ;;
     esac
     dev=(); [ -f "$(split_cuts dev-clean)" ] && dev=(--dev-cuts "$(split_cuts dev-clean)")  # OOV rate in the log
-    toolkit compile-graph --lang-dir "$graph_dir" --lm "$lm" "${rescore[@]}" "${dev[@]}"
+    toolkit compile-graph --lang-dir "$graph_dir" --lm "$lm" "${rescore[@]}" "${dev[@]}" $k2_opt
     stage_end
   fi
 fi

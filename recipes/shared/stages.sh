@@ -111,6 +111,10 @@ list_minus() {  # list_minus "a b c" "b" -> "a c"
 # A YAML flow list of the words given: yaml_list a b -> [a, b] (for --set key=[...]).
 yaml_list() { local IFS=,; echo "[$*]"; }
 
+# `--k2` when k2 imports in this environment (compile-graph then also writes HLG.pt and the
+# rescoring G_<n>gram.pt that the k2-* decoding methods read), else nothing.
+k2_graph_opt() { python -c "import k2" >/dev/null 2>&1 && echo --k2 || true; }
+
 # The checkpoint a fine-tuning run is decoded with: best.pt (best dev WER), else last.pt.
 best_checkpoint() {  # best_checkpoint EXP_DIR
   local f
@@ -155,11 +159,11 @@ decode_cuts() {
 # The `toolkit decode` options of the LM weight x word insertion penalty tuning: `sweep` on a dev
 # set (one job with NJ WFST workers, as the choice needs every utterance: tuning.json per method),
 # `apply` on the other sets (--tuning-from the dev decode dir). Nothing when SCALES is empty or no
-# method has an LM (hlg, hlg-rescore).
+# method has an LM (hlg, hlg-rescore, k2-hlg, k2-nbest-rescore, k2-whole-lattice-rescore).
 #   lm_tuning_opts sweep "METHODS" "SCALES" "PENALTIES" NJ | lm_tuning_opts apply "METHODS" "SCALES" DEV_DECODE_DIR
 lm_tuning_opts() {
   local mode=$1 methods=$2 scales=$3 m tunable=false
-  for m in $methods; do case "$m" in hlg|hlg-rescore) tunable=true ;; esac; done
+  for m in $methods; do case "$m" in hlg|hlg-rescore|k2-hlg|k2-*-rescore) tunable=true ;; esac; done
   { [ -n "$scales" ] && $tunable; } || return 0
   if [ "$mode" = sweep ]; then
     echo "--sweep-lm-scales=${scales// /,} ${4:+--sweep-word-penalties=${4// /,}} --nj $5"  # "=": a list may start with "-"

@@ -24,7 +24,7 @@ from pathlib import Path
 from toolkit.data import read_cuts
 from toolkit.decode.chunking import ChunkOptions
 from toolkit.decode.options import SearchOptions
-from toolkit.decode.search import METHODS, WFST_METHODS, decode_cuts, make_searcher
+from toolkit.decode.search import METHODS, SWEEP_METHODS, decode_cuts, make_searcher
 from toolkit.decode.tuning import TUNING_FILE, choose, parse_grid, read_tuning, score_sweep, sweep_settings, write_sweep
 from toolkit.utils import ToolkitError, resolve_device
 
@@ -42,19 +42,21 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-active", type=int, default=d.max_active, help="most active states per frame")
     parser.add_argument("--min-active", type=int, default=d.min_active, help="fewest active states per frame")
     parser.add_argument("--lm-scale", type=float, default=d.lm_scale,
-                        help="weight of the LM against the acoustics (rescoring LM; first-pass LM of hlg)")
+                        help="weight of the LM against the acoustics (rescoring LM; first-pass LM of hlg, k2-hlg)")
     parser.add_argument("--word-penalty", type=float, default=d.word_penalty,
-                        help="cost per hypothesised word after the LM scale (word insertion penalty; hlg, hlg-rescore)")
+                        help="cost per hypothesised word after the LM scale (word insertion penalty; methods with words)")
     parser.add_argument("--num-paths", type=int, default=d.num_paths,
                         help="n-best rescoring with the N best word sequences (default: hlg-rescore the whole "
                              "lattice, k2-nbest-rescore 100; 0 = whole lattice, hlg-rescore only)")
+    parser.add_argument("--nbest-scale", type=float, default=d.nbest_scale,
+                        help="k2-nbest-rescore: lattice scores are scaled by this before sampling the paths")
 
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
     """The `SearchOptions` of the flags of `add_search_arguments`, checked (one-line errors)."""
     opts = SearchOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
                          max_active=args.max_active, min_active=args.min_active, lm_scale=args.lm_scale,
-                         word_penalty=args.word_penalty, num_paths=args.num_paths)
+                         word_penalty=args.word_penalty, num_paths=args.num_paths, nbest_scale=args.nbest_scale)
     opts.check()
     return opts
 
@@ -70,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="decode/<test-set> directory")
     add_search_arguments(parser)
     parser.add_argument("--sweep-lm-scales", default=None, metavar="S1,S2,...",
-                        help="tune on this set: LM scales to try (with --sweep-word-penalties; hlg, hlg-rescore)")
+                        help="tune on this set: LM scales to try (with --sweep-word-penalties; hlg, k2-hlg and the rescoring methods)")
     parser.add_argument("--sweep-word-penalties", default=None, metavar="P1,P2,...",
                         help="tune on this set: word insertion penalties to try")
     parser.add_argument("--tuning-from", default=None, metavar="DEV_OUT_DIR",
@@ -107,7 +109,7 @@ def method_options(methods: list[str], opts: SearchOptions, args: argparse.Names
     per_method, records = {}, {}
     for m in methods:
         o, rec = opts, {}
-        if m in WFST_METHODS:
+        if m in SWEEP_METHODS:
             if args.tuning_from:
                 rec = read_tuning(args.tuning_from, m, single)
                 o = dataclasses.replace(opts, lm_scale=rec["lm_scale"], word_penalty=rec["word_penalty"])
@@ -141,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     sweep = sweep_settings(lm_scales, penalties, opts.lm_scale, opts.word_penalty) if lm_scales or penalties else None
     if sweep and args.tuning_from:
         raise ToolkitError("give either the --sweep-* options (tune on this set) or --tuning-from (use a tuning), not both")
-    swept = [m for m in methods if m in WFST_METHODS] if sweep else []
+    swept = [m for m in methods if m in SWEEP_METHODS] if sweep else []
     if sweep and not swept:
-        raise ToolkitError(f"--sweep-*: none of the methods {','.join(methods)} can be swept; use {' or '.join(WFST_METHODS)}")
+        raise ToolkitError(f"--sweep-*: none of the methods {','.join(methods)} can be swept; use {', '.join(SWEEP_METHODS)}")
     per_method, tuning = method_options(methods, opts, args, single=not subdirs)
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] != "ctc":

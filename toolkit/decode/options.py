@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from toolkit.utils import ToolkitError
 
 DEFAULT_K2_NBEST = 100  # paths of k2-nbest-rescore when num_paths is not given
+RESCORE_METHODS = ("k2-nbest-rescore", "k2-whole-lattice-rescore")  # k2's searches with a rescoring G
 
 
 @dataclass
@@ -20,13 +21,17 @@ class SearchOptions:
     - ``max_active`` / ``min_active``: bounds on active states per frame (Kaldi ``max-active`` /
       ``min-active``; k2 ``max_active_states`` / ``min_active_states``).
     - ``lm_scale``: weight of the LM against the scaled acoustics: of the rescoring LM (rescoring
-      methods) and of the first-pass LM (``hlg``: then decoded through a lattice, as a sweep is).
+      methods) and of the first-pass LM (``hlg``, ``k2-hlg``: then decoded through a lattice, as
+      a sweep is). A best path maximises ``acoustic + lm_scale * LM - word_penalty * words``.
     - ``word_penalty``: cost added per hypothesised word (the word insertion penalty, in the LM's
-      units: -ln p), after the LM scale; positive values favour fewer words. ``hlg`` and
-      ``hlg-rescore`` only.
+      units: -ln p), after the LM scale; positive values favour fewer words. Every method with
+      words (``hlg``, ``hlg-rescore``, ``k2-hlg``, ``k2-nbest-rescore``, ``k2-whole-lattice-rescore``).
     - ``num_paths``: n-best rescoring with the N best distinct word sequences; None = the method's
       default (``hlg-rescore``: the whole lattice; ``k2-nbest-rescore``: 100). 0 = whole lattice
-      (``hlg-rescore`` only).
+      (``hlg-rescore`` only). ``k2-nbest-rescore`` samples ``num_paths`` paths of the lattice
+      (``k2.Nbest.from_lattice``, deterministic) and keeps their distinct word sequences.
+    - ``nbest_scale``: k2-nbest-rescore: the lattice scores are multiplied by it before sampling
+      (smaller: more distinct sequences; icefall's ``nbest_scale``).
     """
 
     acoustic_scale: float = 1.0
@@ -37,6 +42,7 @@ class SearchOptions:
     lm_scale: float = 1.0
     word_penalty: float = 0.0
     num_paths: int | None = None
+    nbest_scale: float = 0.5
 
     def check(self) -> None:
         """One-line ToolkitError for values no search can use."""
@@ -48,6 +54,8 @@ class SearchOptions:
             raise ToolkitError(f"--word-penalty {self.word_penalty}: must be a finite number")
         if self.num_paths is not None and self.num_paths < 0:
             raise ToolkitError(f"--num-paths {self.num_paths}: must be >= 0")
+        if self.nbest_scale <= 0:
+            raise ToolkitError(f"--nbest-scale {self.nbest_scale}: must be positive")
 
 
 @dataclass

@@ -10,7 +10,12 @@ Methods (`METHODS`):
 - ``hlg``: kaldi-decoder one-best over ``HLG.fst`` (CPU).
 - ``hlg-rescore``: a kaldi-decoder lattice over ``HLG.fst`` rescored with the larger G recorded by
   ``compile-graph --rescore-lm`` (whole lattice, or the ``num_paths`` best word sequences).
-- ``k2-ctc``, ``k2-hlg``, ``k2-nbest-rescore`` (optional k2; toolkit/decode/k2_decode.py).
+- ``k2-ctc``, ``k2-hlg``, ``k2-nbest-rescore``, ``k2-whole-lattice-rescore`` (optional k2, batched,
+  GPU or CPU; toolkit/decode/k2_decode.py).
+
+Every method with words takes an LM scale and a word insertion penalty (`SearchOptions`) and a
+sweep of them (`SWEEP_METHODS`: each utterance's lattice searched once, the best path under every
+setting in ``Hypothesis.sweep``; `toolkit.decode.tuning` scores them on dev and applies the choice).
 
 Use::
 
@@ -33,9 +38,10 @@ from toolkit.utils import ToolkitError
 
 log = logging.getLogger("toolkit.decode")
 
-METHODS = ("greedy", "hlg", "hlg-rescore", "k2-ctc", "k2-hlg", "k2-nbest-rescore")
+METHODS = ("greedy", "hlg", "hlg-rescore", "k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
 WFST_METHODS = ("hlg", "hlg-rescore")
-K2_METHODS = ("k2-ctc", "k2-hlg", "k2-nbest-rescore")
+SWEEP_METHODS = ("hlg", "hlg-rescore", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
+K2_METHODS = ("k2-ctc", "k2-hlg", "k2-nbest-rescore", "k2-whole-lattice-rescore")
 
 
 class Searcher(Protocol):
@@ -64,12 +70,12 @@ def make_searcher(method: str, opts: SearchOptions, lang_dir: str | Path | None,
     """The searcher of one method. Every method but greedy needs ``lang_dir`` with its compiled graphs
     (and a vocabulary equal to ``tokenizer``'s); ``nj`` worker processes serve the CPU WFST search.
     ``sweep``: (lm_scale, word_penalty) settings whose hypotheses each utterance also gets
-    (``Hypothesis.sweep``; `hlg` and `hlg-rescore` only)."""
+    (``Hypothesis.sweep``; `SWEEP_METHODS` only)."""
     if method not in METHODS:
         raise ToolkitError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
     opts.check()
-    if sweep and method not in WFST_METHODS:
-        raise ToolkitError(f"--method {method}: an LM-scale/word-penalty sweep works with {' and '.join(WFST_METHODS)} "
+    if sweep and method not in SWEEP_METHODS:
+        raise ToolkitError(f"--method {method}: an LM-scale/word-penalty sweep works with {', '.join(SWEEP_METHODS)} "
                            "only; decode it without the sweep options")
     if method == "greedy":
         return GreedySearch(tokenizer)
@@ -78,12 +84,9 @@ def make_searcher(method: str, opts: SearchOptions, lang_dir: str | Path | None,
     check_vocab(tokenizer, Path(lang_dir))
     if method in WFST_METHODS:
         return WfstSearch(method, opts, Path(lang_dir), nj, sweep)
-    if opts.word_penalty != 0.0:
-        raise ToolkitError(f"--word-penalty {opts.word_penalty}: not supported by the k2 methods; "
-                           f"use {' or '.join(WFST_METHODS)}")
     from toolkit.decode.k2_decode import K2Search
 
-    return K2Search(method, opts, Path(lang_dir), tokenizer, device)
+    return K2Search(method, opts, Path(lang_dir), tokenizer, device, sweep)
 
 
 class GreedySearch:
@@ -149,7 +152,8 @@ class WfstSearch:
 
 @dataclass
 class DecodeResult:
-    """What `decode_cuts` returns: references, languages, and per method hypotheses and timings."""
+    """What `decode_cuts` returns: references, languages, and per method hypotheses, timings and
+    (in a sweep) the words of every setting."""
 
     refs: dict[str, str] = field(default_factory=dict)
     languages: dict[str, str | None] = field(default_factory=dict)

@@ -4,7 +4,8 @@
         [--dev-cuts data/manifests/..._dev.jsonl.gz] [--min-coverage 0.5] [--language en]
 
 Graphs are reused until an input file (tokens.txt, words.txt, lexicon.txt, the ARPA LM) or an
-option changes; `--rescore-lm` also prepares the larger G used by `toolkit decode --method hlg-rescore`.
+option changes; `--rescore-lm` also prepares the larger G used by `toolkit decode --method hlg-rescore`;
+`--k2` adds their k2 forms (HLG.pt, G_<n>gram.pt) for the k2 methods.
 External LMs are welcome as they are (plain or gzipped ARPA, any case): their words are
 normalised like the transcripts (`--language`, default the lang dir's). An LM that knows fewer
 than `--min-coverage` of the lexicon's words is refused with one line naming the share, the OOV
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dev manifest(s): report the OOV rate of their transcripts against the lexicon")
     parser.add_argument("--dev-text", default=None, help="dev text (one normalised sentence a line), as --dev-cuts")
     parser.add_argument("--compact-topo", action="store_true", help="O(V) CTC topology (large word-piece vocabularies)")
-    parser.add_argument("--k2", action="store_true", help="also save the graphs as k2 FSAs (needs k2)")
+    parser.add_argument("--k2", action="store_true",
+                        help="also save HLG.pt and (with a rescoring LM) G_<n>gram.pt for the k2 methods (needs k2)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs did not change")
     parser.add_argument("--verbose", action="store_true")
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         rate, oov, tokens = oov_rate(dev, {w for w, _ in Lang.load(args.lang_dir).lexicon})
         log.info("compile-graph: dev OOV rate against the lexicon %.2f%% (%d of %d words)", 100 * rate, oov, tokens)
     if args.k2:
-        from toolkit.lm.k2_graph import save_k2_graphs
+        from toolkit.lm.k2_graph import save_k2_graphs, save_k2_rescore_grammar
 
         save_k2_graphs(args.lang_dir, args.lm, compact=args.compact_topo, order=args.order)
+        save_k2_rescore_grammar(args.lang_dir)  # the recorded rescoring G, if any
     return 0

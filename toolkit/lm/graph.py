@@ -404,6 +404,8 @@ def compile_hint(lang_dir: Path, name: str) -> str:
         return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM --k2`"
     if name.endswith("_rescore.fst"):
         return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM --rescore-lm BIG_LM`"
+    if name.endswith("gram.pt"):  # the k2 form of the rescoring G
+        return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM --rescore-lm BIG_LM --k2`"
     return f"`toolkit compile-graph --lang-dir {lang_dir} --lm LM`"
 
 

@@ -1,10 +1,15 @@
-"""The decoding graphs of toolkit.lm.graph in k2's form (``k2.Fsa``), for GPU decoding (optional).
+"""The decoding graphs of toolkit.lm.graph in k2's form (``k2.Fsa``), for k2 decoding (optional).
 
 Built from the same lang-dir text files and the same kaldifst L and G (so both backends share one
 lexicon/disambiguation logic), then composed with k2 as in icefall's ``compile_hlg.py``:
 ``H = k2.ctc_topo``; ``LG = det(connect(L o G))`` with the disambiguation symbols zeroed, epsilons
 removed; ``HLG = H o LG`` with ``inner_labels="tokens"``. In k2 labels are token ids themselves
 (blank = 0 is a symbol, the final arc has -1), so the kaldifst input shift is undone here.
+
+Files (written by ``toolkit compile-graph --k2``, recorded in graphs.json like every graph):
+``HLG.pt`` (from the first-pass G_<n>.fst) and, when a rescoring LM is compiled,
+``G_<n>gram.pt``: the rescoring G_<n>_rescore.fst as a k2 word acceptor (``#0`` made epsilon),
+for ``k2-nbest-rescore`` and ``k2-whole-lattice-rescore``.
 
 k2 is imported lazily: without it, only the functions here fail, with one clear message.
 """
@@ -15,12 +20,13 @@ import os
 from pathlib import Path
 
 from toolkit.lm.arpa import arpa_order
-from toolkit.lm.graph import TOKEN_OFFSET, GraphCache, Lang, build_lexicon_fst, read_fst
+from toolkit.lm.graph import TOKEN_OFFSET, GraphCache, Lang, build_lexicon_fst, checked_graph, read_fst
 from toolkit.utils import ToolkitError, atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-K2_MISSING = "k2 is not installed: install it from k2-fsa's wheels matching your torch/CUDA, see README"
+K2_MISSING = ("k2 is not installed in this environment: build it for this torch with local/install_k2.sh "
+              "(add --cuda true for GPUs; see README)")
 
 
 def import_k2():
@@ -119,12 +125,74 @@ def save_k2_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None, co
     return out
 
 
-def load_k2_hlg(path: str | os.PathLike, device=None):
-    """Read ``HLG.pt`` written by ``save_k2_graphs`` (our own file: k2 objects need full unpickling)."""
+def k2_rescore_name(fst_name: str) -> str:
+    """``G_4_rescore.fst`` -> ``G_4gram.pt``: the k2 form of a rescoring G."""
+    order = fst_name[len("G_"):].split("_", 1)[0]
+    return f"G_{order}gram.pt"
+
+
+def k2_word_acceptor(g_path: str | os.PathLike, backoff_id: int):
+    """A kaldifst G as a k2 acceptor over word ids: ``#0`` (back-off) becomes epsilon, no aux_labels.
+
+    k2 scores are log-probabilities (the negated costs), so higher is better.
+    """
+    import torch
+
+    G = k2_grammar(g_path)
+    k2 = import_k2()
+    G.labels = torch.where(G.labels == backoff_id, torch.zeros_like(G.labels), G.labels)
+    del G.aux_labels
+    G.__dict__["_properties"] = None  # labels changed
+    return k2.arc_sort(G)
+
+
+def save_k2_rescore_grammar(lang_dir: str | os.PathLike) -> Path | None:
+    """Build (or reuse) the k2 form of the lang dir's rescoring G (``G_<n>gram.pt``), if one is recorded."""
+    d = Path(lang_dir)
+    cache = GraphCache(d)
+    if not cache.rescore_g:
+        return None
+    g_fst = checked_graph(d, cache.rescore_g)
+    out = d / k2_rescore_name(cache.rescore_g)
+    key = cache.key([g_fst, d / "words.txt"], backend="k2")
+    if not cache.fresh(out.name, key):
+        log.info("building the k2 rescoring G %s from %s", out, g_fst.name)
+        G = k2_word_acceptor(g_fst, Lang.load(d).words["#0"])
+        atomic_torch_save(G.as_dict(), out)
+        cache.record(out.name, key, ("words.txt",))
+    return out
+
+
+def load_k2_rescore_grammar(lang_dir: str | os.PathLike, device=None, epsilon_loops: bool = False):
+    """The recorded rescoring G as a k2 FsaVec of one FSA with ``lm_scores`` (= its scores), on ``device``.
+
+    ``epsilon_loops``: with an epsilon self-loop on every state (whole-lattice rescoring intersects
+    it with a lattice whose arcs mostly carry no word).
+    """
+    from toolkit.lm.graph import rescore_grammar_path
+
+    k2 = import_k2()
+    d = Path(lang_dir)
+    name = k2_rescore_name(rescore_grammar_path(d).name)
+    G = load_k2_fsa(checked_graph(d, name))
+    G = k2.Fsa.from_fsas([G]).to(device or "cpu")
+    G.lm_scores = G.scores.clone()
+    if epsilon_loops:
+        G = k2.add_epsilon_self_loops(G)
+    return k2.arc_sort(G)
+
+
+def load_k2_fsa(path: Path):
+    """An Fsa saved with ``atomic_torch_save(fsa.as_dict())`` by this module (our own file: full unpickling)."""
     import torch
 
     k2 = import_k2()
+    return k2.Fsa.from_dict(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def load_k2_hlg(path: str | os.PathLike, device=None):
+    """Read ``HLG.pt`` written by ``save_k2_graphs`` (our own file: k2 objects need full unpickling)."""
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"{path}: not found; run `toolkit compile-graph --k2 --lm LM` first")
-    return k2.Fsa.from_dict(torch.load(path, map_location="cpu", weights_only=False)).to(device or "cpu")
+    return load_k2_fsa(path).to(device or "cpu")

@@ -91,6 +91,9 @@ class TrainSection:
     updates skipped -> stop. `collapse_threshold`: code perplexity (as a fraction of G*V) under
     which, after `collapse_after` updates, a codebook-collapse warning is logged.
     `blank_warn_updates`: from this update on, all-blank greedy dev output is warned.
+    `ctc_loss`: "torch" (torch.nn.functional.ctc_loss) or "k2" (k2.ctc_loss, needs k2);
+    `ctc_topo`: "standard" or "modified" (k2 only: O(V) topology for large word-piece
+    vocabularies, a token may follow itself without a blank). See toolkit/train/ctc.py.
     """
 
     max_updates: int = 1000
@@ -110,6 +113,8 @@ class TrainSection:
     collapse_after: int = 100
     blank_warn_updates: int = 500
     max_valid_batches: int = 0
+    ctc_loss: str = "torch"
+    ctc_topo: str = "standard"
 
 
 @dataclass
@@ -126,6 +131,8 @@ class TrainConfig:
 
 
 AMP_MODES = ("none", "bf16", "fp16")
+CTC_LOSSES = ("torch", "k2")  # toolkit.train.ctc
+CTC_TOPOS = ("standard", "modified")
 SCHEDULES = ("polynomial", "tri_stage", "constant")
 
 
@@ -208,6 +215,12 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         raise bad("train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
     if s.name not in SCHEDULES:
         raise bad("schedule.name", f"{s.name!r} is not one of {', '.join(SCHEDULES)}")
+    if t.ctc_loss not in CTC_LOSSES:
+        raise bad("train.ctc_loss", f"{t.ctc_loss!r} is not one of {', '.join(CTC_LOSSES)}")
+    if t.ctc_topo not in CTC_TOPOS:
+        raise bad("train.ctc_topo", f"{t.ctc_topo!r} is not one of {', '.join(CTC_TOPOS)}")
+    if t.ctc_topo == "modified" and t.ctc_loss != "k2":
+        raise bad("train.ctc_topo", "modified needs train.ctc_loss=k2 (torch's CTC has the standard topology)")
     if not isinstance(t.max_updates, int) or t.max_updates <= 0:
         raise bad("train.max_updates", "must be a positive integer")
     for key in ("log_interval", "save_interval", "valid_interval", "keep_last"):

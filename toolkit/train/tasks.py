@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 
 from toolkit.model.config import SAMPLE_RATE
-from toolkit.model.wav2vec2 import ctc_loss
 from toolkit.train import ddp
 from toolkit.train.config import TrainConfig
+from toolkit.train.ctc import make_ctc_loss
 from toolkit.train.engine import BatchStream, StepOutput, Task
 from toolkit.utils import ToolkitError
 
@@ -297,6 +297,7 @@ class CTCTask(Task):
         self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
         self.language = training_language(cfg)
         self._frozen: Optional[bool] = None
+        self.ctc_loss = make_ctc_loss(cfg.train.ctc_loss, cfg.train.ctc_topo)  # train.ctc_loss: torch | k2
         check_unk_share(load_cuts(cfg.data.train_cuts, "data.train_cuts"), self.tokenizer, cfg.data.max_unk_share,
                         f"data.train_cuts {' '.join(map(str, cfg.data.train_cuts))}")
 
@@ -368,7 +369,7 @@ class CTCTask(Task):
             return StepOutput(loss=torch.zeros(()), sample_size=0.0, audio_seconds=0.0,
                               metrics={"dropped_utterances": pre_dropped}, sums=("dropped_utterances",))
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
-        loss, kept, dropped = ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
+        loss, kept, dropped = self.ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
         dropped += pre_dropped
         if dropped:
             logger.debug("dropped %d utterance(s) too short for their transcripts", dropped)
@@ -393,7 +394,8 @@ class CTCTask(Task):
         kept = blank_only = 0
         for batch in _one_epoch(stream, self.cfg.train.max_valid_batches):
             log_probs, out_lengths = model(batch["audio"].to(device), batch["lengths"].to(device))
-            l, k, _ = ctc_loss(log_probs, out_lengths, batch["targets"].to(device), batch["target_lengths"].to(device))
+            l, k, _ = self.ctc_loss(log_probs, out_lengths, batch["targets"].to(device),
+                                    batch["target_lengths"].to(device))
             loss, kept = loss + float(l), kept + k
             for cid, ref, ids in zip(batch["cut_ids"], batch["texts"], greedy_ids(log_probs.float(), out_lengths)):
                 blank_only += not ids
