@@ -37,7 +37,8 @@ class DataSection:
     `train_cuts`: one or more Lhotse cut manifests. With `languages` non-empty the training cuts
     are split by supervision language and mixed with p_l ∝ (n_l/N)^alpha (XLSR); otherwise
     they are concatenated. `max_duration` is the audio seconds per batch (per rank).
-    `normalize`: None takes the model config's `normalize`.
+    `normalize`: None takes the model config's `normalize`; true/false sets the model config's, so
+    the checkpoint tells decoding to normalise exactly when training did.
     """
 
     train_cuts: list = field(default_factory=list)
@@ -89,6 +90,9 @@ class TrainSection:
     updates skipped -> stop. `collapse_threshold`: code perplexity (as a fraction of G*V) under
     which, after `collapse_after` updates, a codebook-collapse warning is logged.
     `blank_warn_updates`: from this update on, all-blank greedy dev output is warned.
+    `on_collapse`: "warn", or "restart": all-blank greedy dev output from `blank_warn_updates` on
+    restarts the run from its initial weights with the peak lr times `restart_lr_scale` and the
+    warm-up times `restart_warmup_scale`, at most `max_restarts` times (toolkit/train/collapse.py).
     """
 
     max_updates: int = 1000
@@ -107,6 +111,10 @@ class TrainSection:
     collapse_threshold: float = 0.02
     collapse_after: int = 100
     blank_warn_updates: int = 500
+    on_collapse: str = "warn"
+    max_restarts: int = 2
+    restart_lr_scale: float = 0.3
+    restart_warmup_scale: float = 2.0
     max_valid_batches: int = 0
 
 
@@ -125,6 +133,7 @@ class TrainConfig:
 
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("polynomial", "tri_stage", "constant")
+ON_COLLAPSE = ("warn", "restart")
 
 
 def pretrain_defaults() -> dict:
@@ -196,6 +205,11 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     t, o, s, d = cfg.train, cfg.optim, cfg.schedule, cfg.data
     if t.amp not in AMP_MODES:
         raise bad("train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
+    if t.on_collapse not in ON_COLLAPSE:
+        raise bad("train.on_collapse", f"{t.on_collapse!r} is not one of {', '.join(ON_COLLAPSE)}")
+    if not (0 < t.restart_lr_scale < 1) or t.restart_warmup_scale < 1 or t.max_restarts < 0:
+        raise bad("train.on_collapse", "restart_lr_scale must be in (0, 1), restart_warmup_scale >= 1, "
+                  "max_restarts >= 0")
     if s.name not in SCHEDULES:
         raise bad("schedule.name", f"{s.name!r} is not one of {', '.join(SCHEDULES)}")
     if not isinstance(t.max_updates, int) or t.max_updates <= 0:
