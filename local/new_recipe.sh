@@ -31,7 +31,7 @@ Then: cd recipes/NAME && ./run.sh --synthetic true   (or point --corpus-dir at t
 [ $# -eq 1 ] || { printf '%s\n' "$help_message" >&2; exit 1; }
 name=$1
 [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || { echo "$0: recipe name '$name' must be letters, digits, _ . -" >&2; exit 1; }
-case "$name" in shared|librispeech|commonvoice) echo "$0: recipes/$name is one of the toolkit's own; choose another name" >&2; exit 1 ;; esac
+case "$name" in shared|librispeech|commonvoice|fsdd) echo "$0: recipes/$name is one of the toolkit's own; choose another name" >&2; exit 1 ;; esac
 dest=$top/recipes/$name
 if [ -e "$dest" ] && [ "$force" != true ]; then
   echo "$0: $dest exists; remove it or pass --force true" >&2; exit 1
@@ -65,4 +65,6 @@ subst "$template/README.md" "$dest/README.md"
 chmod +x "$dest/run.sh" "$dest/local/data.sh"
 cp "$top/recipes/commonvoice/path.sh" "$top/recipes/commonvoice/cmd.sh" "$dest/"
 # training configs: recipes/shared/conf/ (a file of the same name in $dest/conf/ overrides what differs)
+# tiny fine-tuning with the data-size settings left to `toolkit finetune` (toolkit/train/auto.py)
+cp "$template/conf/finetune_tiny.yaml" "$dest/conf/"
 echo "created $dest ($corpus, $language): edit conf/recipe.conf and local/data.sh, then cd recipes/$name && ./run.sh --help"

@@ -27,7 +27,7 @@ lm_order=3                     # order of a trained first-pass LM (lm-norm, tran
 rescore_lm_order=4             # order of a trained rescoring LM for hlg-rescore (lm-norm, transcripts; 0: none)
 lm_prune="0 1 1"               # lm-norm: count pruning of the trained LMs (lmplz --prune: drop n-grams >= 2 seen once)
 lm_tag=                        # graphs in <lang dir>_<tag>, decodings in decode/<set>_<tag>: compare LMs on one model
-lm_scales="0.3 0.5 0.7 1.0 1.3 1.6 2.0"   # LM weights tried on dev (hlg, hlg-rescore); empty: no tuning
+lm_scales="0.3 0.5 0.7 1.0 1.3 1.6 2.0"   # LM weights tried on dev (hlg, hlg-rescore, the k2 methods with words); empty: no tuning
 word_penalties="-1 0 1 2"      # word insertion penalties tried on dev with each LM weight
 decode_methods="greedy hlg"
 test_sets="dev-clean dev-other test-clean test-other"   # those absent from the corpus are skipped

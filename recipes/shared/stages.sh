@@ -71,11 +71,17 @@ stage_summary() {  # one line per stage run in this invocation, with its wall ti
 
 # The --config options of a training config: the shared one (recipes/shared/conf) and, when the
 # recipe has one of the same name in its conf/, the recipe's own on top (it holds only what differs).
+# A recipe file whose first line is "# replaces the shared config" is used alone (e.g. the
+# template's finetune_tiny.yaml, which leaves the data-size settings to `toolkit finetune`).
 #   train_configs pretrain|finetune SIZE
 train_configs() {
   local name=$1_$2.yaml shared_conf
   shared_conf=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/conf
   [ -f "$shared_conf/$name" ] || { echo "$0: no $shared_conf/$name: --size must be tiny, base or large" >&2; return 1; }
+  if [ -f "$conf/$name" ] && [ "$(head -n 1 "$conf/$name")" = "# replaces the shared config" ]; then
+    echo "--config $conf/$name"
+    return 0
+  fi
   echo "--config $shared_conf/$name"
   [ -f "$conf/$name" ] && echo "--config $conf/$name"
   return 0

@@ -1,6 +1,7 @@
-"""`toolkit prepare {librispeech,commonvoice,lhotse}`: validated, normalised Lhotse cut manifests.
+"""`toolkit prepare {librispeech,commonvoice,lhotse,fsdd}`: validated, normalised Lhotse cut manifests.
 
-(`lhotse --recipe NAME`: any other corpus lhotse has a recipe for; see toolkit.data.prepare_lhotse.)
+(`lhotse --recipe NAME`: any other corpus lhotse has a recipe for; see toolkit.data.prepare_lhotse.
+`fsdd`: the Free Spoken Digit Dataset, isolated and connected digits; see toolkit.data.prepare_fsdd.)
 
 For every split this
 
@@ -71,8 +72,9 @@ class Entry:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", choices=["librispeech", "commonvoice", "lhotse"],
-                        help="lhotse: any corpus lhotse has a recipe for (--recipe NAME, --language CODE)")
+    parser.add_argument("corpus", choices=["librispeech", "commonvoice", "lhotse", "fsdd"],
+                        help="lhotse: any corpus lhotse has a recipe for (--recipe NAME, --language CODE); "
+                             "fsdd: the Free Spoken Digit Dataset (isolated and connected digits)")
     parser.add_argument("--corpus-dir", type=Path, required=True,
                         help="LibriSpeech: the folder holding LibriSpeech/ (or LibriSpeech/ itself); "
                              "Common Voice: the folder holding <lang>/; lhotse: what prepare_<recipe> reads")
@@ -93,6 +95,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-foreign-share", type=float, default=0.02,
                         help="most utterances of a split that may hold letters of another script than its main one")
     parser.add_argument("--nj", type=int, default=2)
+    fsdd = parser.add_argument_group("fsdd (speaker-disjoint splits; default: sorted speakers, 4 train, 1 dev, 1 test)")
+    fsdd.add_argument("--train-speakers", default=None, help="comma-separated FSDD speakers for train")
+    fsdd.add_argument("--dev-speakers", default=None, help="comma-separated FSDD speakers for dev")
+    fsdd.add_argument("--test-speakers", default=None, help="comma-separated FSDD speakers for test")
+    fsdd.add_argument("--train-passes", type=int, default=2,
+                      help="connected-digit passes over the training recordings (each uses every take once)")
+    fsdd.add_argument("--group-size", type=int, nargs=2, default=(3, 7), metavar=("MIN", "MAX"),
+                      help="recordings per connected-digit utterance")
+    fsdd.add_argument("--pause", type=float, nargs=2, default=(0.1, 0.5), metavar=("MIN", "MAX"),
+                      help="seconds of background noise before, between and after the joined recordings")
+    fsdd.add_argument("--audio-dir", type=Path, default=None,
+                      help="where the joined WAVs go (default: <out>/../audio/<prefix>)")
+    fsdd.add_argument("--seed", type=int, default=0)
 
 
 def _csv_list(value: str | None) -> list[str] | None:
@@ -109,6 +124,17 @@ def run(args: argparse.Namespace) -> int:
                                 splits=_csv_list(args.splits), min_duration=args.min_duration,
                                 max_duration=args.max_duration, check_audio=args.check_audio,
                                 overwrite=args.overwrite, nj=args.nj, max_foreign_share=args.max_foreign_share)
+        print(report.summary())
+        return 0
+    if args.corpus == "fsdd":
+        from toolkit.data.prepare_fsdd import prepare_fsdd
+
+        report = prepare_fsdd(args.corpus_dir, args.out, prefix=args.prefix or "fsdd", audio_dir=args.audio_dir,
+                              train_speakers=_csv_list(args.train_speakers), dev_speakers=_csv_list(args.dev_speakers),
+                              test_speakers=_csv_list(args.test_speakers), train_passes=args.train_passes,
+                              group_size=tuple(args.group_size), pause=tuple(args.pause), seed=args.seed,
+                              min_duration=args.min_duration, max_duration=args.max_duration,
+                              check_audio=args.check_audio, overwrite=args.overwrite, nj=args.nj)
         print(report.summary())
         return 0
     report = prepare(args.corpus, args.corpus_dir, args.out, languages=_csv_list(args.languages),

@@ -33,6 +33,10 @@ def run_training(args: argparse.Namespace, task_name: str) -> dict:
     from toolkit.train.tasks import CTCTask, PretrainTask
 
     cfg = load_config(args.config, task_name, args.overrides)
+    if task_name == "finetune":  # what the config leaves unset, by labelled duration (toolkit/train/auto.py)
+        from toolkit.train.auto import finetune_settings
+
+        finetune_settings(cfg, args.config, args.overrides)
     task = PretrainTask(cfg) if task_name == "pretrain" else CTCTask(cfg)
     resume = args.resume
     if resume not in (None, "auto"):

@@ -38,7 +38,8 @@ class DataSection:
     `train_cuts`: one or more Lhotse cut manifests. With `languages` non-empty the training cuts
     are split by supervision language and mixed with p_l ∝ (n_l/N)^alpha (XLSR); otherwise
     they are concatenated. `max_duration` is the audio seconds per batch (per rank).
-    `normalize`: None takes the model config's `normalize`.
+    `normalize`: None takes the model config's `normalize`; true/false sets the model config's, so
+    the checkpoint tells decoding to normalise exactly when training did.
     """
 
     train_cuts: list = field(default_factory=list)
@@ -94,6 +95,9 @@ class TrainSection:
     `ctc_loss`: "torch" (torch.nn.functional.ctc_loss) or "k2" (k2.ctc_loss, needs k2);
     `ctc_topo`: "standard" or "modified" (k2 only: O(V) topology for large word-piece
     vocabularies, a token may follow itself without a blank). See toolkit/train/ctc.py.
+    `on_collapse`: "warn", or "restart": all-blank greedy dev output from `blank_warn_updates` on
+    restarts the run from its initial weights with the peak lr times `restart_lr_scale` and the
+    warm-up times `restart_warmup_scale`, at most `max_restarts` times (toolkit/train/collapse.py).
     """
 
     max_updates: int = 1000
@@ -112,6 +116,10 @@ class TrainSection:
     collapse_threshold: float = 0.02
     collapse_after: int = 100
     blank_warn_updates: int = 500
+    on_collapse: str = "warn"
+    max_restarts: int = 2
+    restart_lr_scale: float = 0.3
+    restart_warmup_scale: float = 2.0
     max_valid_batches: int = 0
     ctc_loss: str = "torch"
     ctc_topo: str = "standard"
@@ -134,6 +142,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 CTC_LOSSES = ("torch", "k2")  # toolkit.train.ctc
 CTC_TOPOS = ("standard", "modified")
 SCHEDULES = ("polynomial", "tri_stage", "constant")
+ON_COLLAPSE = ("warn", "restart")
 
 
 def pretrain_defaults() -> dict:
@@ -213,6 +222,11 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     t, o, s, d = cfg.train, cfg.optim, cfg.schedule, cfg.data
     if t.amp not in AMP_MODES:
         raise bad("train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
+    if t.on_collapse not in ON_COLLAPSE:
+        raise bad("train.on_collapse", f"{t.on_collapse!r} is not one of {', '.join(ON_COLLAPSE)}")
+    if not (0 < t.restart_lr_scale < 1) or t.restart_warmup_scale < 1 or t.max_restarts < 0:
+        raise bad("train.on_collapse", "restart_lr_scale must be in (0, 1), restart_warmup_scale >= 1, "
+                  "max_restarts >= 0")
     if s.name not in SCHEDULES:
         raise bad("schedule.name", f"{s.name!r} is not one of {', '.join(SCHEDULES)}")
     if t.ctc_loss not in CTC_LOSSES:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from toolkit.train import ddp, expdir
+from toolkit.train.collapse import CollapseGuard
 from toolkit.train.expdir import list_checkpoints
 from toolkit.train.config import TrainConfig, config_to_dict, config_to_yaml
 from toolkit.train.optim import Scheduler, build_optimizer, grad_norm
@@ -331,6 +332,7 @@ class Trainer:
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda", init_scale=128.0)
         self.batches = self.task.train_batches(self.dist, seed)
+        self.collapse = CollapseGuard(self)  # train.on_collapse (toolkit/train/collapse.py)
         # Per-rank streams for dropout/masking; LayerDrop is seeded identically by the task.
         seed_everything(seed + 1000 * self.dist.rank)
 
@@ -358,6 +360,7 @@ class Trainer:
             "counters": dict(self.counters),
             "skip_window": [bool(x) for x in self.skip_window],
             "best": self.best,
+            "collapse": self.collapse.state_dict(),
         }
 
     def save(self, path: Path) -> None:
@@ -413,6 +416,7 @@ class Trainer:
         self.skip_window.extend(ckpt.get("skip_window", []))
         self.best = ckpt.get("best")
         self._resume_rng = ckpt["rng"]
+        self.collapse.load_state_dict(ckpt.get("collapse"))
         logger.info("resumed from %s at update %d", path, self.num_updates)
         return path
 
@@ -631,7 +635,10 @@ class Trainer:
                     self.task.check_health(last, self.num_updates)
                     window, t0 = [], time.time()
                 if self.num_updates % t.valid_interval == 0 or self.num_updates == t.max_updates:
-                    self.validate()
+                    if self.collapse.after_validation(self.validate()):  # restarted at update 0
+                        window, t0 = [], time.time()
+                        bar.reset(total=t.max_updates)
+                        continue
                 if self.num_updates % t.save_interval == 0 or self.num_updates == t.max_updates:
                     self.save_step()
         finally:

@@ -40,7 +40,9 @@ def load_cuts(paths: list[str], key: str):  # noqa: ANN201 - lhotse CutSet
 
 
 def resolve_model_config(cfg: TrainConfig, init_ckpt: Optional[dict]):  # noqa: ANN201
-    """Preset (or the init checkpoint's architecture) + model.overrides + train.feature_grad_mult."""
+    """Preset (or the init checkpoint's architecture) + model.overrides + train.feature_grad_mult
+    + data.normalize (when set: the model config travels into the checkpoint, and decoding and
+    feature extraction normalise the waveform exactly when training did)."""
     from toolkit.model.config import Wav2Vec2Config
     from toolkit.model.presets import get_preset
 
@@ -59,6 +61,8 @@ def resolve_model_config(cfg: TrainConfig, init_ckpt: Optional[dict]):  # noqa: 
     changes = dict(cfg.model.overrides)
     if cfg.train.feature_grad_mult is not None:
         changes["feature_grad_mult"] = cfg.train.feature_grad_mult
+    if cfg.data.normalize is not None:
+        changes["normalize"] = bool(cfg.data.normalize)
     merged = base.to_dict()
     unknown = sorted(set(changes) - set(merged))
     if unknown:
@@ -141,7 +145,7 @@ class PretrainTask(Task):
                                "continued pretraining needs a pretraining checkpoint (with quantizer)")
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
         self.num_codes = self.model_cfg.latent_vars * self.model_cfg.latent_groups
-        self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
+        self.normalize = self.model_cfg.normalize  # data.normalize, when set, is merged into it
 
     def model_config(self):  # noqa: ANN201
         return self.model_cfg
@@ -294,7 +298,7 @@ class CTCTask(Task):
                            cfg.train.freeze_finetune_updates, cfg.train.max_updates)
         self.init_ckpt = load_init(cfg)
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
-        self.normalize = self.model_cfg.normalize if cfg.data.normalize is None else cfg.data.normalize
+        self.normalize = self.model_cfg.normalize  # data.normalize, when set, is merged into it
         self.language = training_language(cfg)
         self._frozen: Optional[bool] = None
         self.ctc_loss = make_ctc_loss(cfg.train.ctc_loss, cfg.train.ctc_topo)  # train.ctc_loss: torch | k2

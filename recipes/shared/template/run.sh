@@ -54,7 +54,8 @@ pretrain_dir=exp/pretrain_${size}
 init=none
 [ "$pretrain" = true ] && init=$pretrain_dir/last.pt
 [ -n "$init_checkpoint" ] && [ "$pretrain" != true ] && init=$init_checkpoint
-ft_dir=exp/finetune_${size}_${token_type}_$(basename "${init%.pt}" | sed 's/^last$/pretrained/')
+init_name=$(basename "${init%.pt}" | sed 's/^last$/pretrained/; s/^none$/scratch/')
+ft_dir=exp/finetune_${size}_${token_type}_$init_name
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   if stage_begin 0 "$corpus ($language) corpus and manifests (local/data.sh)" data/manifests/.$prefix.done; then
@@ -117,3 +118,11 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   fi
 fi
 stage_summary
+# The headline: CER and WER (%) of the first test split with the last decoding method (hlg by
+# default), named after the initialisation: RESULT <prefix>_wer_<scratch|pretrained|checkpoint name>=
+report_split=$(echo $test_splits | awk '{print $1}'); report_method=$(echo $decode_methods | awk '{print $NF}')
+summary=$ft_dir/decode/${prefix}_$report_split/$report_method/wer-summary.txt
+if [ "$stop_stage" -ge 6 ] && [ -f "$summary" ]; then
+  echo "RESULT ${prefix}_cer_$init_name=$(awk -F'\t' 'NR == 2 {print $3}' "$summary")"
+  echo "RESULT ${prefix}_wer_$init_name=$(awk -F'\t' 'NR == 2 {print $2}' "$summary")"
+fi

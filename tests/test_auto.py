@@ -1,0 +1,123 @@
+"""Fine-tuning settings by labelled duration (toolkit/train/auto.py): the band chosen at several
+durations, fairseq's published values for wide models, the scratch rule, explicit values winning
+(config file and --set), the printed table, and that the labelled duration is read from the cuts."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from toolkit.train.auto import (FAIRSEQ, apply_data_size_defaults, band_for, explicit_keys, finetune_settings,
+                                format_choices, labelled_hours)
+from toolkit.train.config import load_config
+
+
+@pytest.mark.parametrize("hours,band", [(0.05, "10m"), (10 / 60, "10m"), (0.4, "10m"), (0.42, "1h"), (1.18, "1h"),
+                                        (3.1, "1h"), (3.2, "10h"), (30, "10h"), (32, "100h"), (300, "100h"),
+                                        (310, "960h"), (5000, "960h")])
+def test_band_is_the_nearest_fairseq_setting_on_a_log_scale(hours, band):
+    assert band_for(hours) == band
+
+
+def finetune_cfg(tmp_path, yaml_text="", sets=()):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    return load_config(p, "finetune", list(sets)), p
+
+
+@pytest.mark.parametrize("hours,lr,updates,channel,freeze", [
+    (10 / 60, 5e-5, 13000, 0.25, 10000), (1.0, 5e-5, 13000, 0.25, 10000), (10.0, 5e-5, 20000, 0.5, 10000),
+    (100.0, 3e-5, 80000, 0.5, 0), (960.0, 1e-4, 320000, 0.1, 0)])
+def test_wide_models_get_fairseqs_published_settings(tmp_path, hours, lr, updates, channel, freeze):
+    cfg, p = finetune_cfg(tmp_path, "model:\n  preset: base\ntrain:\n  init: x.pt\n")
+    apply_data_size_defaults(cfg, explicit_keys(p, []), hours=hours, width=768)
+    assert cfg.optim.lr == lr and cfg.train.max_updates == updates
+    assert cfg.model.overrides["mask_channel_prob"] == channel and cfg.train.freeze_finetune_updates == freeze
+    assert cfg.train.feature_grad_mult == 0.0  # fairseq never trains the CNN when fine-tuning
+    assert cfg.train.valid_interval == 1000
+    assert cfg.train.blank_warn_updates == freeze + (updates - freeze) // 4
+
+
+def test_tiny_scales_updates_with_data_and_scratch_trains_the_cnn(tmp_path):
+    budgets = []
+    for hours in (10 / 60, 1.0, 10.0):
+        cfg, p = finetune_cfg(tmp_path, "train:\n  init: none\n")
+        apply_data_size_defaults(cfg, explicit_keys(p, []), hours=hours, width=128)
+        assert cfg.train.feature_grad_mult == 1.0 and cfg.train.freeze_finetune_updates == 0
+        budgets.append(cfg.train.max_updates)
+        assert 50 <= cfg.train.valid_interval <= cfg.train.max_updates // 5
+    assert budgets == sorted(budgets) and budgets[0] < budgets[-1]
+
+
+def test_explicit_values_win_and_the_table_says_where_each_came_from(tmp_path, caplog):
+    text = "optim:\n  lr: 7.0e-4\nmodel:\n  overrides:\n    mask_prob: 0.1\ntrain:\n  init: none\n"
+    cfg, p = finetune_cfg(tmp_path, text, ["train.max_updates=123", "train.feature_grad_mult=0.0"])
+    choices = apply_data_size_defaults(cfg, explicit_keys(p, ["train.max_updates=123", "train.feature_grad_mult=0.0"]),
+                                       hours=1.0, width=128)
+    assert cfg.optim.lr == 7e-4 and cfg.model.overrides["mask_prob"] == 0.1
+    assert cfg.train.max_updates == 123 and cfg.train.feature_grad_mult == 0.0
+    source = {c.key: c.source for c in choices}
+    for key in ("optim.lr", "model.overrides.mask_prob", "train.max_updates", "train.feature_grad_mult"):
+        assert source[key] == "config", key
+    assert source["model.overrides.mask_channel_prob"].startswith("derived: 1.00 h labelled -> band 1h, cpu table")
+    assert cfg.train.valid_interval == 50  # from the explicit budget: a tenth of it, at least 50
+    text = format_choices(choices, 1.0)
+    assert "optim.lr" in text and "0.0007" in text and "derived: from scratch" in text
+
+
+def test_existing_recipe_configs_keep_every_value_they_set(tmp_path):
+    """The commonvoice/librispeech tiny configs (and so the embedded default) set the band values;
+    only the keys they leave unset are derived."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "commonvoice" / "conf" / "finetune_tiny.yaml"
+    sets = ["train.max_updates=1000", "train.init=none"]
+    before = load_config(conf, "finetune", sets)
+    after = load_config(conf, "finetune", sets)
+    choices = apply_data_size_defaults(after, explicit_keys(conf, sets), hours=10 / 60, width=128)
+    derived = {c.key for c in choices if c.source != "config"}
+    assert derived == {"train.feature_grad_mult", "train.blank_warn_updates"}
+    for section in ("optim", "schedule", "data"):
+        assert getattr(before, section) == getattr(after, section)
+    assert before.model == after.model
+    assert (after.train.max_updates, after.train.valid_interval, after.train.freeze_finetune_updates) == (1000, 100, 0)
+
+
+def cut_manifest(path, durations_langs):
+    from lhotse import CutSet, Recording, SupervisionSegment
+    from lhotse.audio import AudioSource
+
+    cuts = []
+    for i, (dur, lang) in enumerate(durations_langs):
+        n = int(dur * 16000)
+        rec = Recording(id=f"r{i}", sources=[AudioSource(type="file", channels=[0], source=f"r{i}.wav")],
+                        sampling_rate=16000, num_samples=n, duration=n / 16000)
+        cut = rec.to_cut()
+        cut.supervisions = [SupervisionSegment(id=f"r{i}", recording_id=rec.id, start=0, duration=rec.duration,
+                                               text="a", language=lang)]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(path)
+    return str(path)
+
+
+def test_labelled_hours_sums_the_training_cuts_of_the_chosen_languages(tmp_path, caplog):
+    a = cut_manifest(tmp_path / "a.jsonl.gz", [(1800.0, "en"), (900.0, "de")])
+    b = cut_manifest(tmp_path / "b.jsonl.gz", [(1800.0, "en")])
+    cfg, p = finetune_cfg(tmp_path, f"data:\n  train_cuts: [{a}, {b}]\ntrain:\n  init: none\n")
+    assert labelled_hours(cfg) == pytest.approx(1.25)
+    cfg.data.languages = ["en"]
+    assert labelled_hours(cfg) == pytest.approx(1.0)
+    with caplog.at_level(logging.INFO, logger="toolkit.train"):
+        finetune_settings(cfg, p, [])
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "fine-tuning settings for 1.00 h of labelled audio" in text and "band 1h" in text
+
+
+def test_data_normalize_travels_into_the_model_config(tmp_path):
+    """data.normalize=true must reach the checkpoint's model config: decoding normalises only when it says so."""
+    from toolkit.train.tasks import resolve_model_config
+
+    cfg, _ = finetune_cfg(tmp_path, "data:\n  normalize: true\n")
+    assert resolve_model_config(cfg, None).normalize is True
+    cfg, _ = finetune_cfg(tmp_path, "")
+    assert resolve_model_config(cfg, None).normalize is False  # the tiny preset's own value

@@ -1,0 +1,128 @@
+"""Blank-only collapse (toolkit/train/collapse.py): `train.on_collapse: restart` starts again from the
+initial weights with a lower peak learning rate and a longer warm-up, moves the collapsed run aside,
+records the restart in metrics.jsonl and keeps the lowered rate across a resume; `warn` only warns.
+The engine's toy regression task stands in for CTC; its validation reports all-blank output for as
+many validations as the test asks."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from test_train_engine import ToyTask, config, make_batches
+from toolkit.train.collapse import longer_warmup, restart_rows, warmup_of
+from toolkit.train.config import ScheduleSection, load_config
+from toolkit.train.engine import Trainer, list_checkpoints
+from toolkit.utils import ToolkitError
+
+
+class BlankTask(ToyTask):
+    """Validation says 'all blank' for the first `blank_validations` validations."""
+
+    def __init__(self, batches, blank_validations: int):
+        super().__init__(batches, dropout=0.0)
+        self.blank_validations = blank_validations
+        self.validations = 0
+        self.starts: list[dict] = []  # the weights each time training (re)starts at update 0
+
+    def on_update(self, model, num_updates):
+        if num_updates == 0:
+            self.starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    def validate(self, model, num_updates):
+        self.validations += 1
+        blank = self.validations <= self.blank_validations
+        return {"blank_only": 1.0 if blank else 0.0, "wer": 100.0 if blank else 50.0}
+
+    def best_metric(self):
+        return "wer"
+
+
+def rows(exp, split=None):
+    out = [json.loads(l) for l in (exp / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in out if split is None or r["split"] == split]
+
+
+def blank_config(tmp_path, **train):
+    cfg = config(tmp_path, valid_interval=10, blank_warn_updates=10, save_interval=5, **train)
+    cfg.schedule.name = "constant"
+    return cfg
+
+
+def test_restart_from_initial_weights_with_lower_lr_and_longer_warmup(tmp_path):
+    cfg = blank_config(tmp_path, max_updates=20, on_collapse="restart")
+    task = BlankTask(make_batches(12), blank_validations=1)
+    Trainer(cfg, task, resume=False).run()
+    exp = tmp_path / "exp"
+    assert len(task.starts) == 2
+    for k, v in task.starts[0].items():  # the restart began from the very same weights
+        assert torch.equal(v, task.starts[1][k]), k
+    restart = restart_rows(exp)
+    assert len(restart) == 1 and rows(exp)[0]["split"] == "restart"  # the new metrics start with it
+    assert restart[0]["collapsed_at"] == 10 and restart[0]["restart"] == 1
+    assert restart[0]["lr"] == pytest.approx(0.01 * 0.3) and restart[0]["warmup"] == 6  # 3 warm-up updates x 2
+    train = {r["step"]: r["lr"] for r in rows(exp, "train")}
+    assert sorted(train) == list(range(1, 21))  # the restarted run got the whole budget
+    assert train[4] == pytest.approx(0.003 * 3 / 6) and train[20] == pytest.approx(0.003)
+    # the collapsed run is kept aside, the new one owns the experiment directory
+    aside = exp / "collapsed-1"
+    assert [s for s, _ in list_checkpoints(aside)] == [5]  # update 10 validated, collapsed, not saved
+    assert max(r["step"] for r in rows(aside)) == 10
+    assert [s for s, _ in list_checkpoints(exp)][-1] == 20 and (exp / "last.pt").resolve().name == "checkpoint-20.pt"
+    from toolkit.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(exp / "checkpoint-20.pt")
+    assert ckpt["collapse"]["restarts"] == [{"collapsed_at": 10, "lr": pytest.approx(0.003), "warmup": 6}]
+    assert ckpt["counters"]["collapse_restarts"] == 1
+    assert ckpt["train_config"]["optim"]["lr"] == 0.01  # the config keeps what the run was started with
+
+
+def test_resume_after_a_restart_keeps_the_lowered_lr(tmp_path):
+    cfg = blank_config(tmp_path, max_updates=20, on_collapse="restart")
+    Trainer(cfg, BlankTask(make_batches(12), blank_validations=1), resume=False).run()
+    cfg = blank_config(tmp_path, max_updates=30, on_collapse="restart")
+    task = BlankTask(make_batches(12), blank_validations=0)
+    Trainer(cfg, task, resume=True).run()
+    train = {r["step"]: r["lr"] for r in rows(tmp_path / "exp", "train")}
+    assert train[30] == pytest.approx(0.003) and len(task.starts) == 0
+
+
+def test_max_restarts_then_gives_up_with_a_warning(tmp_path, caplog):
+    cfg = blank_config(tmp_path, max_updates=20, on_collapse="restart", max_restarts=2)
+    task = BlankTask(make_batches(12), blank_validations=10 ** 6)
+    with caplog.at_level(logging.WARNING, logger="toolkit.train"):
+        Trainer(cfg, task, resume=False).run()
+    exp = tmp_path / "exp"
+    assert len(task.starts) == 3 and (exp / "collapsed-1").is_dir() and (exp / "collapsed-2").is_dir()
+    last = restart_rows(exp)[-1]
+    assert last["restart"] == 2 and last["lr"] == pytest.approx(0.01 * 0.3 ** 2) and last["warmup"] == 12
+    assert any("still all blank after 2 restart(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_warn_is_the_default_and_never_restarts(tmp_path):
+    cfg = blank_config(tmp_path, max_updates=20)
+    assert cfg.train.on_collapse == "warn"
+    task = BlankTask(make_batches(12), blank_validations=10 ** 6)
+    Trainer(cfg, task, resume=False).run()
+    assert len(task.starts) == 1 and not restart_rows(tmp_path / "exp")
+    assert not list(tmp_path.glob("exp/collapsed-*"))
+
+
+def test_longer_warmup_keeps_the_phases_summing_to_one():
+    tri = ScheduleSection(name="tri_stage", phase_ratio=(0.1, 0.4, 0.5))
+    out = longer_warmup(tri, 1000, 2.0)
+    assert out.phase_ratio == pytest.approx((0.2, 0.3, 0.5)) and warmup_of(out, 1000) == 200
+    assert tri.phase_ratio == (0.1, 0.4, 0.5)  # a copy
+    out = longer_warmup(ScheduleSection(name="tri_stage", phase_ratio=(0.4, 0.1, 0.5)), 1000, 2.0)
+    assert out.phase_ratio == pytest.approx((0.8, 0.0, 0.2))  # hold used up, then decay
+    poly = longer_warmup(ScheduleSection(name="polynomial", warmup_updates=50), 1000, 3.0)
+    assert poly.warmup_updates == 150
+
+
+def test_bad_on_collapse_is_a_one_line_error():
+    with pytest.raises(ToolkitError, match="train.on_collapse: 'retry' is not one of warn, restart"):
+        load_config(None, "finetune", ["train.on_collapse=retry"])
+    with pytest.raises(ToolkitError, match="restart_lr_scale must be in"):
+        load_config(None, "finetune", ["train.restart_lr_scale=2"])
