@@ -70,16 +70,19 @@ def test_existing_recipe_configs_keep_every_value_they_set(tmp_path):
     only the keys they leave unset are derived."""
     from pathlib import Path
 
-    conf = Path(__file__).resolve().parents[1] / "recipes" / "commonvoice" / "conf" / "finetune_tiny.yaml"
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "shared" / "conf" / "finetune_tiny.yaml"
     sets = ["train.max_updates=1000", "train.init=none"]
     before = load_config(conf, "finetune", sets)
     after = load_config(conf, "finetune", sets)
     choices = apply_data_size_defaults(after, explicit_keys(conf, sets), hours=10 / 60, width=128)
     derived = {c.key for c in choices if c.source != "config"}
-    assert derived == {"train.feature_grad_mult", "train.blank_warn_updates"}
-    for section in ("optim", "schedule", "data"):
+    assert derived == {"train.feature_grad_mult", "train.blank_warn_updates", "model.overrides.mask_min_masks",
+                       "data.speed_perturb", "data.normalize"}
+    for section in ("optim", "schedule"):
         assert getattr(before, section) == getattr(after, section)
-    assert before.model == after.model
+    for key, value in before.model.overrides.items():
+        assert after.model.overrides[key] == value, key
+    assert (before.data.max_duration, before.data.lang_dir) == (after.data.max_duration, after.data.lang_dir)
     assert (after.train.max_updates, after.train.valid_interval, after.train.freeze_finetune_updates) == (1000, 100, 0)
 
 

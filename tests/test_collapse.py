@@ -123,6 +123,6 @@ def test_longer_warmup_keeps_the_phases_summing_to_one():
 
 def test_bad_on_collapse_is_a_one_line_error():
     with pytest.raises(ToolkitError, match="train.on_collapse: 'retry' is not one of warn, restart"):
-        load_config(None, "finetune", ["train.on_collapse=retry"])
+        load_config(None, "finetune", ["exp_dir=exp/x", "train.on_collapse=retry"])
     with pytest.raises(ToolkitError, match="restart_lr_scale must be in"):
-        load_config(None, "finetune", ["train.restart_lr_scale=2"])
+        load_config(None, "finetune", ["exp_dir=exp/x", "train.restart_lr_scale=2"])

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data import validate as V
-from toolkit.data.prepare import duration_limits, nothing_usable, report_overlap, write_cuts
+from toolkit.data.manifests import SplitLimits, fail_on_empty, note_kept_whole, report_overlap, write_cuts
 from toolkit.utils import ToolkitError, atomic_path
 
 log = logging.getLogger("toolkit.data.prepare")
@@ -254,17 +254,19 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
         sf.write(str(tmp), audio, sr, subtype="PCM_16", format="WAV")
 
 
-def _checked(cuts: list, manifest: str, report: V.DropReport, min_dur: float, max_dur: float):
-    """The cuts passing the text/duration checks every corpus gets, resampled to 16 kHz on the fly."""
+def _checked(cuts: list, manifest: str, split: str, report: V.DropReport, limits: SplitLimits):
+    """The cuts passing the checks every corpus gets (duration limits on training splits only),
+    resampled to 16 kHz on the fly."""
     from lhotse import CutSet
 
     kept = []
     for cut in cuts:
-        why = V.check_text_and_duration(cut.supervisions[0].text, cut.duration, min_dur, max_dur)
+        why = limits.check(split, cut.supervisions[0].text, cut.duration)
         if why:
             report.drop(manifest, why, cut.recording.sources[0].source)
             continue
         kept.append(cut)
+    note_kept_whole(report, manifest, split, [c.duration for c in kept], limits)
     return CutSet.from_cuts(kept).resample(V.SAMPLE_RATE).to_eager()
 
 
@@ -282,7 +284,7 @@ def prepare_fsdd(corpus_dir: Path, out: Path, prefix: str = "fsdd", audio_dir: P
         raise ToolkitError(f"--pause {pause[0]} {pause[1]}: need 0 <= min <= max seconds (e.g. 0.1 0.5)")
     if train_passes < 0:
         raise ToolkitError(f"--train-passes {train_passes}: must be >= 0")
-    min_dur = duration_limits(min_duration, max_duration)
+    limits = SplitLimits.from_options(min_duration, max_duration)
     recordings = find_recordings(Path(corpus_dir))
     takes = scan(recordings)
     spk = speaker_splits(sorted({t.speaker for t in takes}), train_speakers, dev_speakers, test_speakers)
@@ -292,12 +294,11 @@ def prepare_fsdd(corpus_dir: Path, out: Path, prefix: str = "fsdd", audio_dir: P
     report = V.DropReport()
     plan = [("train", "train", True, train_passes), ("dev", "dev", False, 1), ("dev-isolated", "dev", True, 0),
             ("test", "test", False, 1), ("test-isolated", "test", True, 0)]
-    usable = 0
+    empty = []
     for name, split, isolated, passes in plan:
         out_path = out / f"{prefix}_cuts_{name}.jsonl.gz"
         if out_path.is_file() and not overwrite:
             log.info("%s exists; skipping %s (use --overwrite to redo it)", out_path, name)
-            usable += 1
             continue
         manifest = f"{prefix}_{name}"
         own = [t for t in takes if t.speaker in spk[split]]
@@ -311,10 +312,10 @@ def prepare_fsdd(corpus_dir: Path, out: Path, prefix: str = "fsdd", audio_dir: P
         if passes:
             cuts += connected_cuts(own, split, passes, (lo, hi), pause, audio_dir, prefix, seed, report, manifest)
         log.info("%s: speakers %s, %d cuts", manifest, ", ".join(spk[split]), len(cuts))
-        checked = _checked(cuts, manifest, report, min_dur, max_duration)
-        usable += write_cuts(checked, manifest, out_path, report, check_audio, nj,
-                             lambda cut: cut.recording.sources[0].source)
-    if usable == 0:
-        raise nothing_usable(Path(corpus_dir), report)
+        checked = _checked(cuts, manifest, name, report, limits)
+        if not write_cuts(checked, manifest, out_path, report, check_audio, nj,
+                          lambda cut: cut.recording.sources[0].source):
+            empty.append(manifest)
+    fail_on_empty(Path(corpus_dir), report, empty)
     report_overlap(out, [prefix], report)
     return report

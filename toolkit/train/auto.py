@@ -46,6 +46,9 @@ DERIVED_KEYS = (
     "model.overrides.mask_prob",
     "model.overrides.mask_channel_prob",
     "model.overrides.encoder_layerdrop",
+    "model.overrides.mask_min_masks",
+    "data.speed_perturb",
+    "data.normalize",
     "train.feature_grad_mult",
     "train.freeze_finetune_updates",
     "train.valid_interval",
@@ -94,6 +97,14 @@ CPU: dict[str, dict[str, Any]] = {
              "train.feature_grad_mult": 0.0, "train.freeze_finetune_updates": 0},
 }
 
+# Every band of a table shares these: fairseq's span masking keeps at least 2 masks per utterance
+# and does not perturb speed; the CPU table masks short utterances in proportion only and perturbs
+# speed (0.9/1.0/1.1, as Kaldi and icefall recipes do) -- measured on FSDD, bench/RESULTS.md.
+for _band in FAIRSEQ.values():
+    _band.update({"model.overrides.mask_min_masks": 2, "data.speed_perturb": False})
+for _band in CPU.values():
+    _band.update({"model.overrides.mask_min_masks": 0, "data.speed_perturb": True})
+
 CPU_MAX_WIDTH = 256  # encoder_embed_dim up to this: the `cpu` table
 
 
@@ -122,6 +133,10 @@ def derive(hours: float, width: int, pretrained: bool) -> dict[str, tuple[Any, s
         init_why = "from scratch: a random feature encoder must train, nothing to keep frozen"
         out["train.feature_grad_mult"] = (1.0, init_why)
         out["train.freeze_finetune_updates"] = (0, init_why)
+        out["data.normalize"] = (True, "from scratch: zero-mean unit-variance waveforms (quiet recordings "
+                                       "fall under the first GroupNorm's eps)")
+    else:
+        out["data.normalize"] = (None, "the pretrained model's own setting")
     return out
 
 
@@ -156,15 +171,16 @@ def _leaves(d: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def explicit_keys(config_path: str | Path | None, overrides: list[str] | None,
+def explicit_keys(config_path: str | Path | list | tuple | None, overrides: list[str] | None,
                   base: Optional[dict] = None) -> set[str]:
-    """Dotted keys set by the config file, `--set` overrides and `base` (a saved config)."""
+    """Dotted keys set by the config file(s) (several merge in order, as `--config A --config B`),
+    `--set` overrides and `base` (a saved config)."""
     data: dict = {}
     if base:
         data = dict(base)
-    if config_path is not None:
-        user = load_yaml(config_path)
-        data = _merge(data, user)
+    paths = [] if config_path is None else [config_path] if isinstance(config_path, (str, Path)) else config_path
+    for path in paths:
+        data = _merge(data, load_yaml(path))
     data = apply_overrides(data, list(overrides or []))
     return _leaves(data)
 
@@ -194,16 +210,13 @@ def labelled_hours(cfg: TrainConfig) -> float:
 
 
 def model_width(cfg: TrainConfig) -> int:
-    """encoder_embed_dim of the model that will be trained (init checkpoint, else preset + overrides)."""
+    """encoder_embed_dim of the model that will be trained (the architecture training resolves:
+    init checkpoint, else preset, with model.overrides)."""
     if cfg.model.overrides.get("encoder_embed_dim"):
         return int(cfg.model.overrides["encoder_embed_dim"])
-    if cfg.train.init not in (None, "", "none"):
-        from toolkit.model.checkpoint import load_checkpoint
+    from toolkit.train.tasks import load_init, resolve_model_config
 
-        return int(load_checkpoint(cfg.train.init)["model_config"]["encoder_embed_dim"])
-    from toolkit.model.presets import get_preset
-
-    return get_preset(cfg.model.preset).encoder_embed_dim
+    return resolve_model_config(cfg, load_init(cfg)).encoder_embed_dim
 
 
 def _get(cfg: TrainConfig, key: str) -> Any:
@@ -257,7 +270,7 @@ def format_choices(choices: list[Choice], hours: float) -> str:
     return "\n".join(lines)
 
 
-def finetune_settings(cfg: TrainConfig, config_path: str | Path | None, overrides: list[str] | None) -> list[Choice]:
+def finetune_settings(cfg: TrainConfig, config_path: str | Path | list | tuple | None, overrides: list[str] | None) -> list[Choice]:
     """What `toolkit finetune` calls: derive, then print the table (console and train log)."""
     hours = labelled_hours(cfg)
     choices = apply_data_size_defaults(cfg, explicit_keys(config_path, overrides), hours=hours)

@@ -28,15 +28,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
 from toolkit.train import ddp
 from toolkit.train.config import ON_COLLAPSE, ScheduleSection  # noqa: F401 - ON_COLLAPSE re-exported
 
-if TYPE_CHECKING:  # the engine imports this module
-    from toolkit.train.engine import Trainer
 
 logger = logging.getLogger("toolkit.train")
 
@@ -68,7 +66,7 @@ def longer_warmup(schedule: ScheduleSection, max_updates: int, scale: float) -> 
 class CollapseGuard:
     """Watches validation rows; with `train.on_collapse: restart`, restarts a collapsed run."""
 
-    def __init__(self, trainer: "Trainer"):
+    def __init__(self, trainer: Any):
         self.trainer = trainer
         t = trainer.cfg.train
         self.restarts: list[dict[str, Any]] = []  # {"collapsed_at", "lr", "warmup"} per restart
