@@ -33,16 +33,7 @@ if [ ! -x "$cache/bin/lmplz" ]; then
     sdist=$cache/kenlm-$version.tar.gz
     if [ ! -f "$sdist" ]; then
       log "downloading kenlm-$version.tar.gz from PyPI"
-      python3 - "$version" "$sdist.part" <<'PY'
-import re, sys, urllib.request
-version, out = sys.argv[1], sys.argv[2]
-page = urllib.request.urlopen("https://pypi.org/simple/kenlm/", timeout=60).read().decode()
-links = re.findall(r'href="([^"]*/kenlm-' + re.escape(version) + r'\.tar\.gz)[^"]*"', page)
-if not links:
-    sys.exit(f"kenlm {version}: no source package on PyPI")
-urllib.request.urlretrieve(links[0], out)
-PY
-      mv "$sdist.part" "$sdist"
+      python3 "$top/local/fetch_sdist.py" kenlm "$version" "$sdist"
     fi
     if [ "$version" = 0.3.0 ] && ! echo "$sha256  $sdist" | sha256sum -c --status; then
       rm -f "$sdist"

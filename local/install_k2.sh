@@ -158,16 +158,7 @@ if [ "$force" = true ] || [ ! -f "$cache/site/.complete" ]; then
     if [ ! -f "$pybind11_sdist" ]; then
       mkdir -p "$(dirname "$pybind11_sdist")"
       log "downloading pybind11-$pybind11_version.tar.gz from PyPI"
-      "$python" - "$pybind11_version" "$pybind11_sdist.part" <<'PY'
-import re, sys, urllib.request
-version, out = sys.argv[1], sys.argv[2]
-page = urllib.request.urlopen("https://pypi.org/simple/pybind11/", timeout=60).read().decode()
-links = re.findall(r'href="([^"#]*/pybind11-' + re.escape(version) + r'\.tar\.gz)', page)
-if not links:
-    sys.exit(f"pybind11 {version}: no source package on PyPI")
-urllib.request.urlretrieve(links[0], out)
-PY
-      mv "$pybind11_sdist.part" "$pybind11_sdist"
+      "$python" "$top/local/fetch_sdist.py" pybind11 "$pybind11_version" "$pybind11_sdist"
     fi
   fi
   [ -f "$pybind11_sdist" ] || die "--pybind11-sdist $pybind11_sdist: not found"
