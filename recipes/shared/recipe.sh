@@ -1,0 +1,126 @@
+# The stages of a recipe made by local/new_recipe.sh (sourced by its run.sh with recipe_dir set):
+# corpus and manifests (local/data.sh), lang dir, n-gram LM and HLG graph, wav2vec 2.0 pretraining
+# on the training audio (or an imported checkpoint), CTC fine-tuning, decoding and RESULTS.md.
+# What the corpus is lives in the recipe's conf/recipe.conf, how it is fetched in its local/data.sh.
+set -euo pipefail
+: "${recipe_dir:?recipes/shared/recipe.sh is sourced by a recipe run.sh that sets recipe_dir}"
+recipe_name=$(basename "$recipe_dir")
+. "$recipe_dir/conf/recipe.conf"
+
+stage=0
+stop_stage=100
+work_dir=$recipe_dir
+corpus_dir=                    # default: download/<corpus>
+synthetic=false                # true: synthesise the corpus with espeak-ng (toolkit synth-corpus)
+synth_minutes=5
+size=tiny                      # training configs: recipes/shared/conf/{pretrain,finetune}_<size>.yaml (+ conf/ of this recipe)
+pretrain=true                  # false: fine-tune --init-checkpoint (or from scratch without one)
+init_checkpoint=               # imported checkpoint (toolkit import-checkpoint)
+token_type=char                # char | bpe
+nbpe=150
+lm_order=3
+decode_methods="greedy hlg"
+nj=1
+ngpus=1
+nnodes=1
+rdzv_endpoint=
+pretrain_opts=
+finetune_opts=
+help_message="Usage: $0 [options]
+$recipe_name ($corpus, $language): stages 0 corpus+manifests, 1 lang dir, 2 LM+graph, 3 pretraining,
+4 fine-tuning, 5 decoding, 6 RESULTS.md. Options (default):
+  --stage N / --stop-stage N     run stages N..M
+  --work-dir DIR                 where download/, data/, exp/ go ($work_dir)
+  --corpus-dir DIR               existing corpus copy
+  --synthetic true|false         synthetic corpus ($synthetic); --synth-minutes M ($synth_minutes)
+  --language / --corpus / --prefix / --train-split / --dev-split / --test-splits  (conf/recipe.conf)
+  --size tiny|base|large         configs in conf/ ($size)
+  --pretrain true|false          pretraining stage ($pretrain); --init-checkpoint PATH
+  --token-type char|bpe          output units ($token_type); --nbpe N ($nbpe)
+  --lm-order N                   LM order ($lm_order)
+  --decode-methods \"greedy hlg\"  ($decode_methods); --nj N decoding jobs ($nj)
+  --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   torchrun
+  --pretrain-opts / --finetune-opts  extra '--set key=value' for the training commands"
+
+. "$recipe_dir/../shared/setup.sh"  # options, path.sh, cmd.sh, stage helpers; cd "$work_dir"
+[ -n "$corpus_dir" ] || corpus_dir=download/${lhotse_recipe:-$corpus}
+[ "$synthetic" = true ] && corpus_dir=download/synthetic-$corpus
+lang_dir=data/lang_$token_type; [ "$token_type" = bpe ] && lang_dir=data/lang_bpe_$nbpe
+cuts() { echo data/manifests/${prefix}_cuts_$1.jsonl.gz; }
+launcher=$(toolkit_launcher "$ngpus" "$nnodes" "$rdzv_endpoint" "$prefix")
+pretrain_dir=exp/pretrain_${size}
+init=none
+[ "$pretrain" = true ] && init=$pretrain_dir/last.pt
+[ -n "$init_checkpoint" ] && [ "$pretrain" != true ] && init=$init_checkpoint
+init_name=$(basename "${init%.pt}" | sed 's/^last$/pretrained/; s/^none$/scratch/')
+ft_dir=exp/finetune_${size}_${token_type}_$init_name
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  if stage_begin 0 "$corpus ($language) corpus and manifests (local/data.sh)" data/manifests/.$prefix.done; then
+    "$recipe_dir/local/data.sh" "$corpus" "$language" "$corpus_dir" "$synthetic" "$synth_minutes" "$prefix" "$lhotse_recipe"
+    stage_end
+  fi
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  if stage_begin 1 "lang dir ($token_type) from the $train_split transcripts" "$lang_dir/.done"; then
+    toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" --cuts "$(cuts $train_split)" --out "$lang_dir"
+    stage_end
+  fi
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  if stage_begin 2 "${lm_order}-gram LM and HLG graph" "$lang_dir/.graph.done"; then
+    mkdir -p data/lm
+    toolkit lm train --order "$lm_order" --text "$lang_dir/transcript_words.txt" --out data/lm/${lm_order}gram.arpa
+    toolkit compile-graph --lang-dir "$lang_dir" --lm data/lm/${lm_order}gram.arpa
+    stage_end
+  fi
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && [ "$pretrain" = true ]; then
+  if stage_begin 3 "pretrain a $size model on the $train_split audio in $pretrain_dir" "$pretrain_dir/.done"; then
+    init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
+    $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
+      $launcher pretrain $(train_configs pretrain "$size") --set "exp_dir=$pretrain_dir" \
+        --set "data.train_cuts=[$(cuts $train_split)]" --set "data.dev_cuts=[$(cuts $dev_split)]" \
+        "${init_opt[@]}" $pretrain_opts
+    stage_end
+  fi
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  if stage_begin 4 "CTC fine-tuning from $init in $ft_dir" "$ft_dir/.done"; then
+    $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
+      $launcher finetune $(train_configs finetune "$size") --set "exp_dir=$ft_dir" --set "train.init=$init" \
+        --set "data.train_cuts=[$(cuts $train_split)]" --set "data.dev_cuts=[$(cuts $dev_split)]" \
+        --set "data.lang_dir=$lang_dir" $finetune_opts
+    stage_end
+  fi
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  markers=(); for t in $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
+  if stage_begin 5 "decode $test_splits with: $decode_methods" "${markers[@]}"; then
+    for t in $test_splits; do
+      decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $t)" "$lang_dir" "$decode_methods" "$ft_dir/decode/${prefix}_$t" "$nj"
+    done
+    stage_end
+  fi
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  if stage_begin 6 "WER/CER per test set and method into $work_dir/RESULTS.md"; then
+    toolkit results --exp-dir "$ft_dir" --out RESULTS.md --title "$recipe_name: $corpus $language, $size model, $token_type units"
+    stage_end
+  fi
+fi
+stage_summary
+# The headline: CER and WER (%) of the first test split with the last decoding method (hlg by
+# default), named after the initialisation: RESULT <prefix>_wer_<scratch|pretrained|checkpoint name>=
+report_split=$(echo $test_splits | awk '{print $1}'); report_method=$(echo $decode_methods | awk '{print $NF}')
+summary=$ft_dir/decode/${prefix}_$report_split/$report_method/wer-summary.txt
+if [ "$stop_stage" -ge 6 ] && [ -f "$summary" ]; then
+  echo "RESULT ${prefix}_cer_$init_name=$(awk -F'\t' 'NR == 2 {print $3}' "$summary")"
+  echo "RESULT ${prefix}_wer_$init_name=$(awk -F'\t' 'NR == 2 {print $2}' "$summary")"
+fi
