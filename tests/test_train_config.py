@@ -128,3 +128,17 @@ def test_several_configs_merge_in_order_and_exp_dir_comes_from_the_file_name(tmp
     assert load_config([shared], "finetune", ["exp_dir=exp/x"]).exp_dir == "exp/x"
     with pytest.raises(ToolkitError, match="exp_dir is not set"):
         load_config(None, "finetune")
+
+
+def test_an_experiments_saved_config_is_a_config_of_the_same_command(tmp_path):
+    """exp/X/config.yaml (written with its task) reruns as --config X for the same task only."""
+    from toolkit.train.config import config_to_yaml
+
+    cfg = load_config(None, "finetune", ["exp_dir=exp/a", "optim.lr=3e-4", "train.max_updates=7"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_to_yaml(cfg))
+    assert "task: finetune" in saved.read_text()
+    again = load_config(saved, "finetune", ["exp_dir=exp/b"])
+    assert (again.optim.lr, again.train.max_updates, again.exp_dir) == (3e-4, 7, "exp/b")
+    with pytest.raises(ToolkitError, match=r"config.yaml: a config of another task"):
+        load_config(saved, "pretrain", ["exp_dir=exp/c"])

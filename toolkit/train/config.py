@@ -194,8 +194,10 @@ def load_config(path: str | Path | list | tuple | None, task: str, overrides: li
     data = _deep_merge(defaults, base or {})
     for p in paths:
         user = load_yaml(p)
-        if "task" in user:
-            raise ToolkitError(f"{p}: key 'task' is set by the command (toolkit pretrain/finetune); remove it")
+        if "task" in user:  # an experiment's saved config.yaml names its task: fine for the same command
+            if user.pop("task") != task:
+                raise ToolkitError(f"{p}: a config of another task (toolkit pretrain/finetune sets the task); "
+                                   f"use it with the other command or remove its 'task' key")
         data = _deep_merge(data, user)
     data = apply_overrides(data, overrides)
     data["task"] = task
