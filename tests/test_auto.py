@@ -49,6 +49,15 @@ def test_tiny_scales_updates_with_data_and_scratch_trains_the_cnn(tmp_path):
     assert budgets == sorted(budgets) and budgets[0] < budgets[-1]
 
 
+def test_tiny_from_a_checkpoint_trains_the_cnn_too(tmp_path):
+    """The CPU table trains the CNN of a tiny pretrained model (fairseq's wide models keep it frozen)."""
+    cfg, p = finetune_cfg(tmp_path, "model:\n  preset: tiny\ntrain:\n  init: x.pt\n")
+    choices = apply_data_size_defaults(cfg, explicit_keys(p, []), hours=10 / 60, width=128)
+    assert cfg.train.feature_grad_mult == 1.0 and cfg.train.freeze_finetune_updates == 0
+    why = {c.key: c.source for c in choices}["train.feature_grad_mult"]
+    assert "cpu table" in why and "scratch" not in why
+
+
 def test_explicit_values_win_and_the_table_says_where_each_came_from(tmp_path, caplog):
     text = "optim:\n  lr: 7.0e-4\nmodel:\n  overrides:\n    mask_prob: 0.1\ntrain:\n  init: none\n"
     cfg, p = finetune_cfg(tmp_path, text, ["train.max_updates=123", "train.feature_grad_mult=0.0"])
