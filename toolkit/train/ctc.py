@@ -4,7 +4,7 @@
 same contract as `toolkit.model.wav2vec2.ctc_loss`: log_probs (B, T, V), out_lengths (B,),
 targets (B, L) padded with any value past target_lengths (B,) -> ``CTCLoss(loss, kept, dropped)``,
 the loss summed over the utterances whose frames can hold their labels, the others left out and
-counted (DESIGN §9: silently zeroed ones drive CTC towards blank-only output), infinite
+counted (docs/DESIGN.md, "Traps": silently zeroed ones drive CTC towards blank-only output), infinite
 losses zeroed (``zero_infinity``).
 
 k2 (icefall's CTC training graphs): each kept utterance's graph is ``k2.ctc_topo`` composed with
