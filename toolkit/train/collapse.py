@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -142,19 +141,11 @@ class CollapseGuard:
 
     def _move_aside(self, k: int) -> None:
         """The collapsed run's checkpoints, best.pt, last.pt and metrics into exp_dir/collapsed-<k>/."""
-        from toolkit.train.expdir import list_checkpoints
+        from toolkit.train import expdir
 
         exp = self.trainer.exp_dir
-        dest = exp / f"collapsed-{k}"
-        dest.mkdir(parents=True, exist_ok=True)
-        for _, path in list_checkpoints(exp):
-            os.replace(path, dest / path.name)
-        for name in ("best.pt", "metrics.jsonl"):
-            if (exp / name).exists():
-                os.replace(exp / name, dest / name)
-        last = exp / "last.pt"
-        if last.is_symlink() or last.exists():
-            last.unlink()
+        paths = [p for _, p in expdir.list_checkpoints(exp)] + [exp / n for n in ("best.pt", "metrics.jsonl", "last.pt")]
+        expdir.set_aside(exp, paths, f"restart {k}: the collapsed run is kept aside", dest=exp / f"collapsed-{k}")
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:

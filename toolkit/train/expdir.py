@@ -95,14 +95,15 @@ def _previous_dir(exp_dir: Path) -> Path:
     return out
 
 
-def set_aside(exp_dir: str | os.PathLike, paths: list[Path], why: str) -> Path | None:
-    """Move `paths` (files or folders of exp_dir) into exp_dir/previous/<time>/; returns that folder."""
+def set_aside(exp_dir: str | os.PathLike, paths: list[Path], why: str, dest: Path | None = None) -> Path | None:
+    """Move `paths` (files or folders of exp_dir) into `dest` (default exp_dir/previous/<time>/);
+    returns that folder, or None when none of them exists."""
     exp_dir = Path(exp_dir)
     existing = [p for p in paths if p.exists() or p.is_symlink()]
     if not existing:
         return None
-    dest = _previous_dir(exp_dir)
-    dest.mkdir(parents=True)
+    dest = _previous_dir(exp_dir) if dest is None else Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     for p in existing:
         shutil.move(str(p), str(dest / p.name))
     log.warning("%s: %s; moved %s to %s", exp_dir, why, ", ".join(p.name for p in existing), dest)
