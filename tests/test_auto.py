@@ -44,6 +44,7 @@ def test_tiny_scales_updates_with_data_and_scratch_trains_the_cnn(tmp_path):
         cfg, p = finetune_cfg(tmp_path, "train:\n  init: none\n")
         apply_data_size_defaults(cfg, explicit_keys(p, []), hours=hours, width=128)
         assert cfg.train.feature_grad_mult == 1.0 and cfg.train.freeze_finetune_updates == 0
+        assert cfg.data.channel_augment == 0.8  # a random channel for most cuts, from scratch only
         budgets.append(cfg.train.max_updates)
         assert 50 <= cfg.train.valid_interval <= cfg.train.max_updates // 5
     assert budgets == sorted(budgets) and budgets[0] < budgets[-1]
@@ -54,6 +55,7 @@ def test_tiny_from_a_checkpoint_trains_the_cnn_too(tmp_path):
     cfg, p = finetune_cfg(tmp_path, "model:\n  preset: tiny\ntrain:\n  init: x.pt\n")
     choices = apply_data_size_defaults(cfg, explicit_keys(p, []), hours=10 / 60, width=128)
     assert cfg.train.feature_grad_mult == 1.0 and cfg.train.freeze_finetune_updates == 0
+    assert cfg.data.channel_augment == 0.0  # a pretrained encoder has heard many channels
     why = {c.key: c.source for c in choices}["train.feature_grad_mult"]
     assert "cpu table" in why and "scratch" not in why
 
@@ -86,7 +88,7 @@ def test_existing_recipe_configs_keep_every_value_they_set(tmp_path):
     choices = apply_data_size_defaults(after, explicit_keys(conf, sets), hours=10 / 60, width=128)
     derived = {c.key for c in choices if c.source != "config"}
     assert derived == {"train.feature_grad_mult", "train.blank_warn_updates", "model.overrides.mask_min_masks",
-                       "data.speed_perturb", "data.normalize"}
+                       "data.speed_perturb", "data.channel_augment", "data.normalize"}
     for section in ("optim", "schedule"):
         assert getattr(before, section) == getattr(after, section)
     for key, value in before.model.overrides.items():

@@ -131,6 +131,28 @@ def test_speed_perturbation_lengths_and_determinism(cuts: CutSet) -> None:
     assert len(factors_seen) == 3  # all three factors occur
 
 
+def test_channel_augmentation_is_deterministic_level_keeping_and_in_band(tmp_path: Path, cuts: CutSet) -> None:
+    # p = 0 draws nothing: the batch is the one without the option, speed perturbation included
+    plain = AudioDataset(speed_perturb=True, seed=5)[cuts]
+    assert torch.equal(AudioDataset(speed_perturb=True, seed=5, channel_augment=0.0)[cuts]["audio"], plain["audio"])
+    ds = AudioDataset(speed_perturb=True, seed=5, channel_augment=1.0)
+    batch = ds[cuts]
+    assert batch["lengths"].tolist() == plain["lengths"].tolist()  # same speed factors, same lengths
+    assert torch.equal(ds[cuts]["audio"], batch["audio"])  # a resumed run sees the same batch
+    for i, n in enumerate(batch["lengths"].tolist()):
+        a, b = plain["audio"][i, :n].double(), batch["audio"][i, :n].double()
+        assert not torch.allclose(a, b, atol=1e-3)
+        assert abs(float(b.pow(2).mean().sqrt() / a.pow(2).mean().sqrt()) - 1) < 1e-4  # the level is kept
+    # 8 kHz speech resampled to 16 kHz has nothing above 4 kHz; the added channel noise stays below it too
+    sr8 = CutSet.from_cuts([make_cut(tmp_path, f"n{i}", 1.0, sr=8000, scale=0.1, seed=10 + i) for i in range(6)])
+    aug = AudioDataset(channel_augment=1.0, seed=1)[sr8]["audio"].double()
+    ref = AudioDataset(seed=1)[sr8]["audio"].double()
+    high = lambda x: float((torch.fft.rfft(x).abs() ** 2)[:, 4300:].sum() / (torch.fft.rfft(x).abs() ** 2).sum())  # noqa: E731
+    assert high(ref) < 0.01 and high(aug) < 0.01
+    with pytest.raises(ToolkitError, match="probability"):
+        AudioDataset(channel_augment=1.5)
+
+
 def test_targets_padded_with_minus_one_and_oov_counted(cuts: CutSet) -> None:
     tok = Tokenizer.build_char(["hello world", "bonjour"])  # no Cyrillic: 'привет' is OOV
     batch = AudioDataset(tokenizer=tok)[cuts]

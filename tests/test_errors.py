@@ -192,6 +192,7 @@ def test_files_that_are_not_checkpoints(tmp_path, decode_inputs):
 @pytest.mark.parametrize("setting,message", [
     ("train.seed=abc", "train.seed: must be an integer >= 0, got 'abc'"),
     ("data.num_workers=-3", "data.num_workers: must be an integer >= 0, got -3"),
+    ("data.channel_augment=1.5", "data.channel_augment: must be a probability between 0 and 1, got 1.5"),
 ])
 def test_config_values_of_the_wrong_kind(tmp_path, setting, message):
     proc = toolkit("pretrain", "--config", ROOT / "toolkit" / "train" / "configs" / "pretrain_tiny.yaml",

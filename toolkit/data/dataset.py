@@ -27,6 +27,11 @@ Semantics follow fairseq's RawAudioDataset:
   Otherwise utterances are padded to the longest; `max_sample_size` then crops longer
   utterances (fairseq's pad mode), which is refused with targets (it would cut transcripts).
 - `speed_perturb=True`: each cut is resampled by a factor drawn from 0.9 / 1.0 / 1.1.
+- `channel_augment=p`: with probability p per cut, a random recording channel (`random_channel`):
+  two peaking equalisers (centre 150-3500 Hz, gain -12..+12 dB, Q 0.5-2) and additive noise at
+  10-40 dB SNR, band-limited to the recording's own bandwidth (8 kHz audio gets noise below 4 kHz
+  only), the level kept. For few speakers recorded on few microphones, where a raw-waveform model
+  otherwise learns each speaker's channel (bench/RESULTS.md, FSDD).
 
 Randomness (perturbation factors, crop offsets) is drawn from a generator seeded by
 `seed` and the batch's cut ids, so a batch is the same whatever the number of workers,
@@ -49,7 +54,41 @@ from toolkit.utils import ToolkitError
 log = logging.getLogger(__name__)
 
 SPEED_FACTORS = (0.9, 1.0, 1.1)
+EQ_CENTRE_HZ = (150.0, 3500.0)   # log-uniform
+EQ_GAIN_DB = (-12.0, 12.0)
+EQ_Q = (0.5, 2.0)
+NOISE_SNR_DB = (10.0, 40.0)
 MIN_SAMPLES = receptive_field()  # one frame of the wav2vec 2.0 feature encoder (400 samples)
+
+
+def random_channel(wav: torch.Tensor, rng: random.Random, source_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """`wav` (S,) 16 kHz through a random channel drawn from `rng`: two peaking equalisers, then
+    white noise at a random SNR, resampled from `source_rate` so that it stays inside the band the
+    recording had; the output has the input's RMS level."""
+    import torchaudio.functional as AF
+
+    if wav.numel() == 0:
+        return wav
+    rms = wav.pow(2).mean().sqrt()
+    y = wav
+    for _ in range(2):
+        centre = float(np.exp(rng.uniform(np.log(EQ_CENTRE_HZ[0]), np.log(EQ_CENTRE_HZ[1]))))
+        y = AF.equalizer_biquad(y, SAMPLE_RATE, centre, rng.uniform(*EQ_GAIN_DB), rng.uniform(*EQ_Q))
+    out_rms = y.pow(2).mean().sqrt()
+    if out_rms > 0:
+        y = y * (rms / out_rms)
+    gen = torch.Generator().manual_seed(rng.getrandbits(62))
+    rate = min(int(source_rate), SAMPLE_RATE)
+    noise = torch.randn(int(np.ceil(wav.numel() * rate / SAMPLE_RATE)) + 1, generator=gen)
+    if rate != SAMPLE_RATE:
+        noise = AF.resample(noise, rate, SAMPLE_RATE)
+    noise = noise[: wav.numel()]
+    if noise.numel() < wav.numel():
+        noise = torch.nn.functional.pad(noise, (0, wav.numel() - noise.numel()))
+    snr = rng.uniform(*NOISE_SNR_DB)
+    noise_rms = noise.pow(2).mean().sqrt().clamp_min(1e-12)
+    y = y + noise * (rms / noise_rms) * 10 ** (-snr / 20)
+    return y * (rms / y.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
 def audio_source(cut: Any) -> str:
@@ -69,6 +108,7 @@ class AudioDataset(torch.utils.data.Dataset):
         crop_to_shortest: pretraining crop (see module docstring).
         max_sample_size: longest utterance in samples after cropping; None = no limit.
         speed_perturb: random 0.9 / 1.0 / 1.1 speed per cut (training only).
+        channel_augment: probability of a random channel per cut (training only; `random_channel`).
         seed: base of the per-batch random generator.
         drop_unfit: drop (with a warning) cuts whose audio fails to load, is shorter than a
             frame, or cannot fit its labels under CTC; False raises ToolkitError on them.
@@ -76,7 +116,7 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __init__(self, tokenizer: Any = None, normalize: bool = False, crop_to_shortest: bool = False,
                  max_sample_size: int | None = None, speed_perturb: bool = False, seed: int = 0,
-                 drop_unfit: bool = True) -> None:
+                 drop_unfit: bool = True, channel_augment: float = 0.0) -> None:
         super().__init__()
         if max_sample_size is not None and max_sample_size < MIN_SAMPLES:
             raise ToolkitError(f"max_sample_size={max_sample_size} is below one model frame ({MIN_SAMPLES} samples)")
@@ -89,17 +129,21 @@ class AudioDataset(torch.utils.data.Dataset):
         self.normalize = normalize
         self.crop_to_shortest = crop_to_shortest
         self.max_sample_size = max_sample_size
+        if not 0.0 <= channel_augment <= 1.0:
+            raise ToolkitError(f"channel_augment={channel_augment}: a probability between 0 and 1 is expected")
         self.speed_perturb = speed_perturb
+        self.channel_augment = float(channel_augment)
         self.seed = seed
         self.drop_unfit = drop_unfit
 
     # ------------------------------------------------------------------ helpers
-    def _rng(self, cut_ids: list[str]) -> random.Random:
-        key = f"{self.seed}\n" + "\n".join(cut_ids)
+    def _rng(self, cut_ids: list[str], stream: str = "") -> random.Random:
+        key = f"{self.seed}{stream}\n" + "\n".join(cut_ids)
         return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
-    def _load(self, cut: Any, factor: float) -> torch.Tensor:
+    def _load(self, cut: Any, factor: float, channel: random.Random | None = None) -> torch.Tensor:
         """Mono float32 16 kHz waveform of one cut, speed-perturbed by `factor`."""
+        source_rate = cut.sampling_rate
         if cut.sampling_rate != SAMPLE_RATE:
             cut = cut.resample(SAMPLE_RATE)
         if factor != 1.0:
@@ -111,6 +155,8 @@ class AudioDataset(torch.utils.data.Dataset):
         wav = torch.from_numpy(np.ascontiguousarray(audio))
         if not torch.isfinite(wav).all():
             raise ValueError("audio contains NaN or infinite samples")
+        if channel is not None:
+            wav = random_channel(wav, channel, source_rate)
         return wav
 
     def _drop(self, cut: Any, why: str) -> None:
@@ -124,11 +170,15 @@ class AudioDataset(torch.utils.data.Dataset):
         if not cut_list:
             raise ToolkitError("the sampler produced an empty batch; check max_duration and the cut durations")
         rng = self._rng([c.id for c in cut_list])
+        # channels from a stream of their own: speed factors and crops are the same with or without them
+        channels = self._rng([c.id for c in cut_list], "channel") if self.channel_augment > 0 else None
         kept: list[tuple[Any, torch.Tensor, list[int] | None]] = []
         for cut in cut_list:
             factor = rng.choice(SPEED_FACTORS) if self.speed_perturb else 1.0
+            channel = (random.Random(channels.getrandbits(62))
+                       if channels is not None and channels.random() < self.channel_augment else None)
             try:
-                wav = self._load(cut, factor)
+                wav = self._load(cut, factor, channel)
             except Exception as e:  # noqa: BLE001 - any backend error means this file is unusable
                 self._drop(cut, f"audio fails to load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
                 continue

@@ -48,6 +48,7 @@ DERIVED_KEYS = (
     "model.overrides.encoder_layerdrop",
     "model.overrides.mask_min_masks",
     "data.speed_perturb",
+    "data.channel_augment",
     "data.normalize",
     "train.feature_grad_mult",
     "train.freeze_finetune_updates",
@@ -103,9 +104,14 @@ CPU: dict[str, dict[str, Any]] = {
 # and does not perturb speed; the CPU table masks short utterances in proportion only and perturbs
 # speed (0.9/1.0/1.1, as Kaldi and icefall recipes do) -- measured on FSDD, bench/RESULTS.md.
 for _band in FAIRSEQ.values():
-    _band.update({"model.overrides.mask_min_masks": 2, "data.speed_perturb": False})
+    _band.update({"model.overrides.mask_min_masks": 2, "data.speed_perturb": False, "data.channel_augment": 0.0})
 for _band in CPU.values():
-    _band.update({"model.overrides.mask_min_masks": 0, "data.speed_perturb": True})
+    _band.update({"model.overrides.mask_min_masks": 0, "data.speed_perturb": True, "data.channel_augment": 0.0})
+
+# From scratch, the share of training cuts heard through a random channel (EQ + noise,
+# toolkit.data.dataset.random_channel): a random feature encoder trained on a few speakers' recordings
+# learns their microphones (FSDD, bench/RESULTS.md); a pretrained one has heard many channels already.
+SCRATCH_CHANNEL_AUGMENT = 0.8
 
 CPU_MAX_WIDTH = 256  # encoder_embed_dim up to this: the `cpu` table
 
@@ -137,6 +143,8 @@ def derive(hours: float, width: int, pretrained: bool) -> dict[str, tuple[Any, s
         out["train.freeze_finetune_updates"] = (0, init_why)
         out["data.normalize"] = (True, "from scratch: zero-mean unit-variance waveforms (quiet recordings "
                                        "fall under the first GroupNorm's eps)")
+        out["data.channel_augment"] = (SCRATCH_CHANNEL_AUGMENT, "from scratch: a random channel per cut, so that a "
+                                       "random feature encoder does not learn the training microphones")
     else:
         out["data.normalize"] = (None, "the pretrained model's own setting")
     return out

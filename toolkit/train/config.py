@@ -52,6 +52,7 @@ class DataSection:
     num_buckets: int = 10
     normalize: Optional[bool] = None
     speed_perturb: bool = False
+    channel_augment: float = 0.0  # probability of a random channel (EQ + noise) per training cut
     lang_dir: Optional[str] = None
     max_unk_share: float = 0.01  # fine-tuning: most training targets that may be <unk> (outside the vocabulary)
 
@@ -267,6 +268,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             raise bad(key, f"must be an integer >= {low}, got {value!r}")
     if not 0 <= d.max_unk_share <= 1:
         raise bad("data.max_unk_share", f"must be a share between 0 and 1, got {d.max_unk_share!r}")
+    if not 0 <= d.channel_augment <= 1:
+        raise bad("data.channel_augment", f"must be a probability between 0 and 1, got {d.channel_augment!r}")
 
 
 def _coerce_floats(section: Any, where: str) -> None:

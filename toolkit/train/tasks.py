@@ -167,7 +167,8 @@ class PretrainTask(Task):
 
         return AudioDataset(normalize=self.normalize, crop_to_shortest=True,
                             max_sample_size=self.cfg.data.max_sample_size,
-                            speed_perturb=self.cfg.data.speed_perturb, seed=seed)
+                            speed_perturb=self.cfg.data.speed_perturb, seed=seed,
+                            channel_augment=self.cfg.data.channel_augment)
 
     def train_batches(self, dist: ddp.DistInfo, seed: int) -> BatchStream:
         return make_stream(self.cfg, _training_cuts(self.cfg, seed), self._dataset(seed), dist, seed)
@@ -348,7 +349,8 @@ class CTCTask(Task):
         from toolkit.data.dataset import AudioDataset
 
         return AudioDataset(tokenizer=self.tokenizer, normalize=self.normalize,
-                            speed_perturb=self.cfg.data.speed_perturb and train, seed=seed)
+                            speed_perturb=self.cfg.data.speed_perturb and train, seed=seed,
+                            channel_augment=self.cfg.data.channel_augment if train else 0.0)
 
     def train_batches(self, dist: ddp.DistInfo, seed: int) -> BatchStream:
         return make_stream(self.cfg, _training_cuts(self.cfg, seed), self._dataset(seed), dist, seed)
