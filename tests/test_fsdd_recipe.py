@@ -17,9 +17,11 @@ from test_recipes import ROOT, bash
 
 RECIPE = ROOT / "recipes" / "fsdd"
 # The slow test's budget: fewer updates than the recipe's derived 2000 (CI runs every slow test in
-# well under 30 minutes); the bound below is what 600 updates reached, with margin (bench/RESULTS.md).
+# well under 30 minutes). 600 updates reached 27.4% with the derived channel augmentation (2026-12-02,
+# bench/RESULTS.md; it learns more slowly at first and ends better: 13.4% at 2000); a model that has
+# learned nothing about the test speaker is near 90%.
 SLOW_UPDATES = 600
-SLOW_MAX_WER = 25.0
+SLOW_MAX_WER = 35.0
 
 
 def test_fsdd_recipe_is_the_shared_template():
@@ -66,6 +68,7 @@ def test_fsdd_recipe_from_scratch_learns_connected_digits(tmp_path):
     log = (work / "exp" / "finetune_tiny_char_scratch" / "log" / "finetune.log").read_text()
     assert re.search(r"fine-tuning settings for 1\.\d\d h of labelled audio", log)
     assert re.search(r"train\.feature_grad_mult +1\.0 +derived: from scratch", log)
+    assert re.search(r"data\.channel_augment +0\.8 +derived: from scratch", log)
     wer = float(re.search(r"^RESULT fsdd_wer_scratch=([0-9.]+)$", r.stdout, re.M).group(1))
     assert wer <= SLOW_MAX_WER, f"connected-digit test WER (HLG) {wer}% after {SLOW_UPDATES} updates"
     assert "all blank" not in log
