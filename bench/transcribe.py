@@ -9,22 +9,24 @@ The same fine-tuned model for both, exported with `toolkit export --to hf` for t
   tiny preset's architecture trained here, from scratch, on synthetic tone "speech" (tests/
   tone_speech.py: each letter a tone, words separated by silences; `--tone-steps` updates); the
   recording is such sentences until it lasts `--minutes`.
-Each system runs in its own process (2 threads each), one after the other on the same machine in
-the same run:
+Each system runs in its own process (2 threads each), `--repeats` times (the run with the median
+CPU time counts), one after the other on the same machine in the same run:
 
-- ours: `toolkit transcribe --checkpoint CKPT REC.wav` (greedy, default windows: 30 s with 2 s of
-  context each side), timed from the call to the written text (checkpoint load and audio reading
-  included);
-- HF: `pipeline("automatic-speech-recognition", model=EXPORTED, chunk_length_s=30)` (its default
-  stride, chunk/6 = 5 s each side), timed from the call on the file to the text; and once more with
-  a 2 s stride, the same overlap as ours;
+- ours: `toolkit transcribe --checkpoint CKPT REC.wav` (greedy, its default windows unless
+  `--chunk-s` / `--context-s` say otherwise), timed from the call to the written text (checkpoint
+  load and audio reading included);
+- HF: `pipeline("automatic-speech-recognition", model=EXPORTED)` called on the file with
+  `chunk_length_s=30` and its default stride (chunk/6 = 5 s each side), timed from the call on the
+  file to the text; again with `chunk_length_s` equal to our window (its default stride), and with
+  exactly our windows (`stride_length_s` = our context);
 - unchunked: the toolkit model over the whole recording in one forward (no windows), greedy.
 
 Then `toolkit transcribe` again on a 60-minute recording (the 10-minute one six times) for peak
 memory (each process's peak RSS). RESULT lines:
 
-    RESULT transcribe_speedup_vs_hf_pipeline=<HF seconds / ours>          (target >= 1.5 on CPU)
-    RESULT transcribe_speedup_vs_hf_pipeline_same_overlap=<...>           (HF with a 2 s stride)
+    RESULT transcribe_speedup_vs_hf_pipeline=<HF CPU s (chunk 30 s) / ours>   (target >= 1.5 on CPU)
+    RESULT transcribe_speedup_vs_hf_pipeline_same_chunk=<...>         (HF with our window length)
+    RESULT transcribe_speedup_vs_hf_pipeline_same_windows=<...>       (HF with exactly our windows)
     RESULT transcribe_wer_diff_vs_unchunked=<WER chunked - WER unchunked, points>  (target <= 0.5)
     RESULT transcribe_peak_mem_ratio_60min_vs_10min=<peak RSS 60 min / 10 min>   (target <= 1.2)
 
@@ -32,7 +34,8 @@ Speed is compared on process CPU time (user + system of each child), which other
 machine do not inflate; wall times are printed too.
 
 Usage: .venv/bin/python bench/transcribe.py [--model auto|default|tone] [--default-dir exp/default]
-       [--minutes 10] [--work-dir exp/bench_transcribe] [--threads 2] [--tone-steps 300]
+       [--minutes 10] [--work-dir exp/bench_transcribe] [--threads 2] [--tone-steps 300] [--repeats 3]
+       [--chunk-s S] [--context-s S]
 """
 from __future__ import annotations
 
@@ -62,6 +65,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--long-factor", type=int, default=6, help="the long recording is this many copies (60 min)")
     p.add_argument("--work-dir", default=str(ROOT / "exp" / "bench_transcribe"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each 10-minute system; the run with the median CPU time is reported")
+    p.add_argument("--chunk-s", type=float, default=None, help="ours: --chunk-s (default: toolkit transcribe's)")
+    p.add_argument("--context-s", type=float, default=None, help="ours: --context-s (default: toolkit transcribe's)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--args", default=None, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -86,7 +93,8 @@ def child(kind: str, a: dict) -> dict:
         from toolkit.cli import main
 
         t0, c0 = time.perf_counter(), cpu_seconds()
-        rc = main(["transcribe", "--no-progress", "--checkpoint", a["ckpt"], "--out-dir", a["out"], a["wav"]])
+        rc = main(["transcribe", "--no-progress", "--checkpoint", a["ckpt"], "--out-dir", a["out"], *a["chunk_args"],
+                   a["wav"]])
         secs, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         if rc != 0:
             raise SystemExit(f"toolkit transcribe failed ({rc})")
@@ -98,7 +106,7 @@ def child(kind: str, a: dict) -> dict:
 
         pipe = transformers.pipeline("automatic-speech-recognition", model=a["hf"], device="cpu")
         t0, c0 = time.perf_counter(), cpu_seconds()
-        out = pipe(a["wav"], chunk_length_s=30, stride_length_s=a["stride"])
+        out = pipe(a["wav"], chunk_length_s=a["chunk"], stride_length_s=a["stride"])
         secs, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         return {"seconds": secs, "cpu": cpu, "text": " ".join(out["text"].split()), "peak_mib": peak_rss_mib()}
     if kind == "unchunked":
@@ -123,13 +131,20 @@ def child(kind: str, a: dict) -> dict:
     raise SystemExit(f"unknown child {kind}")
 
 
-def run_child(kind: str, **a) -> dict:
+def run_child(kind: str, repeats: int = 1, **a) -> dict:
+    """Run one system `repeats` times, each in a fresh process; the run with the median CPU time."""
     env = dict(os.environ, OMP_NUM_THREADS=str(a["threads"]), TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--args", json.dumps(a)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(repeats):
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, "--args", json.dumps(a)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs.sort(key=lambda r: r["cpu"])
+    best = runs[len(runs) // 2]
+    best["cpu_runs"] = [round(r["cpu"], 2) for r in runs]
+    return best
 
 
 # ------------------------------------------------------------------------------------------ parent
@@ -240,27 +255,40 @@ def main() -> int:
 
     if toolkit(["export", "--checkpoint", str(ckpt), "--to", "hf", "--force", str(hf_dir)]) != 0:
         raise SystemExit("toolkit export failed")
-    common = {"ckpt": str(ckpt), "threads": args.threads, "hf": str(hf_dir)}
-    ours = run_child("ours", wav=str(rec10), out=str(work / "out10"), **common)
-    hf = run_child("hf", wav=str(rec10), stride=None, **common)
-    hf2 = run_child("hf", wav=str(rec10), stride=2.0, **common)
+    from toolkit.decode.chunking import ChunkOptions
+
+    chunk_s = args.chunk_s if args.chunk_s is not None else ChunkOptions.chunk_s
+    context_s = args.context_s if args.context_s is not None else ChunkOptions.context_s
+    common = {"ckpt": str(ckpt), "threads": args.threads, "hf": str(hf_dir),
+              "chunk_args": ["--chunk-s", str(chunk_s), "--context-s", str(context_s)]}
+    n = args.repeats
+    ours = run_child("ours", n, wav=str(rec10), out=str(work / "out10"), **common)
+    hf = run_child("hf", n, wav=str(rec10), chunk=30.0, stride=None, **common)
+    hf_same_chunk = run_child("hf", n, wav=str(rec10), chunk=chunk_s, stride=None, **common)
+    hf_same = run_child("hf", n, wav=str(rec10), chunk=chunk_s, stride=context_s, **common)
     whole = run_child("unchunked", wav=str(rec10), **common)
     long = run_child("ours", wav=str(rec60), out=str(work / "out60"), **common)
     audio_s = minutes * 60
-    rows = [("toolkit transcribe (30 s windows, 2 s context)", ours), ("HF pipeline chunk_length_s=30 (stride 5 s)", hf),
-            ("HF pipeline chunk_length_s=30, stride 2 s", hf2), ("unchunked forward (one window)", whole)]
+    rows = [(f"toolkit transcribe ({chunk_s:g} s windows, {context_s:g} s context each side)", ours),
+            ("HF pipeline chunk_length_s=30 (its default stride, 5 s each side)", hf),
+            (f"HF pipeline chunk_length_s={chunk_s:g} (its default stride, {chunk_s / 6:.2f} s each side)",
+             hf_same_chunk),
+            (f"HF pipeline chunk_length_s={chunk_s:g}, stride_length_s={context_s:g} (our windows)", hf_same),
+            ("unchunked forward (one window)", whole)]
     for name, r in rows:
-        print(f"{name}: {r['cpu']:.1f} CPU s, {r['seconds']:.1f} s wall (RTF {r['seconds'] / audio_s:.4f}), "
+        print(f"{name}: {r['cpu']:.1f} CPU s (runs: {r['cpu_runs']}), {r['seconds']:.1f} s wall (RTF {r['seconds'] / audio_s:.4f}), "
               f"WER {wer(ref, r['text']):.2f}%, peak RSS {r['peak_mib']:.0f} MiB")
-    print(f"wall-time speedup vs HF: {hf['seconds'] / ours['seconds']:.3f} (stride 5 s), "
-          f"{hf2['seconds'] / ours['seconds']:.3f} (stride 2 s)")
+    print(f"wall-time speedup vs HF: {hf['seconds'] / ours['seconds']:.3f} (chunk 30 s), "
+          f"{hf_same_chunk['seconds'] / ours['seconds']:.3f} (chunk {chunk_s:g} s), "
+          f"{hf_same['seconds'] / ours['seconds']:.3f} (our windows)")
     print(f"toolkit transcribe, {minutes * args.long_factor:.0f} min: {long['seconds']:.1f} s, peak RSS "
           f"{long['peak_mib']:.0f} MiB; transcript equals the 10-minute one x{args.long_factor}: "
           f"{long['text'] == ' '.join([ours['text']] * args.long_factor)}")
     print(f"transcripts: ours == HF (stride 5 s): {ours['text'] == hf['text']}; ours == unchunked: "
           f"{ours['text'] == whole['text']}")
     print(f"RESULT transcribe_speedup_vs_hf_pipeline={hf['cpu'] / ours['cpu']:.3f}")
-    print(f"RESULT transcribe_speedup_vs_hf_pipeline_same_overlap={hf2['cpu'] / ours['cpu']:.3f}")
+    print(f"RESULT transcribe_speedup_vs_hf_pipeline_same_chunk={hf_same_chunk['cpu'] / ours['cpu']:.3f}")
+    print(f"RESULT transcribe_speedup_vs_hf_pipeline_same_windows={hf_same['cpu'] / ours['cpu']:.3f}")
     print(f"RESULT transcribe_wer_diff_vs_unchunked={wer(ref, ours['text']) - wer(ref, whole['text']):.3f}")
     print(f"RESULT transcribe_peak_mem_ratio_60min_vs_10min={long['peak_mib'] / ours['peak_mib']:.3f}")
     return 0

@@ -659,3 +659,45 @@ def test_word_times_through_windows_and_segments_are_within_two_frames(tmp_path,
             assert w["word"] == word
             assert within_frames(w["start"], s) and within_frames(w["end"], e), (uid, w, s, e)
             assert w["confidence"] > 0.99
+
+
+_FAULTS = """
+import resource, sys, torch
+from toolkit.utils import tune_cpu_allocator
+tuned = tune_cpu_allocator() if sys.argv[1] == "tune" else False
+from toolkit.model.presets import get_preset
+from toolkit.model.wav2vec2 import Wav2Vec2ForCTC
+torch.set_num_threads(1)
+m = Wav2Vec2ForCTC(get_preset("tiny"), 40).eval()
+x = torch.randn(1, 20 * 16000)
+faults = []
+with torch.inference_mode():
+    m(x); m(x)
+    for _ in range(7):
+        a = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        m(x)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - a)
+print(tuned, sorted(faults)[3])  # the median forward
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"MALLOC_ARENA_MAX": "2"}], ids=["glibc", "user-configured"])
+def test_allocator_tuning_stops_page_faults_in_repeated_forwards(env):
+    """`toolkit` commands keep freed activations mapped (toolkit.utils.tune_cpu_allocator): without it,
+    every forward of a 20 s window faults its ~60 MB of activations in again; with it, none. A user's
+    own allocator settings are left alone."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    runs = {}
+    for mode in ("plain", "tune"):
+        r = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
+                           env={**clean, **env}, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        tuned, faults = r.stdout.split()
+        runs[mode] = (tuned == "True", float(faults))
+    assert runs["plain"][1] > 5000, runs  # 4 KiB pages: > 20 MB faulted in per forward
+    if env:
+        assert runs["tune"] == (False, pytest.approx(runs["plain"][1], rel=0.5)), runs
+    else:
+        assert runs["tune"][0] and runs["tune"][1] < 0.1 * runs["plain"][1], runs

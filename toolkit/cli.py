@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
 
-    from toolkit.utils import ToolkitError, setup_logging
+    from toolkit.utils import ToolkitError, setup_logging, tune_cpu_allocator
 
     verbose = bool(getattr(args, "verbose", False))
     setup_logging(verbose)
+    tune_cpu_allocator()
     try:
         rc = module.run(args)
     except ToolkitError as e:

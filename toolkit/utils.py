@@ -83,6 +83,41 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# CPU memory allocator
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value (64-bit)
+TRIM_THRESHOLD = 256 << 20
+
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc keep freed blocks of up to 32 MiB in the heap instead of unmapping them.
+
+    A model forward on a CPU allocates and frees the same large activations (a 30 s window through
+    the feature encoder: 25 MB per layer output) again and again; glibc serves blocks above its
+    (adaptive) mmap threshold with fresh mappings, so every forward faults all of those pages in
+    again, which cost a quarter of the forward on the 2-core development VM (bench/RESULTS.md,
+    "bench/transcribe.py"). Raising the mmap threshold to its maximum and the trim threshold to
+    256 MiB keeps them mapped; at most 256 MiB of freed memory stays with the process. Applied once per process by `toolkit` commands;
+    skipped (False) when the user configured the allocator (MALLOC_*_ / GLIBC_TUNABLES / LD_PRELOAD)
+    or the C library is not glibc.
+    """
+    if any(k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD") for k in os.environ):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------
 # Logging
 
 def setup_logging(verbose: bool = False) -> None:

@@ -82,9 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per model batch")
     parser.add_argument("--chunk-above", type=float, default=60.0,
                         help="utterances longer than this (seconds) run alone in overlapping windows")
-    parser.add_argument("--chunk-s", type=float, default=30.0, help="window length of a chunked utterance (s)")
-    parser.add_argument("--context-s", type=float, default=2.0,
-                        help="context kept on each side of a window's frames (s)")
+    parser.add_argument("--chunk-s", type=float, default=ChunkOptions.chunk_s,
+                        help="window length of a chunked utterance (s; default %(default)s)")
+    parser.add_argument("--context-s", type=float, default=ChunkOptions.context_s,
+                        help="context kept on each side of a window's frames (s; default %(default)s)")
     parser.add_argument("--key", default=None, help="name of the setting in wer-summary.txt (default: the method)")
     parser.add_argument("--verbose", action="store_true")
 

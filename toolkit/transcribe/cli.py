@@ -24,6 +24,7 @@ log = logging.getLogger("toolkit.transcribe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from toolkit.decode.chunking import ChunkOptions
     from toolkit.transcribe.formats import FORMATS
     from toolkit.transcribe.search import add_search_arguments
 
@@ -38,10 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model precision (auto: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--max-duration", type=float, default=200.0,
                         help="seconds of audio per batch of short recordings")
-    parser.add_argument("--chunk-s", type=float, default=30.0,
-                        help="model window for long recordings (shorter ones are one window)")
-    parser.add_argument("--context-s", type=float, default=2.0,
-                        help="audio each window sees beyond the frames it contributes, on each side")
+    parser.add_argument("--chunk-s", type=float, default=ChunkOptions.chunk_s,
+                        help="model window for long recordings (shorter ones are one window; default %(default)s)")
+    parser.add_argument("--context-s", type=float, default=ChunkOptions.context_s,
+                        help="audio each window sees beyond the frames it contributes, on each side "
+                             "(default %(default)s)")
     parser.add_argument("--batch-windows", type=int, default=None,
                         help="windows of a long recording per forward (default: 1 on CPU, 8 on CUDA)")
     parser.add_argument("--max-segment-s", type=float, default=30.0,
