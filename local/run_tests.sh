@@ -8,17 +8,27 @@ cd "$top"
 
 all=false
 [ "${CI:-}" = true ] && all=true
-help_message="Usage: local/run_tests.sh [--all true|false] [pytest args...]
-  --all true   also run tests marked slow (end-to-end recipes, large architectures); default under CI=true"
+cores=$(nproc 2>/dev/null || echo 1)
+jobs=$cores
+help_message="Usage: local/run_tests.sh [--all true|false] [--jobs N] [pytest args...]
+  --all true   also run tests marked slow (end-to-end recipes, large architectures); default under CI=true
+  --jobs N     tests run in N processes (pytest-xdist), each with cores/N threads ($jobs here);
+               --jobs 1 runs them in this process, one after the other"
 . local/parse_options.sh
 
+case "$jobs" in ''|*[!0-9]*|0) echo "$0: --jobs must be a positive integer, got '$jobs'" >&2; exit 1 ;; esac
+
 local/install.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# Threads per test process: the cores shared among the workers (never more threads than cores).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / jobs > 0 ? cores / jobs : 1 ))}
 export PATH=$top/.venv/bin:$PATH  # the programs install.sh put there (lmplz), as path.sh does for the recipes
 marker=(-m "not slow")
 [ "$all" = true ] && marker=()
 set +e
-.venv/bin/python -m pytest -q -ra --durations=15 "${marker[@]}" "$@"
+# Parallel: tests sharing a module's fixture stay in one worker, slow tests start first (tests/conftest.py).
+parallel=()
+[ "$jobs" -gt 1 ] && parallel=(-n "$jobs" --dist loadgroup --no-loadscope-reorder)
+.venv/bin/python -m pytest -q -ra --durations=15 "${parallel[@]}" "${marker[@]}" "$@"
 rc=$?
 set -e
 # tests/test_k2.py skips itself without k2: say so on one line, so a skipped k2 suite is never silent.

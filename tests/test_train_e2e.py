@@ -29,7 +29,7 @@ PT_CKPT = f"checkpoint-{PT_UPDATES}.pt"
 
 
 def toolkit(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ)  # threads: local/run_tests.sh shares the cores among the test workers
     r = subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=cwd, capture_output=True, text=True,
                        timeout=timeout, env=env)
     assert r.returncode == 0, f"toolkit {args[0]} failed:\n{r.stderr[-3000:]}"
@@ -127,7 +127,7 @@ def test_sigkill_then_resume_matches_uninterrupted(corpus):
     full = corpus / "exp_full"
     toolkit(*pretrain_args(corpus, full, 30, *common), cwd=corpus)
     killed = corpus / "exp_killed"
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ)  # threads: local/run_tests.sh shares the cores among the test workers
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", *pretrain_args(corpus, killed, 30, *common)],
                             cwd=corpus, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

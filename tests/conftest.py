@@ -1,0 +1,36 @@
+"""Test-suite scheduling for parallel runs (pytest-xdist, `local/run_tests.sh` uses one worker per core).
+
+Two rules, applied to the collected items (identically in every worker, as xdist requires):
+- Tests that share a module- or session-scoped fixture of their module (a synthesised corpus, a
+  pretrained model) form one `xdist_group`, so `--dist loadgroup` runs them in one worker and the
+  fixture is built once. Tests with function-scoped fixtures only stay free to go anywhere.
+- Slow tests run first: with the long end-to-end tests scheduled before the many short ones, the
+  short ones fill the gaps and the workers finish together.
+Without xdist the grouping marks are inert and only the order changes.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    module_file = str(item.path)
+    for name in info.names_closure:
+        for fdef in info.name2fixturedefs.get(name, ()):
+            if fdef.scope in ("module", "session", "package") and fdef.baseid and module_file.endswith(
+                    fdef.baseid.split("::")[0]):
+                return item.path.stem
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = _shared_fixture_group(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    slow_first = sorted(range(len(items)), key=lambda i: (items[i].get_closest_marker("slow") is None, i))
+    items[:] = [items[i] for i in slow_first]
