@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded default: the whole toolkit on one CPU box in about 12 minutes (2 cores).
+# The embedded default: the whole toolkit on one CPU box in about 20 minutes (2 cores).
 #
 # It installs what is missing (local/install.sh), synthesises a Common Voice-format corpus in
 # six languages with espeak-ng, pretrains a `tiny` wav2vec 2.0 model on five of them (XLSR
@@ -25,6 +25,7 @@ decode_methods="greedy hlg"
 report_set=test                      # the set of the comparison table and the RESULT lines (dev or test)
 pretrain_updates=800                 # tiny pretraining updates (20 s of audio each)
 finetune_updates=1000                # tiny fine-tuning updates (20 s of audio each), for each of the two
+finetune_jobs=2                      # the two fine-tunings at once, one thread each on 2 cores (1: one after the other)
 pretrain_opts=                       # extra "--set key=value" for toolkit pretrain
 finetune_opts=                       # extra "--set key=value" for toolkit finetune
 help_message="Usage: ./run.sh [options]
@@ -42,6 +43,7 @@ Options (default):
   --report-set dev|test             set of the comparison table and RESULT lines ($report_set)
   --pretrain-updates N              pretraining updates ($pretrain_updates)
   --finetune-updates N              updates of each fine-tuning ($finetune_updates)
+  --finetune-jobs N                 fine-tunings at once, each with cores/N threads ($finetune_jobs)
   --pretrain-opts / --finetune-opts extra '--set key=value' options for the training commands"
 . local/parse_options.sh
 
@@ -52,7 +54,7 @@ local/install.sh
 recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage "$stop_stage" \
   --synthetic true --synth-minutes "$pretrain_minutes" --synth-finetune-minutes "$finetune_minutes" \
   --languages "$pretrain_languages" --finetune-languages "$heldout_language" \
-  --size tiny --token-type char --finetune-inits "pretrained scratch" \
+  --size tiny --token-type char --finetune-inits "pretrained scratch" --finetune-jobs "$finetune_jobs" \
   --decode-methods "$decode_methods" --test-sets "dev test" --nj 1 \
   --pretrain-opts "--set train.max_updates=$pretrain_updates $pretrain_opts" \
   --finetune-opts "--set train.max_updates=$finetune_updates $finetune_opts"

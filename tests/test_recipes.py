@@ -229,7 +229,7 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "commonvoice" / "run.sh"
     opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
             f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
-            f"--finetune-inits 'pretrained scratch' "
+            f"--finetune-inits 'pretrained scratch' --finetune-jobs 2 "
             f"--decode-methods '{' '.join(['greedy', 'hlg', 'hlg-rescore', *k2_methods()])}' "
             f"--lm-scales '0.5 1.0 1.5' --word-penalties '-1 0 1' "
             f"--pretrain-opts '{FEW_UPDATES}' --finetune-opts '{FEW_UPDATES}'")
@@ -252,6 +252,12 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr
     assert_all_skipped(again.stdout, range(0, 7))
+    # --finetune-jobs 2 ran both fine-tunings at once; when they fail, the stage names both and marks neither
+    bad = bash(f"{run} {opts} --stage 5 --stop-stage 5 --tag _bad --finetune-opts '--set train.no_such_key=1'")
+    assert bad.returncode != 0
+    dirs = [f"exp/finetune_tiny_es_char_{init}_bad" for init in ("pretrained", "scratch")]
+    assert "stage 5: fine-tuning failed in" in bad.stderr and all(d in bad.stderr for d in dirs), bad.stderr[-2000:]
+    assert not any((tmp_path / d / ".done").exists() for d in dirs)
 
 
 @pytest.mark.slow

@@ -696,7 +696,7 @@ def test_allocator_tuning_stops_page_faults_in_repeated_forwards(env):
         assert r.returncode == 0, r.stderr[-2000:]
         tuned, faults = r.stdout.split()
         runs[mode] = (tuned == "True", float(faults))
-    assert runs["plain"][1] > 5000, runs  # 4 KiB pages: > 20 MB faulted in per forward
+    assert runs["plain"][1] > 1000, runs  # 4 KiB pages: > 4 MB faulted in per forward (4k-24k measured)
     if env:
         assert runs["tune"] == (False, pytest.approx(runs["plain"][1], rel=0.5)), runs
     else:

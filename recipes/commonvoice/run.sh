@@ -26,6 +26,7 @@ size=tiny                      # recipes/shared/conf/{pretrain,finetune}_<size>.
 pretrain=true                  # false: no pretraining stage (fine-tune --init-checkpoint or scratch)
 init_checkpoint=               # continue pretraining from (or, with --pretrain false, fine-tune) this checkpoint
 finetune_inits="pretrained"    # any of: pretrained scratch (one fine-tuning per entry)
+finetune_jobs=1                # fine-tunings run at once; each gets cores/N threads (CPU)
 token_type=char                # char | bpe
 nbpe=150                       # SentencePiece vocabulary size for --token-type bpe
 lm_order=3                     # first-pass LM (HLG)
@@ -62,6 +63,7 @@ Options (default):
   --pretrain true|false              run the pretraining stage ($pretrain)
   --init-checkpoint PATH             imported XLSR checkpoint (toolkit import-checkpoint) to start from
   --finetune-inits \"pretrained scratch\" fine-tune from the pretrained model and/or from scratch ($finetune_inits)
+  --finetune-jobs N                  fine-tunings run at once, each with cores/N threads ($finetune_jobs)
   --token-type char|bpe              output units ($token_type); --nbpe N word pieces ($nbpe)
   --lm-order N                       n-gram order of the first-pass LM ($lm_order)
   --rescore-lm-order N               order of the rescoring LM for hlg-rescore, 0 for none ($rescore_lm_order)
@@ -201,22 +203,37 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   markers=()
   for lang in $finetune_languages; do for init in $finetune_inits; do markers+=("$(ft_dir_for $lang $init)/.done"); done; done
   if stage_begin 5 "CTC fine-tuning ($token_type) of $finetune_languages from: $finetune_inits" "${markers[@]}"; then
+    case "$finetune_jobs" in ''|*[!0-9]*|0) echo "$0: --finetune-jobs must be a positive integer, got '$finetune_jobs'" >&2; exit 1 ;; esac
+    threads=(); [ "$finetune_jobs" -gt 1 ] && threads=(--num-threads $(( $(nproc) / finetune_jobs > 0 ? $(nproc) / finetune_jobs : 1 )))
+    finetune_one() {  # finetune_one LANG INIT DIR
+      local init_path
+      init_path=$(init_for $2) || return 1
+      echo "  fine-tuning $1 from $init_path -> $3 (log: $3/log/finetune.log)"
+      $train_cmd --gpu "$ngpus" "${threads[@]}" $3/log/finetune.log \
+        $launcher finetune $(train_configs finetune "$size") \
+          --set "exp_dir=$3" --set "train.init=$init_path" \
+          --set "data.train_cuts=[data/manifests/cv-${1}_cuts_train.jsonl.gz]" \
+          --set "data.dev_cuts=[data/manifests/cv-${1}_cuts_dev.jsonl.gz]" \
+          --set "data.lang_dir=data/$1/$lang_unit" $finetune_opts || return 1
+      toolkit plot "$3" >/dev/null 2>&1 || true
+      stage_item_end $3/.done
+    }
+    declare -A running=(); failed=()
     for lang in $finetune_languages; do
       for init in $finetune_inits; do
         dir=$(ft_dir_for $lang $init)
         stage_item_done $dir/.done && continue
-        init_path=$(init_for $init)
-        echo "  fine-tuning $lang from $init_path -> $dir (log: $dir/log/finetune.log)"
-        $train_cmd --gpu "$ngpus" $dir/log/finetune.log \
-          $launcher finetune $(train_configs finetune "$size") \
-            --set "exp_dir=$dir" --set "train.init=$init_path" \
-            --set "data.train_cuts=[data/manifests/cv-${lang}_cuts_train.jsonl.gz]" \
-            --set "data.dev_cuts=[data/manifests/cv-${lang}_cuts_dev.jsonl.gz]" \
-            --set "data.lang_dir=data/$lang/$lang_unit" $finetune_opts
-        toolkit plot "$dir" >/dev/null 2>&1 || true
-        stage_item_end $dir/.done
+        if [ "$finetune_jobs" -eq 1 ]; then finetune_one $lang $init $dir; continue; fi
+        while [ ${#running[@]} -ge "$finetune_jobs" ]; do  # at most --finetune-jobs at once
+          wait -n -p pid || failed+=("${running[$pid]}"); unset "running[$pid]"
+        done
+        finetune_one $lang $init $dir & running[$!]=$dir
       done
     done
+    for pid in "${!running[@]}"; do wait "$pid" || failed+=("${running[$pid]}"); done
+    if [ ${#failed[@]} -gt 0 ]; then
+      echo "$0: stage 5: fine-tuning failed in ${failed[*]} (see log/finetune.log there)" >&2; exit 1
+    fi
     stage_end
   fi
 fi

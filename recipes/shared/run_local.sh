@@ -59,7 +59,7 @@ run_one() {  # run_one INDEX
   bash -c "$c" >> "$log" 2>&1
   rc=$?
   {
-    echo "# Accounting: time=$(( $(date +%s) - t0 )) threads=1"
+    echo "# Accounting: time=$(( $(date +%s) - t0 )) threads=${OMP_NUM_THREADS:-all}"
     echo "# Ended (code $rc) at $(date)"
   } >> "$log"
   return $rc
