@@ -4,8 +4,10 @@ Two rules, applied to the collected items (identically in every worker, as xdist
 - Tests that share a module- or session-scoped fixture of their module (a synthesised corpus, a
   pretrained model) form one `xdist_group`, so `--dist loadgroup` runs them in one worker and the
   fixture is built once. Tests with function-scoped fixtures only stay free to go anywhere.
-- Slow tests run first: with the long end-to-end tests scheduled before the many short ones, the
-  short ones fill the gaps and the workers finish together.
+- Slow tests run first, the groups holding the most slow tests before the others (a group is one
+  unit of work for xdist, and a worker takes the next unit while its last two tests run, so a
+  long group scheduled late ends up queued behind other slow tests in one worker while the other
+  worker runs out of work); the many short tests then fill the gaps and the workers finish together.
 Without xdist the grouping marks are inert and only the order changes.
 """
 from __future__ import annotations
@@ -32,5 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _shared_fixture_group(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
-    slow_first = sorted(range(len(items)), key=lambda i: (items[i].get_closest_marker("slow") is None, i))
-    items[:] = [items[i] for i in slow_first]
+    def group(item: pytest.Item) -> str:
+        mark = item.get_closest_marker("xdist_group")
+        return str(mark.kwargs.get("name", mark.args[0] if mark.args else "")) if mark else item.nodeid
+
+    slow = [it.get_closest_marker("slow") is not None for it in items]
+    slow_in_group: dict[str, int] = {}
+    for it, s in zip(items, slow):
+        slow_in_group[group(it)] = slow_in_group.get(group(it), 0) + s
+    order = sorted(range(len(items)), key=lambda i: (not slow[i], -slow_in_group[group(items[i])], i))
+    items[:] = [items[i] for i in order]
