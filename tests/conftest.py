@@ -16,6 +16,7 @@ import pytest
 
 
 def _shared_fixture_group(item: pytest.Item) -> str | None:
+    """The item's module name when it uses a module/session/package-scoped fixture defined there."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return None
@@ -30,17 +31,17 @@ def _shared_fixture_group(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = []  # xdist's unit of work per item: its group, or the item alone
     for item in items:
-        group = _shared_fixture_group(item)
-        if group is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    def group(item: pytest.Item) -> str:
         mark = item.get_closest_marker("xdist_group")
-        return str(mark.kwargs.get("name", mark.args[0] if mark.args else "")) if mark else item.nodeid
-
+        name = (mark.kwargs.get("name", mark.args[0] if mark.args else "") if mark
+                else _shared_fixture_group(item))
+        if mark is None and name is not None:
+            item.add_marker(pytest.mark.xdist_group(name))
+        groups.append(str(name) if name is not None else item.nodeid)
     slow = [it.get_closest_marker("slow") is not None for it in items]
     slow_in_group: dict[str, int] = {}
-    for it, s in zip(items, slow):
-        slow_in_group[group(it)] = slow_in_group.get(group(it), 0) + s
-    order = sorted(range(len(items)), key=lambda i: (not slow[i], -slow_in_group[group(items[i])], i))
+    for g, s in zip(groups, slow):
+        slow_in_group[g] = slow_in_group.get(g, 0) + s
+    order = sorted(range(len(items)), key=lambda i: (not slow[i], -slow_in_group[groups[i]], i))
     items[:] = [items[i] for i in order]

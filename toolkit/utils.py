@@ -99,9 +99,9 @@ def tune_cpu_allocator() -> bool:
     (adaptive) mmap threshold with fresh mappings, so every forward faults all of those pages in
     again, which cost a quarter of the forward on the 2-core development VM (bench/RESULTS.md,
     "bench/transcribe.py"). Raising the mmap threshold to its maximum and the trim threshold to
-    256 MiB keeps them mapped; at most 256 MiB of freed memory stays with the process. Applied once per process by `toolkit` commands;
-    skipped (False) when the user configured the allocator (MALLOC_*_ / GLIBC_TUNABLES / LD_PRELOAD)
-    or the C library is not glibc.
+    256 MiB keeps them mapped; at most 256 MiB of freed memory stays with the process. Applied once
+    per process by `toolkit` commands; skipped (False) when the user configured the allocator
+    (MALLOC_*_ / GLIBC_TUNABLES / LD_PRELOAD) or the C library is not glibc.
     """
     if any(k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD") for k in os.environ):
         return False
