@@ -40,6 +40,16 @@ def test_fsdd_recipe_without_the_corpus_says_how_to_get_it(tmp_path):
     assert r.returncode != 0 and "real recordings" in r.stderr
 
 
+def test_fsdd_recipe_takes_paths_relative_to_where_it_was_started(tmp_path):
+    from test_prepare_fsdd import make_tree
+
+    make_tree(tmp_path / "corpus", speakers=("a1", "b2", "c3", "d4", "e5", "f6"), takes=1)
+    r = bash(f"{RECIPE}/run.sh --work-dir work --corpus-dir corpus --stop-stage 0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifests = tmp_path / "work" / "data" / "manifests"
+    assert (manifests / ".fsdd.done").exists() and (manifests / "fsdd_cuts_test.jsonl.gz").exists()
+
+
 def fsdd_dir() -> Path:
     value = os.environ.get("FSDD_DIR")
     if not value:

@@ -8,6 +8,16 @@
 . "$recipe_dir/cmd.sh"
 . "$recipe_dir/../shared/stages.sh"
 
+# Paths given on the command line are relative to where the recipe was started, not to the work
+# dir entered below: make them absolute first (synth_text holds LANG=FILE pairs).
+for _v in corpus_dir init_checkpoint lm_dir lm_text; do
+  case ${!_v:-} in ""|/*) ;; *) printf -v "$_v" '%s' "$PWD/${!_v}" ;; esac
+done
+if [ -n "${synth_text:-}" ]; then
+  _abs=; for _e in $synth_text; do
+    _f=${_e#*=}; case $_f in /*) ;; *) _f=$PWD/$_f ;; esac; _abs+=" ${_e%%=*}=$_f"
+  done; synth_text=${_abs# }
+fi
 mkdir -p "$work_dir"
 cd "$work_dir"
 conf=$recipe_dir/conf
