@@ -20,6 +20,8 @@ token_type=char                # char | bpe
 nbpe=150
 lm_order=3
 decode_methods="greedy hlg"
+lm_scales="0.3 0.5 0.7 1.0 1.3 1.6 2.0"   # LM weights tried on the dev split (hlg and the rescoring methods); empty: no tuning
+word_penalties="-1 0 1 2"      # word insertion penalties tried on dev with each LM weight
 nj=1
 ngpus=1
 nnodes=1
@@ -39,6 +41,8 @@ $recipe_name ($corpus, $language): stages 0 corpus+manifests, 1 lang dir, 2 LM+g
   --token-type char|bpe          output units ($token_type); --nbpe N ($nbpe)
   --lm-order N                   LM order ($lm_order)
   --decode-methods \"greedy hlg\"  ($decode_methods); --nj N decoding jobs ($nj)
+  --lm-scales \"S ...\" / --word-penalties \"P ...\"  LM weight x insertion penalty grid tuned on
+                                 the dev split, applied to the test splits (--lm-scales \"\": no tuning)
   --ngpus N / --nnodes N / --rdzv-endpoint HOST:PORT   torchrun
   --pretrain-opts / --finetune-opts  extra '--set key=value' for the training commands"
 
@@ -100,10 +104,17 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  markers=(); for t in $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
-  if stage_begin 5 "decode $test_splits with: $decode_methods" "${markers[@]}"; then
+  # the dev split first: its LM weight x insertion penalty sweep chooses what the test splits use
+  dev_out=$ft_dir/decode/${prefix}_$dev_split
+  sweep_opts=$(lm_tuning_opts sweep "$decode_methods" "$lm_scales" "$word_penalties" "$nj")
+  tune_splits=; [ -n "$sweep_opts" ] && tune_splits=$dev_split
+  markers=(); for t in $tune_splits $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
+  if stage_begin 5 "decode ${tune_splits:+$tune_splits (tuning the LM weight) and }$test_splits with: $decode_methods" "${markers[@]}"; then
+    [ -z "$tune_splits" ] || decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $dev_split)" "$lang_dir" "$decode_methods" "$dev_out" 1 $sweep_opts
     for t in $test_splits; do
-      decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $t)" "$lang_dir" "$decode_methods" "$ft_dir/decode/${prefix}_$t" "$nj"
+      [ "$t" = "$tune_splits" ] && continue
+      apply_opts=; [ -n "$tune_splits" ] && apply_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$dev_out")
+      decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $t)" "$lang_dir" "$decode_methods" "$ft_dir/decode/${prefix}_$t" "$nj" $apply_opts
     done
     stage_end
   fi
