@@ -129,6 +129,11 @@ def test_speed_perturbation_lengths_and_determinism(cuts: CutSet) -> None:
         b = AudioDataset(speed_perturb=True, seed=seed)[cuts]
         factors_seen.add(int(b["lengths"][0]))
     assert len(factors_seen) == 3  # all three factors occur
+    wide = (0.8, 0.9, 1.0, 1.1, 1.2)
+    seen = {int(AudioDataset(speed_perturb=True, seed=seed, speed_factors=wide)[cuts]["lengths"][0]) for seed in range(40)}
+    assert seen == {cuts[0].perturb_speed(f).num_samples if f != 1.0 else cuts[0].num_samples for f in wide}
+    with pytest.raises(ToolkitError, match="speeds between 0.5 and 2.0"):
+        AudioDataset(speed_perturb=True, speed_factors=(0.9, 3.0))
 
 
 def test_channel_augmentation_is_deterministic_level_keeping_and_in_band(tmp_path: Path, cuts: CutSet) -> None:

@@ -26,7 +26,8 @@ Semantics follow fairseq's RawAudioDataset:
   min(shortest in the batch, max_sample_size); the batch then has no padding.
   Otherwise utterances are padded to the longest; `max_sample_size` then crops longer
   utterances (fairseq's pad mode), which is refused with targets (it would cut transcripts).
-- `speed_perturb=True`: each cut is resampled by a factor drawn from 0.9 / 1.0 / 1.1.
+- `speed_perturb=True`: each cut is resampled by a factor drawn from `speed_factors` (0.9 / 1.0 / 1.1,
+  Kaldi's three).
 - `channel_augment=p`: with probability p per cut, a random recording channel (`random_channel`):
   two peaking equalisers (centre 150-3500 Hz, gain -12..+12 dB, Q 0.5-2) and additive noise at
   10-40 dB SNR, band-limited to the recording's own bandwidth (8 kHz audio gets noise below 4 kHz
@@ -107,7 +108,7 @@ class AudioDataset(torch.utils.data.Dataset):
         normalize: per-utterance zero-mean unit-variance waveform (cfg.normalize).
         crop_to_shortest: pretraining crop (see module docstring).
         max_sample_size: longest utterance in samples after cropping; None = no limit.
-        speed_perturb: random 0.9 / 1.0 / 1.1 speed per cut (training only).
+        speed_perturb: a random speed per cut from `speed_factors` (training only).
         channel_augment: probability of a random channel per cut (training only; `random_channel`).
         seed: base of the per-batch random generator.
         drop_unfit: drop (with a warning) cuts whose audio fails to load, is shorter than a
@@ -116,7 +117,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __init__(self, tokenizer: Any = None, normalize: bool = False, crop_to_shortest: bool = False,
                  max_sample_size: int | None = None, speed_perturb: bool = False, seed: int = 0,
-                 drop_unfit: bool = True, channel_augment: float = 0.0) -> None:
+                 drop_unfit: bool = True, channel_augment: float = 0.0,
+                 speed_factors: tuple[float, ...] = SPEED_FACTORS) -> None:
         super().__init__()
         if max_sample_size is not None and max_sample_size < MIN_SAMPLES:
             raise ToolkitError(f"max_sample_size={max_sample_size} is below one model frame ({MIN_SAMPLES} samples)")
@@ -132,6 +134,9 @@ class AudioDataset(torch.utils.data.Dataset):
         if not 0.0 <= channel_augment <= 1.0:
             raise ToolkitError(f"channel_augment={channel_augment}: a probability between 0 and 1 is expected")
         self.speed_perturb = speed_perturb
+        if not speed_factors or any(not 0.5 <= f <= 2.0 for f in speed_factors):
+            raise ToolkitError(f"speed_factors={speed_factors}: speeds between 0.5 and 2.0 are expected")
+        self.speed_factors = tuple(float(f) for f in speed_factors)
         self.channel_augment = float(channel_augment)
         self.seed = seed
         self.drop_unfit = drop_unfit
@@ -174,7 +179,7 @@ class AudioDataset(torch.utils.data.Dataset):
         channels = self._rng([c.id for c in cut_list], "channel") if self.channel_augment > 0 else None
         kept: list[tuple[Any, torch.Tensor, list[int] | None]] = []
         for cut in cut_list:
-            factor = rng.choice(SPEED_FACTORS) if self.speed_perturb else 1.0
+            factor = rng.choice(self.speed_factors) if self.speed_perturb else 1.0
             channel = (random.Random(channels.getrandbits(62))
                        if channels is not None and channels.random() < self.channel_augment else None)
             try:

@@ -52,6 +52,7 @@ class DataSection:
     num_buckets: int = 10
     normalize: Optional[bool] = None
     speed_perturb: bool = False
+    speed_factors: list = field(default_factory=lambda: [0.9, 1.0, 1.1])  # drawn per cut when speed_perturb
     channel_augment: float = 0.0  # probability of a random channel (EQ + noise) per training cut
     lang_dir: Optional[str] = None
     max_unk_share: float = 0.01  # fine-tuning: most training targets that may be <unk> (outside the vocabulary)
@@ -270,6 +271,10 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         raise bad("data.max_unk_share", f"must be a share between 0 and 1, got {d.max_unk_share!r}")
     if not 0 <= d.channel_augment <= 1:
         raise bad("data.channel_augment", f"must be a probability between 0 and 1, got {d.channel_augment!r}")
+    if (not isinstance(d.speed_factors, list) or not d.speed_factors
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.5 <= f <= 2.0 for f in d.speed_factors)):
+        raise bad("data.speed_factors", f"must be a list of speeds between 0.5 and 2.0, e.g. [0.9, 1.0, 1.1]; "
+                  f"got {d.speed_factors!r}")
 
 
 def _coerce_floats(section: Any, where: str) -> None:

@@ -168,6 +168,7 @@ class PretrainTask(Task):
         return AudioDataset(normalize=self.normalize, crop_to_shortest=True,
                             max_sample_size=self.cfg.data.max_sample_size,
                             speed_perturb=self.cfg.data.speed_perturb, seed=seed,
+                            speed_factors=tuple(self.cfg.data.speed_factors),
                             channel_augment=self.cfg.data.channel_augment)
 
     def train_batches(self, dist: ddp.DistInfo, seed: int) -> BatchStream:
@@ -350,6 +351,7 @@ class CTCTask(Task):
 
         return AudioDataset(tokenizer=self.tokenizer, normalize=self.normalize,
                             speed_perturb=self.cfg.data.speed_perturb and train, seed=seed,
+                            speed_factors=tuple(self.cfg.data.speed_factors),
                             channel_augment=self.cfg.data.channel_augment if train else 0.0)
 
     def train_batches(self, dist: ddp.DistInfo, seed: int) -> BatchStream:
