@@ -2,9 +2,9 @@
 # Installs what is missing, and nothing else: the system packages of the programs the toolkit
 # runs (toolkit/external.py: espeak-ng, sox, ffmpeg, ...) when root, the virtual environment
 # .venv with the pinned stack of requirements.txt, this package in editable mode, and KenLM's
-# lmplz (local/build_kenlm.sh, cached outside the work tree). Ends by checking that every
-# program of toolkit/external.py is on PATH. Compiles the environment's bytecode once. Idempotent: a stamp keyed on requirements.txt and
-# setup.py makes a second run take seconds. --with-k2 true also builds k2 for this torch
+# lmplz (local/build_kenlm.sh, cached outside the work tree), and compiles the environment's
+# bytecode once. Ends by checking that every program of toolkit/external.py is on PATH.
+# Idempotent: a stamp keyed on requirements.txt and setup.py makes a second run take seconds. --with-k2 true also builds k2 for this torch
 # (local/install_k2.sh, cached outside the work tree).
 # Usage: local/install.sh [--force true] [--with-k2 true [--k2-opts "--cuda true ..."]]
 set -euo pipefail

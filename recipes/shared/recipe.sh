@@ -110,10 +110,13 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   tune_splits=; [ -n "$sweep_opts" ] && tune_splits=$dev_split
   markers=(); for t in $tune_splits $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
   if stage_begin 5 "decode ${tune_splits:+$tune_splits (tuning the LM weight) and }$test_splits with: $decode_methods" "${markers[@]}"; then
-    [ -z "$tune_splits" ] || decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $dev_split)" "$lang_dir" "$decode_methods" "$dev_out" 1 $sweep_opts
+    apply_opts=
+    if [ -n "$tune_splits" ]; then
+      decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $dev_split)" "$lang_dir" "$decode_methods" "$dev_out" 1 $sweep_opts
+      apply_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$dev_out")
+    fi
     for t in $test_splits; do
       [ "$t" = "$tune_splits" ] && continue
-      apply_opts=; [ -n "$tune_splits" ] && apply_opts=$(lm_tuning_opts apply "$decode_methods" "$lm_scales" "$dev_out")
       decode_cuts "$(best_checkpoint "$ft_dir")" "$(cuts $t)" "$lang_dir" "$decode_methods" "$ft_dir/decode/${prefix}_$t" "$nj" $apply_opts
     done
     stage_end
