@@ -1,7 +1,9 @@
 """2-process data parallelism (gloo on CPU, launched by torchrun) gives the same gradients as
-one process on the concatenated batch, with LayerDrop active (seeded identically per rank)."""
+one process on the concatenated batch, with LayerDrop active (seeded identically per rank), and
+logs the same loss, metrics and throughput as that one process."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,7 +67,11 @@ class ShardTask(Task):
 
         log_probs, out_lengths = model(batch["audio"], batch["lengths"])
         loss, kept, _ = ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
-        return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=1.0)
+        rows = float(batch["audio"].shape[0])
+        # one summed and one averaged metric; the mean differs by rank (0.0 on rank 0's rows, 1.0 on rank 1's)
+        return StepOutput(loss=loss, sample_size=float(kept), audio_seconds=rows * 0.5,
+                          metrics={"utterances": rows, "second_half": float(self.rows.start >= 2)},
+                          sums=("utterances",))
 
 
 def layerdrop_seed() -> int:
@@ -80,22 +86,27 @@ def layerdrop_seed() -> int:
 LAYERDROP_SEED = layerdrop_seed()
 
 
-def grads_after_one_update(rows: slice, exp_dir: Path) -> dict[str, torch.Tensor | None]:
+def grads_after_one_update(rows: slice, exp_dir: Path) -> tuple[dict[str, torch.Tensor | None], dict]:
+    """The gradients after one update and what the trainer logs for it (with the throughput
+    over a 2-second window)."""
     cfg = load_config(None, "pretrain", [f"exp_dir={exp_dir}", "train.device=cpu", "train.max_updates=1",
                                          "optim.clip_norm=0"])
     trainer = Trainer(cfg, ShardTask(rows), resume=False)
     trainer._setup_output()
     trainer._build()
-    assert trainer.train_step() is not None
+    row = trainer.train_step()
+    assert row is not None
+    logged = trainer._average_window([row], elapsed=2.0)
     trainer._close()
-    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in trainer.model.named_parameters()}
+    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in trainer.model.named_parameters()}, logged
 
 
 def worker(out_dir: str) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    grads = grads_after_one_update(slice(2 * rank, 2 * rank + 2), Path(out_dir) / f"exp{rank}")
+    grads, logged = grads_after_one_update(slice(2 * rank, 2 * rank + 2), Path(out_dir) / f"exp{rank}")
     torch.save(grads, Path(out_dir) / f"grads{rank}.pt")
+    (Path(out_dir) / f"logged{rank}.json").write_text(json.dumps(logged))
     from toolkit.train import ddp
 
     ddp.cleanup()
@@ -116,7 +127,17 @@ def test_two_process_gloo_gradients_equal_single_process(tmp_path):
         proc.communicate()
         raise
     assert proc.returncode == 0, err[-3000:]
-    single = grads_after_one_update(slice(0, 4), tmp_path / "single")
+    single, single_logged = grads_after_one_update(slice(0, 4), tmp_path / "single")
+    assert single_logged["audio_seconds"] == 2.0 and single_logged["utterances"] == 4.0
+    assert single_logged["audio_s_per_s"] == 1.0
+    for rank in (0, 1):
+        # the whole update's numbers on every rank, not this rank's share (the loss used to be
+        # this rank's sum over the global sample size, about half the true value)
+        logged = json.loads((tmp_path / f"logged{rank}.json").read_text())
+        assert logged["loss"] == pytest.approx(single_logged["loss"], rel=1e-5), (rank, logged, single_logged)
+        for key in ("sample_size", "audio_seconds", "utterances", "audio_s_per_s"):
+            assert logged[key] == single_logged[key], (key, logged, single_logged)
+        assert logged["second_half"] == 0.5
     dropped = [n for n, g in single.items() if g is None and ".layers." in n]
     assert dropped, "LayerDrop dropped no layer; the test would not cover unused parameters"
     for rank in (0, 1):

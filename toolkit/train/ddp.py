@@ -70,6 +70,15 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def all_gather_objects(obj: object, info: DistInfo) -> list:
+    """Every rank's `obj` (picklable), in rank order; [obj] for a single process."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo,
                      bucket_bytes: int = 25 * 2 ** 20) -> None:
     """Replace every gradient by its sum over ranks.

@@ -529,15 +529,31 @@ class Trainer:
 
     def _summarise(self, outs: list[StepOutput], sample_size: float, audio_seconds: float, norm: float,
                    lr: float) -> dict:
+        # This rank's part: the loss summed over its micro-batches, and per metric (sum, count,
+        # summed?). Under data parallelism every rank's part is gathered, so the logged loss and
+        # metrics describe the whole update, as sample_size and audio_seconds (all-reduced) do.
+        part: dict[str, tuple[float, int, bool]] = {}
+        for o in outs:
+            for k, v in o.metrics.items():
+                total, count, _ = part.get(k, (0.0, 0, False))
+                part[k] = (total + float(v), count + 1, k in o.sums)
         loss = sum(float(o.loss.detach()) for o in outs)
+        if self.dist.enabled:
+            parts = ddp.all_gather_objects((loss, part), self.dist)
+            loss = sum(p[0] for p in parts)
+            merged: dict[str, tuple[float, int, bool]] = {}
+            for _, p in parts:
+                for k, (total, count, summed) in p.items():
+                    t0, c0, s0 = merged.get(k, (0.0, 0, False))
+                    merged[k] = (t0 + total, c0 + count, s0 or summed)
+            part = merged
         row: dict[str, float] = {"loss": loss / max(sample_size, 1e-9), "sample_size": sample_size,
                                  "grad_norm": norm, "lr": lr, "audio_seconds": audio_seconds}
-        sums = {k for o in outs for k in o.sums}
-        self._sum_keys |= sums
-        keys = {k for o in outs for k in o.metrics}
-        for k in sorted(keys):
-            vals = [o.metrics[k] for o in outs if k in o.metrics]
-            row[k] = sum(vals) if k in sums else sum(vals) / len(vals)
+        for k in sorted(part):
+            total, count, summed = part[k]
+            if summed:
+                self._sum_keys.add(k)
+            row[k] = total if summed else total / count
         return row
 
     # -- logging -------------------------------------------------------------------------
@@ -567,7 +583,7 @@ class Trainer:
                 out[k] = rows[-1][k]
             else:
                 out[k] = sum(r.get(k, 0.0) for r in rows) / len(rows)
-        out["audio_s_per_s"] = out.get("audio_seconds", 0.0) * self.dist.world_size / max(elapsed, 1e-9)
+        out["audio_s_per_s"] = out.get("audio_seconds", 0.0) / max(elapsed, 1e-9)  # all ranks' audio already
         out["skipped"] = float(self.counters["skipped_nonfinite"])
         return out
 
