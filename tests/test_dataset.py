@@ -205,6 +205,19 @@ def test_resampled_to_16k(tmp_path: Path) -> None:
     assert int(batch["lengths"][0]) == 8000
 
 
+def test_batches_are_float32_under_cpu_bf16_autocast(tmp_path: Path) -> None:
+    """Validation runs under autocast with train.amp=bf16; with num_workers 0 the batch is made there
+    too. 8 kHz audio is resampled, speed-perturbed and filtered in fp32 all the same (this once
+    dropped every dev cut with 'unsupported ScalarType BFloat16')."""
+    cuts = CutSet.from_cuts([make_cut(tmp_path, f"n{i}", 0.7, sr=8000, scale=0.1, seed=i) for i in range(3)])
+    ds = AudioDataset(speed_perturb=True, channel_augment=1.0, normalize=True, seed=4, drop_unfit=False)
+    ref = ds[cuts]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ds[cuts]
+    assert got["audio"].dtype == torch.float32 and got["cut_ids"] == ["n0", "n1", "n2"]
+    assert torch.equal(got["audio"], ref["audio"])
+
+
 def test_frame_formula_matches_torchaudio_and_ctc_need() -> None:
     from torchaudio.models.wav2vec2.components import _get_feature_extractor
 

@@ -171,6 +171,13 @@ class AudioDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ the batch
     def __getitem__(self, cuts: Any) -> dict[str, Any]:
+        # With num_workers 0 the batch is made in the training process, where validation runs under
+        # CPU autocast for train.amp=bf16: resampling, speed perturbation and the channel filters would
+        # then compute in bf16 and fail (or lose precision). Audio is always prepared in fp32.
+        with torch.autocast("cpu", enabled=False):
+            return self._batch(cuts)
+
+    def _batch(self, cuts: Any) -> dict[str, Any]:
         cut_list = list(cuts)
         if not cut_list:
             raise ToolkitError("the sampler produced an empty batch; check max_duration and the cut durations")
