@@ -698,6 +698,8 @@ def test_allocator_tuning_stops_page_faults_in_repeated_forwards(env):
         runs[mode] = (tuned == "True", float(faults))
     assert runs["plain"][1] > 1000, runs  # 4 KiB pages: > 4 MB faulted in per forward (4k-24k measured)
     if env:
-        assert runs["tune"] == (False, pytest.approx(runs["plain"][1], rel=0.5)), runs
+        # left alone: not tuned, and still faulting like the plain allocator (glibc's dynamic mmap
+        # threshold makes the count bimodal, 8k or 16k a forward, so no closer comparison holds)
+        assert runs["tune"][0] is False and runs["tune"][1] > 1000, runs
     else:
         assert runs["tune"][0] and runs["tune"][1] < 0.1 * runs["plain"][1], runs
