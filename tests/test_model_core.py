@@ -226,9 +226,29 @@ def test_padding_invariance(mode):
     assert torch.allclose(again[1, :blen[1]], batch[1, :blen[1]], atol=1e-5)
 
 
+def test_masked_channel_norm_gradients_match_finite_differences():
+    """The hand-written backward of the padding-aware GroupNorm (first CNN layer) against
+    torch.autograd.gradcheck's numerical derivatives, in float64, with padded rows, a row of one
+    frame and a length past the end; outputs on padded frames are part of the checked function."""
+    from toolkit.model.wav2vec2 import MaskedChannelNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 11, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([11, 7, 1, 40])
+    assert torch.autograd.gradcheck(lambda x, w, b: MaskedChannelNorm.apply(x, lengths, w, b, 1e-5), (x, w, b))
+    # Forward: each row's valid frames normalised as F.group_norm normalises that row alone.
+    y = MaskedChannelNorm.apply(x, lengths, w, b, 1e-5)
+    for r, n in enumerate([11, 7, 11]):
+        ref = F.group_norm(x[[0, 1, 3][r]:][:1, :, :n], 3, w, b, 1e-5)
+        assert torch.allclose(y[[0, 1, 3][r]:][:1, :, :n], ref, atol=1e-10)
+    assert torch.allclose(y[2, :, 0], b, atol=1e-10)  # one frame: zero variance, the bias alone
+
+
 def test_padding_invariance_of_gradients():
     """Training on a padded batch: the CNN's and the head's gradients from one utterance equal
-    those of the utterance alone (the padding-aware GroupNorm gives padded frames no say)."""
+    those of the utterance alone (the padding-aware GroupNorm's backward gives padded frames no say)."""
     torch.manual_seed(0)
     cfg = small_cfg(mask_prob=0.0, mask_channel_prob=0.0, feature_grad_mult=1.0)
     model = Wav2Vec2ForCTC(cfg, 9).train()

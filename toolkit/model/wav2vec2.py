@@ -78,16 +78,83 @@ class ConvBlock(nn.Module):
 
     def _group_norm(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         gn = self.norm
-        if lengths is None:
+        if lengths is None or (not _tracing() and bool((lengths >= x.shape[-1]).all())):
+            # no row padded (pretraining crops every row to one length): the fused native kernel
             return F.group_norm(x.float(), gn.num_groups, gn.weight.float(), gn.bias.float(), gn.eps).type_as(x)
         # One group per channel: statistics over the valid frames only.
         xf = x.float()
+        if torch.is_grad_enabled() and (xf.requires_grad or gn.weight.requires_grad) and not _tracing():
+            # training: the written-out backward (MaskedChannelNorm), several times faster
+            return MaskedChannelNorm.apply(xf, lengths, gn.weight.float(), gn.bias.float(), gn.eps).type_as(x)
+        # inference, tracing and export (a graph of tensor operations, any lengths)
         valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)[:, None, :]
         count = valid.sum(dim=-1, keepdim=True).clamp_min(1.0)
         mean = (xf * valid).sum(dim=-1, keepdim=True) / count
         var = ((xf - mean).square() * valid).sum(dim=-1, keepdim=True) / count
         y = (xf - mean) * torch.rsqrt(var + gn.eps)
         return (y * gn.weight.float()[:, None] + gn.bias.float()[:, None]).type_as(x)
+
+
+def _tracing() -> bool:
+    """torch.jit.trace, torch.compile or torch.export is building a graph (no Python loops over lengths)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+class MaskedChannelNorm(torch.autograd.Function):
+    """GroupNorm with one group per channel whose statistics cover each row's valid frames only.
+
+    x (B, C, T) float, lengths (B,) valid frames (a row's valid frames come first). Every frame,
+    padded ones included, is normalised with its row's valid-frame mean and variance (padded
+    outputs are masked later). Used when gradients are needed; inference keeps the tensor formula
+    of `ConvBlock._group_norm`. Built from autograd primitives, this norm took about ten passes
+    over the first CNN layer's output (the model's largest activation) and a quarter of a tiny CTC
+    update on the CPU (bench/RESULTS.md); written out it takes a few fused passes each way.
+    With r = 1/std, mu the mean, n the row's valid frames and sums over every frame t (padded
+    outputs depend on the valid frames through mu and r):
+        S1 = w * sum_t dy,  S2 = w * r * (sum_t dy * x - mu * sum_t dy)
+        dx = r * w * dy + valid * (r / n) * (-S1 - r * S2 * (x - mu))
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,  # noqa: ANN001
+                eps: float) -> torch.Tensor:
+        bsz, chans, tsz = x.shape
+        lens = [max(1, min(int(n), tsz)) for n in lengths.tolist()]
+        var = x.new_empty(bsz, chans, 1)
+        mean = x.new_empty(bsz, chans, 1)
+        for b, n in enumerate(lens):  # two passes (torch.var_mean is several times slower on the CPU)
+            xs = x[b, :, :n]
+            mean[b] = xs.sum(dim=-1, keepdim=True) / n
+            xc = xs - mean[b]
+            var[b] = torch.linalg.vecdot(xc, xc, dim=-1).unsqueeze(-1) / n
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd * weight[:, None]
+        y = torch.addcmul(bias[:, None] - mean * scale, x, scale)
+        ctx.lens = lens
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):  # noqa: ANN001, ANN205
+        x, mean, rstd, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dy_sum = dy.sum(dim=-1, keepdim=True)  # (B, C, 1)
+        dy_x = torch.linalg.vecdot(dy, x, dim=-1).unsqueeze(-1)
+        dy_xhat = rstd * (dy_x - mean * dy_sum)  # sum_t dy * xhat
+        dx = None
+        if ctx.needs_input_grad[0]:
+            w = weight[:, None]
+            n = x.new_tensor(ctx.lens)[:, None, None]
+            d = -(rstd * rstd / n) * w * dy_xhat  # coefficient of x on valid frames
+            c = -(rstd / n) * w * dy_sum - d * mean
+            dx = torch.addcmul(c, x, d)
+            for b, nb in enumerate(ctx.lens):  # padded frames get no share of the statistics' gradient
+                if nb < x.shape[-1]:
+                    dx[b, :, nb:] = 0
+            dx.addcmul_(dy, rstd * w)
+        dw = dy_xhat.sum(dim=(0, 2)) if ctx.needs_input_grad[2] else None
+        db = dy_sum.sum(dim=(0, 2)) if ctx.needs_input_grad[3] else None
+        return dx, None, dw, db, None
 
 
 class ConvFeatureEncoder(nn.Module):
