@@ -115,6 +115,11 @@ def test_finetuning_reaches_dev_cer_below_30_percent(corpus, pretrained):
     valid = rows(exp, "valid")
     assert [r["step"] for r in valid] == [250, 500, 750, 1000]
     # Greedy CTC on the held-out dev speakers; the first validation is still mostly wrong.
+    # What this depends on (bench/RESULTS.md, "Why the slow test failed"): 600 pretraining updates
+    # leave chance between update 125 and 400 from seed to seed, and some checkpoints then fine-tune
+    # slowly (85-90% dev CER at update 500). With this seed on the code at the time of writing, the
+    # pretraining left chance at ~150 and the fine-tuning reached 3.2%. A failure here after a change
+    # to the model's arithmetic means: rerun with `train.seed` 1-3 before blaming the change.
     assert valid[-1]["cer"] < 30.0, valid
     assert valid[0]["cer"] > valid[-1]["cer"]
     best = torch.load(exp / "best.pt", weights_only=True)
