@@ -11,7 +11,8 @@
 # of updates, greedy and HLG decoding. It reports the DEV set here (./run.sh reports test) with
 # the decoding method that is best for the pretrained model, and the pretraining wall time.
 #
-# Ends with RESULT lines: cer_pretrained, cer_scratch, wer_pretrained, wer_scratch (dev, %) and
+# Ends with RESULT lines: cer_pretrained, cer_scratch, wer_pretrained, wer_scratch (dev, %),
+# p_pretrained_better_than_scratch (paired bootstrap, `toolkit results --compare`) and
 # pretrain_seconds (nan when the pretraining stage was already done in that work dir).
 #
 # Usage: bench/pretrain_vs_scratch.sh [--work-dir DIR] [any other ./run.sh option]

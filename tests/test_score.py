@@ -408,12 +408,17 @@ def test_results_compare_picks_the_best_method_of_the_first_experiment(tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     rows = parse_table(lines, "|method|WER pretrained (%)|WER scratch (%)|")
-    # one-letter words: CER equals WER here
-    assert rows == [["greedy", "37.50", "12.50", "37.50", "12.50", "2 / 2"],
-                    ["hlg", "12.50", "50.00", "12.50", "50.00", "2 / 2"]]
+    # one-letter words: CER equals WER here; then the paired difference and how often pretrained wins
+    assert [r[:6] for r in rows] == [["greedy", "37.50", "12.50", "37.50", "12.50", "2 / 2"],
+                                     ["hlg", "12.50", "50.00", "12.50", "50.00", "2 / 2"]]
+    assert rows[0][6].startswith("+25.00 (") and rows[1][6].startswith("-37.50 (")
     assert "Best method for pretrained on cv-it_test (lowest WER): hlg." in lines
-    assert lines[-4:] == ["RESULT cer_pretrained=12.50", "RESULT cer_scratch=50.00",
-                          "RESULT wer_pretrained=12.50", "RESULT wer_scratch=50.00"]
+    assert lines[-5:-1] == ["RESULT cer_pretrained=12.50", "RESULT cer_scratch=50.00",
+                            "RESULT wer_pretrained=12.50", "RESULT wer_scratch=50.00"]
+    assert lines[-1].startswith("RESULT p_pretrained_better_than_scratch=")
+    # two utterances: pretrained's hlg wins every resample that draws u1 (3 in 4), loses u2 twice
+    assert float(lines[-1].split("=")[1]) == pytest.approx(0.75, abs=0.02)
+    assert any("no clear difference on this set" in l for l in lines)
     text = out.read_text()
     assert text.startswith("# earlier content\n\n## P vs S") and "|hlg|12.50|50.00|" in text
     proc = run_cli("results", "--compare", f"pretrained={tmp_path / 'pre'}", "--test-set", "cv-it_dev")
@@ -421,3 +426,52 @@ def test_results_compare_picks_the_best_method_of_the_first_experiment(tmp_path)
     proc = run_cli("results", "--compare", f"pretrained={tmp_path / 'pre'}", "--test-set", "cv-it_test",
                    "--methods", "hlg-rescore")
     assert proc.returncode == 1 and "no results for method(s) hlg-rescore" in proc.stderr
+
+
+def test_paired_bootstrap_matches_kaldialign_and_says_when_a_difference_is_clear(tmp_path):
+    """The paired comparison against kaldialign's two-system bootstrap (Kaldi's compute-wer-bootci):
+    the same probability of improvement within Monte Carlo error; a clear case is called clear."""
+    import kaldialign
+
+    from toolkit.score import write_reports
+    from toolkit.score.compute import paired_bootstrap
+
+    rng = random.Random(7)
+    vocab = "a b c d e f g h".split()
+    refs, hyps_a, hyps_b = {}, {}, {}
+    for i in range(60):
+        ref = [rng.choice(vocab) for _ in range(rng.randint(2, 9))]
+        refs[f"u{i:02d}"] = " ".join(ref)
+        for hyps, p in ((hyps_a, 0.12), (hyps_b, 0.18)):
+            hyps[f"u{i:02d}"] = " ".join(w if rng.random() > p else rng.choice(vocab + ["z"]) for w in ref)
+    pc = paired_bootstrap(refs, hyps_a, hyps_b)
+    ids = sorted(refs)
+    ref_k = kaldialign.bootstrap_wer_ci([refs[u].split() for u in ids], [hyps_b[u].split() for u in ids],
+                                        [hyps_a[u].split() for u in ids], replications=10000, seed=3)
+    assert pc.p_a_better == pytest.approx(ref_k["p_s2_improv_over_s1"], abs=0.02)
+    # the point difference is the plain WER difference, inside its own interval
+    errs = lambda h: sum(sum(r != x for r, x in kaldialign.align(refs[u].split(), h[u].split(), "*")) for u in ids)
+    words = sum(len(refs[u].split()) for u in ids)
+    assert pc.delta == pytest.approx(100 * (errs(hyps_a) - errs(hyps_b)) / words)
+    assert pc.ci95[0] <= pc.delta <= pc.ci95[1] and pc.delta < 0
+    # identical systems: a zero difference and neither better
+    same = paired_bootstrap(refs, hyps_a, hyps_a)
+    assert same.delta == 0 and same.ci95 == (0.0, 0.0) and same.p_a_better == same.p_b_better == 0.0
+    # A right everywhere, B wrong in every utterance: clearly better, and `results --compare` says so
+    perfect = dict(refs)
+    wrong = {u: "z " + r for u, r in refs.items()}
+    assert paired_bootstrap(refs, perfect, wrong).p_a_better == 1.0
+    for exp, h in (("a", perfect), ("b", wrong), ("c", hyps_b)):
+        write_reports(tmp_path / exp / "decode" / "t" / "greedy", refs, h, "greedy")
+    proc = run_cli("results", "--compare", f"good={tmp_path / 'a'}", f"bad={tmp_path / 'b'}", "--test-set", "t")
+    assert proc.returncode == 0, proc.stderr
+    assert "good is clearly better (P >= 0.95)" in proc.stdout and "RESULT p_good_better_than_bad=1.000" in proc.stdout
+    proc = run_cli("results", "--compare", f"bad={tmp_path / 'b'}", f"good={tmp_path / 'a'}", "--test-set", "t")
+    assert "good is clearly better (good better in 100.0% of them)" in proc.stdout
+    # different references are not a paired comparison: one line naming both files
+    del refs["u00"]
+    write_reports(tmp_path / "d" / "decode" / "t" / "greedy", refs, {u: h for u, h in hyps_b.items() if u in refs}, "greedy")
+    proc = run_cli("results", "--compare", f"c={tmp_path / 'c'}", f"d={tmp_path / 'd'}", "--test-set", "t")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "score different references (1 utterance(s) in one only, e.g. u00)" in proc.stderr
+    assert str(tmp_path / "c") in proc.stderr and str(tmp_path / "d") in proc.stderr

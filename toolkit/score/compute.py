@@ -24,6 +24,8 @@ from typing import Mapping, Sequence
 import jiwer
 import kaldialign
 
+from toolkit.utils import ToolkitError
+
 log = logging.getLogger(__name__)
 
 # The empty side of an insertion or deletion. A space can never be a token (tokens come from
@@ -203,6 +205,45 @@ def _bootstrap_skipping_empty(alignments: Sequence[UttAlignment], replications: 
     rates = num[den > 0] / den[den > 0]
     mean, std = float(rates.mean()), float(rates.std())
     return mean - 1.96 * std, mean + 1.96 * std
+
+
+@dataclass
+class PairedComparison:
+    """System A against system B on the same references (word level, percent points)."""
+
+    delta: float                  # WER(A) - WER(B); negative: A makes fewer errors
+    ci95: tuple[float, float]     # 2.5th and 97.5th percentile of the resampled difference
+    p_a_better: float             # share of resamples in which A has fewer errors than B
+    p_b_better: float             # ... B fewer than A (ties count in neither)
+    utterances: int
+    replications: int
+
+
+def paired_bootstrap(refs: Mapping[str, str], hyps_a: Mapping[str, str], hyps_b: Mapping[str, str],
+                     replications: int = BOOTSTRAP_REPLICATIONS, seed: int = 0) -> PairedComparison:
+    """Bisani & Ney's paired bootstrap: utterances resampled with replacement, the same draw for
+    both systems, so what they share (hard utterances) cancels. `p_a_better` is their
+    "probability of improvement" (Kaldi's compute-wer-bootci with two systems: A strictly fewer
+    errors); the interval is of the WER difference. A missing hypothesis counts as empty."""
+    import numpy as np
+
+    ids = sorted(refs)
+    a = align_utterances(ids, refs, hyps_a, "word")
+    b = align_utterances(ids, refs, hyps_b, "word")
+    lens = np.array([len(x.ref) for x in a], dtype=np.float64)
+    if not ids or lens.sum() == 0:
+        raise ToolkitError("a paired comparison needs references with words; none were given")
+    ea = np.array([x.num_errors for x in a], dtype=np.float64)
+    eb = np.array([x.num_errors for x in b], dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(ids), size=(replications, len(ids)))
+    num_a, num_b, den = ea[idx].sum(axis=1), eb[idx].sum(axis=1), lens[idx].sum(axis=1)
+    keep = den > 0  # a resample of empty references only has no rate
+    diff = 100.0 * (num_a[keep] - num_b[keep]) / den[keep]
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return PairedComparison(delta=100.0 * float(ea.sum() - eb.sum()) / float(lens.sum()),
+                            ci95=(float(lo), float(hi)), p_a_better=float((num_a < num_b).mean()),
+                            p_b_better=float((num_b < num_a).mean()),
+                            utterances=len(ids), replications=replications)
 
 
 def _check_with_jiwer(alignments: Sequence[UttAlignment], stats: ErrorStats) -> None:

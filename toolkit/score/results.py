@@ -17,7 +17,11 @@ and word insertion penalty used, with where they were chosen (`toolkit decode --
 `--compare NAME=EXP_DIR ...` puts several experiments side by side on one test set: one row per
 decoding method with each experiment's WER and CER and the utterances scored, then picks the
 method with the lowest WER for the first experiment and prints `RESULT cer_<NAME>=` and
-`RESULT wer_<NAME>=` lines (CER first) for every experiment with that method.
+`RESULT wer_<NAME>=` lines (CER first) for every experiment with that method. Each row also pairs
+the first experiment with every other one on the same utterances (Bisani & Ney's paired bootstrap,
+`compute.paired_bootstrap`): the WER difference with its 95% interval and the share of resamples in
+which the first makes fewer errors, printed for the chosen method as `RESULT p_<FIRST>_better_than_<NAME>=`;
+the section says whether the difference is clear (one side better in 95% of the resamples).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.score.compute import ErrorStats
+from toolkit.score.compute import ErrorStats, PairedComparison, paired_bootstrap
 from toolkit.score.report import ESPNET_COLUMNS, espnet_row, fmt_ci, fmt_pct
 from toolkit.utils import ToolkitError, atomic_write_text
 
@@ -160,8 +164,9 @@ def _parse_compare(items: list[str]) -> list[tuple[str, Path]]:
     return pairs
 
 
-def compare(pairs: list[tuple[str, Path]], test_set: str, methods: list[str] | None) -> tuple[list[str], str, dict]:
-    """(markdown lines, best method, {name: results.json of the best method}) for `--compare`."""
+def compare(pairs: list[tuple[str, Path]], test_set: str, methods: list[str] | None) -> tuple[list[str], str, dict, dict]:
+    """(markdown lines, best method, {name: results.json of the best method},
+    {name: PairedComparison of the first experiment against it, best method}) for `--compare`."""
     found: dict[str, dict[str, dict]] = {}
     for name, exp in pairs:
         entries = [e for e in load_entries([exp]) if e.test_set == test_set]
@@ -178,27 +183,58 @@ def compare(pairs: list[tuple[str, Path]], test_set: str, methods: list[str] | N
     if not wanted:
         raise ToolkitError(f"--compare: no decoding method common to {', '.join(found)} on {test_set}")
     names = list(found)
-    head = ["method"] + [f"WER {n} (%)" for n in names] + [f"CER {n} (%)" for n in names] + ["utterances scored"]
+    first, others = names[0], names[1:]
+    exp_of = dict(pairs)
+    head = (["method"] + [f"WER {n} (%)" for n in names] + [f"CER {n} (%)" for n in names] + ["utterances scored"]
+            + [c for n in others for c in (f"WER {first} - {n} (95% CI)", f"P({first} better than {n})")])
     lines = ["|" + "|".join(head) + "|", "|" + "|".join("---" for _ in head) + "|"]
+    paired: dict[str, dict[str, PairedComparison]] = {}
     for m in wanted:
         wer = [fmt_pct(ErrorStats.from_dict(found[n][m]["wer"]).rate, 2) for n in names]
         cer = [fmt_pct(ErrorStats.from_dict(found[n][m]["cer"]).rate, 2) for n in names]
         counts = sorted({f"{found[n][m]['num_sentences'] - found[n][m].get('missing_hyps', 0)} / "
                          f"{found[n][m]['num_sentences']}" for n in names})
-        lines.append("|" + "|".join([m] + wer + cer + [", ".join(counts)]) + "|")
-    first = names[0]
+        paired[m] = {n: _paired(exp_of[first], exp_of[n], test_set, m) for n in others}
+        cells = [c for n in others for c in (f"{paired[m][n].delta:+.2f} ({paired[m][n].ci95[0]:+.2f}..{paired[m][n].ci95[1]:+.2f})",
+                                             f"{paired[m][n].p_a_better:.3f}")]
+        lines.append("|" + "|".join([m] + wer + cer + [", ".join(counts)] + cells) + "|")
     best = min(wanted, key=lambda m: (ErrorStats.from_dict(found[first][m]["wer"]).rate, wanted.index(m)))
-    return lines, best, {n: found[n][best] for n in names}
+    return lines, best, {n: found[n][best] for n in names}, paired[best]
+
+
+def _paired(exp_a: Path, exp_b: Path, test_set: str, method: str) -> PairedComparison:
+    """The paired bootstrap of two decodings of one test set; both must hold the same references."""
+    from toolkit.score.report import read_recogs
+
+    paths = [exp / "decode" / test_set / method / "recogs.txt" for exp in (exp_a, exp_b)]
+    for path in paths:
+        if not path.is_file():
+            raise ToolkitError(f"{path}: missing (a results.json without its recogs.txt); re-run scoring for that directory")
+    (refs_a, hyps_a), (refs_b, hyps_b) = (read_recogs(p) for p in paths)
+    if refs_a != refs_b:
+        only = sorted(set(refs_a) ^ set(refs_b))
+        what = (f"{len(only)} utterance(s) in one only, e.g. {only[0]}" if only else
+                f"{sum(refs_a[u] != refs_b[u] for u in refs_a)} reference text(s) differ")
+        raise ToolkitError(f"{paths[0]} and {paths[1]} score different references ({what}); "
+                           f"decode both on the same {test_set} manifest")
+    return paired_bootstrap(refs_a, hyps_a, hyps_b)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     if not args.test_set:
         raise ToolkitError("--compare needs --test-set (the decode/<test-set> directory name)")
     pairs = _parse_compare(args.compare)
-    table, best, chosen = compare(pairs, args.test_set, args.methods)
+    table, best, chosen, paired = compare(pairs, args.test_set, args.methods)
+    first = pairs[0][0]
     section = [f"## {args.title}", "", *table, "",
-               f"Best method for {pairs[0][0]} on {args.test_set} (lowest WER): {best}.", ""]
-    text = "\n".join(section)
+               f"Best method for {first} on {args.test_set} (lowest WER): {best}."]
+    for name, pc in paired.items():
+        section.append(
+            f"With {best}, {first} minus {name}: {pc.delta:+.2f} WER points (95% CI {pc.ci95[0]:+.2f} to "
+            f"{pc.ci95[1]:+.2f}); {first} is better in {100 * pc.p_a_better:.1f}% of {pc.replications} "
+            f"paired bootstrap resamples of the {pc.utterances} utterances (Bisani & Ney): "
+            + _verdict(first, name, pc) + ".")
+    text = "\n".join(section + [""])
     if args.out is not None:
         old = args.out.read_text(encoding="utf-8") if args.append and args.out.is_file() else ""
         atomic_write_text(args.out, (old.rstrip("\n") + "\n\n" if old else "") + text)
@@ -206,7 +242,22 @@ def run_compare(args: argparse.Namespace) -> int:
     for unit in ("cer", "wer"):
         for name, _ in pairs:
             print(f"RESULT {unit}_{name}={ErrorStats.from_dict(chosen[name][unit]).rate:.2f}")
+    for name, pc in paired.items():
+        print(f"RESULT p_{first}_better_than_{name}={pc.p_a_better:.3f}")
     return 0
+
+
+# A difference is called clear when one system is better in at least this share of the resamples
+# (a one-sided 5% test, the usual reading of Bisani & Ney's probability of improvement).
+CLEAR_P = 0.95
+
+
+def _verdict(first: str, other: str, pc: PairedComparison) -> str:
+    if pc.p_a_better >= CLEAR_P:
+        return f"{first} is clearly better (P >= {CLEAR_P})"
+    if pc.p_b_better >= CLEAR_P:
+        return f"{other} is clearly better ({other} better in {100 * pc.p_b_better:.1f}% of them)"
+    return f"no clear difference on this set (neither better in {100 * CLEAR_P:.0f}% of them)"
 
 
 def run(args: argparse.Namespace) -> int:
