@@ -23,6 +23,7 @@ pretrain_languages="en de fr es ru"
 heldout_language=it
 pretrain_minutes=8                   # synthetic audio per pretraining language
 finetune_minutes=10                  # transcribed train audio of the held-out language
+test_minutes=5                       # test audio of the held-out language (its dev set: a tenth of all its audio)
 decode_methods="greedy hlg"
 report_set=test                      # the set of the comparison table and the RESULT lines (dev or test)
 pretrain_updates=800                 # tiny pretraining updates (20 s of audio each)
@@ -40,6 +41,7 @@ Options (default):
   --heldout-language L              fine-tuning language, unseen in pretraining ($heldout_language)
   --pretrain-minutes M              synthetic audio per pretraining language ($pretrain_minutes)
   --finetune-minutes M              transcribed audio for fine-tuning ($finetune_minutes)
+  --test-minutes M                  test audio of the held-out language ($test_minutes)
   --decode-methods \"greedy hlg\"     decoding methods ($decode_methods); with k2 (local/install_k2.sh)
                                     also k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --report-set dev|test             set of the comparison table and RESULT lines ($report_set)
@@ -55,6 +57,7 @@ local/install.sh
 
 recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage "$stop_stage" \
   --synthetic true --synth-minutes "$pretrain_minutes" --synth-finetune-minutes "$finetune_minutes" \
+  --synth-test-minutes "$test_minutes" \
   --languages "$pretrain_languages" --finetune-languages "$heldout_language" \
   --size tiny --token-type char --finetune-inits "pretrained scratch" --finetune-jobs "$finetune_jobs" \
   --decode-methods "$decode_methods" --test-sets "dev test" --nj 1 \

@@ -228,7 +228,7 @@ def check_results(results_md: Path, expected: list[str]) -> None:
 def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "commonvoice" / "run.sh"
     opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
-            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
+            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-test-minutes 0.75 --synth-speakers 4 --size tiny "
             f"--finetune-inits 'pretrained scratch' --finetune-jobs 2 "
             f"--decode-methods '{' '.join(['greedy', 'hlg', 'hlg-rescore', *k2_methods()])}' "
             f"--lm-scales '0.5 1.0 1.5' --word-penalties '-1 0 1' "
@@ -249,6 +249,11 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     assert "## Vocabulary and LM weights" in (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "data" / "es" / "lm" / "4gram.arpa").is_file()
     assert "time per stage:" in r.stdout
+    # --synth-test-minutes sized the fine-tuning language's test split (train keeps its 1.5 minutes)
+    summary = (tmp_path / "download" / "synthetic-cv" / "synth_summary.txt").read_text()
+    split = re.search(r"^es: .*train ([0-9.]+) / dev ([0-9.]+) / test ([0-9.]+) min", summary, re.M)
+    assert split, summary
+    assert float(split.group(1)) == pytest.approx(1.5, rel=0.15) and float(split.group(3)) == pytest.approx(0.75, rel=0.15)
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr
     assert_all_skipped(again.stdout, range(0, 7))

@@ -14,6 +14,7 @@ work_dir=$recipe_dir           # download/, data/, exp/ and RESULTS.md go here
 synthetic=false                # true: a synthetic Common Voice-format tree (toolkit synth-corpus)
 synth_minutes=3                # synthetic: minutes of audio per language
 synth_finetune_minutes=10      # synthetic: minutes of transcribed train audio of each fine-tuning language
+synth_test_minutes=            # synthetic: test audio per fine-tuning language (default: a tenth of its audio)
 synth_speakers=10              # synthetic: speakers per language
 synth_nj=2                     # synthetic: parallel synthesis jobs
 synth_text=                    # synthetic: "LANG=FILE ..." sentences (one a line) for languages without a word list
@@ -53,6 +54,7 @@ Options (default):
   --synthetic true|false             synthesise a Common Voice-format corpus ($synthetic)
   --synth-minutes M                  synthetic audio per language ($synth_minutes)
   --synth-finetune-minutes M         synthetic transcribed train audio per fine-tuning language ($synth_finetune_minutes)
+  --synth-test-minutes M             synthetic test audio per fine-tuning language (default: a tenth of its audio)
   --synth-text \"LANG=FILE ...\"       synthetic: sentences of languages without a word list (any espeak-ng language)
   --corpus-dir DIR                   existing Common Voice release directory
   --release NAME                     release for lhotse download ($release)
@@ -93,18 +95,24 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   if [ "$synthetic" = true ]; then
     # The marker names the languages and sizes, so another language list synthesises what is missing.
     if stage_begin 0 "synthesise a Common Voice-format corpus ($all_languages) in $corpus_dir" \
-        "$corpus_dir/.synth-${all_languages// /_}-${synth_minutes}-${synth_finetune_minutes}-${synth_speakers}.done"; then
+        "$corpus_dir/.synth-${all_languages// /_}-${synth_minutes}-${synth_finetune_minutes}${synth_test_minutes:+-test$synth_test_minutes}-${synth_speakers}.done"; then
       # Pretraining languages get --synth-minutes each; a fine-tuning language gets enough that
-      # its train split (80 %) holds --synth-finetune-minutes of transcribed audio.
+      # its train split (80 %, the rest dev and test) holds --synth-finetune-minutes of transcribed
+      # audio; with --synth-test-minutes its test split holds that much and dev a tenth of the whole.
       pt_only=$(list_minus "$all_languages" "$finetune_languages")
       text_of() { local e; for e in $synth_text; do case " $* " in *" ${e%%=*} "*) printf ' --text %s' "$e" ;; esac; done; }
       if [ -n "$pt_only" ]; then
         toolkit synth-corpus --format commonvoice --languages "${pt_only// /,}" --out "$corpus_dir" \
           --minutes-per-language "$synth_minutes" --speakers "$synth_speakers" --nj "$synth_nj" $(text_of $pt_only)
       fi
+      if [ -n "$synth_test_minutes" ]; then
+        split_opts=$(awk -v m="$synth_finetune_minutes" -v t="$synth_test_minutes" \
+          'BEGIN{total = (m + t) / 0.9; printf "--minutes-per-language %g --dev-fraction 0.1 --test-fraction %g", total, t / total}')
+      else
+        split_opts="--minutes-per-language $(awk -v m="$synth_finetune_minutes" 'BEGIN{print m / 0.8}')"
+      fi
       toolkit synth-corpus --format commonvoice --languages "$(echo $finetune_languages | tr ' ' ,)" --out "$corpus_dir" \
-        --minutes-per-language "$(awk -v m="$synth_finetune_minutes" 'BEGIN{print m / 0.8}')" \
-        --speakers "$synth_speakers" --nj "$synth_nj" $(text_of $finetune_languages)
+        $split_opts --speakers "$synth_speakers" --nj "$synth_nj" $(text_of $finetune_languages)
       stage_end
     fi
   elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.corpus-${all_languages// /_}.done"; then
