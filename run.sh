@@ -11,7 +11,7 @@
 # It ends with `RESULT wer_pretrained=<x>` and `RESULT wer_scratch=<y>` (test WER, %, with the
 # decoding method that is best for the pretrained model, after the same method's CER lines), then
 # `RESULT p_pretrained_better_than_scratch=<p>`: the share of paired bootstrap resamples of the test
-# utterances in which pretrained makes fewer errors (Bisani & Ney; 0.95 or more: clearly better).
+# utterances in which pretrained makes fewer errors (Bisani & Ney; 0.975 or more: clearly better).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$top"

@@ -202,6 +202,10 @@ def test_recipe_help_and_bad_options(recipe: str, tmp_path: Path) -> None:
     assert r.returncode == 1 and "invalid option --no-such-option" in r.stderr
     r = bash(f"{run} --work-dir {tmp_path} --token-type phones --stop-stage -1")
     assert r.returncode == 1 and "--token-type must be char or bpe" in r.stderr
+    if recipe == "commonvoice":
+        for bad in ("0", "-1", "abc"):
+            r = bash(f"{run} --work-dir {tmp_path} --synth-test-minutes {bad} --stop-stage -1")
+            assert r.returncode == 1 and f"--synth-test-minutes must be a positive number of minutes, got '{bad}'" in r.stderr
 
 
 def test_new_recipe_errors(tmp_path: Path) -> None:

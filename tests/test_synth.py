@@ -237,6 +237,27 @@ def test_rerun_reuses_existing_audio(tmp_path):
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())
 
 
+def test_another_plan_into_the_same_tree_is_refused_and_changes_nothing(tmp_path):
+    """Clip names do not depend on the split fractions: synthesising the language again with another
+    plan would keep the old clips under new transcripts. It is a one-line error, nothing is touched."""
+    synth.synthesize_corpus("commonvoice", ["it"], 0.1, 3, tmp_path, seed=0, lm_sentences=300)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ToolkitError) as e:
+        synth.synthesize_corpus("commonvoice", ["it"], 0.12, 3, tmp_path, seed=0, lm_sentences=300, test_fraction=0.3)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / synth.PLAN_FILE) in msg
+    assert "minutes_per_language 0.1 -> 0.12" in msg and "test_fraction 0.1 -> 0.3" in msg and f"remove {tmp_path / 'it'}" in msg
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # a tree from before plans were recorded: the same refusal, since its plan cannot be known
+    (tmp_path / synth.PLAN_FILE).unlink()
+    with pytest.raises(ToolkitError, match="by an earlier toolkit that kept no synth_plan.json"):
+        synth.synthesize_corpus("commonvoice", ["it"], 0.1, 3, tmp_path, seed=0, lm_sentences=300)
+    # fractions that leave no training speaker are refused before anything is written
+    with pytest.raises(ToolkitError, match="leaves no training speaker"):
+        synth.synthesize_corpus("commonvoice", ["de"], 0.1, 3, tmp_path / "x", test_fraction=0.5, dev_fraction=0.3)
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_prints_synthesis_rate(tmp_path, capsys):
     from toolkit.cli import main
 

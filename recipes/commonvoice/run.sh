@@ -90,6 +90,9 @@ lang_unit=lang_$token_type; [ "$token_type" = bpe ] && lang_unit=lang_bpe_$nbpe
 launcher=$(toolkit_launcher "$ngpus" "$nnodes" "$rdzv_endpoint" "cv$tag")
 pretrain_dir=exp/pretrain_${size}${tag}
 case "$token_type" in char|bpe) ;; *) echo "$0: --token-type must be char or bpe, got '$token_type'" >&2; exit 1 ;; esac
+if [ -n "$synth_test_minutes" ] && ! awk -v t="$synth_test_minutes" 'BEGIN { exit !(t ~ /^[0-9]*[.]?[0-9]+$/ && t + 0 > 0) }'; then
+  echo "$0: --synth-test-minutes must be a positive number of minutes, got '$synth_test_minutes'" >&2; exit 1
+fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   if [ "$synthetic" = true ]; then

@@ -34,7 +34,10 @@ Common Voice (`--format commonvoice`), 48 kHz mono MP3 (64 kb/s)::
 Both: `DIR/synth_summary.json` holds, per language, the minutes per split, the dev/test
 utterances over 20 s and the OOV rate of dev/test against train (and against the LM text);
 the command prints the same, one line per language, and writes those lines to
-`DIR/synth_summary.txt`.
+`DIR/synth_summary.txt`. `DIR/synth_plan.json` records, per language, what decides its sentences,
+speakers and clip names (minutes, split fractions, speakers, seed, text); a rerun with the same
+plan resumes (existing clips are kept), one with another plan is refused, since the old clips
+would stay under the new transcripts.
 
 Text: per language a pool of sentences (`toolkit.data.synth_text`): `--lm-sentences` unique
 sentences of `toolkit.data.textgen` (word lists plus `num2words`), or the sentences of
@@ -213,6 +216,9 @@ def plan_speakers(language: str, lang_index: int, n: int, fmt: str, voices: list
     rng = random.Random(f"speakers-{language}-{seed}")
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     n_dev = max(1, round(n * dev_fraction)) if dev_fraction > 0 else 0
+    if n - n_test - n_dev < 1:
+        raise ToolkitError(f"--speakers {n} with --dev-fraction {dev_fraction:g} and --test-fraction {test_fraction:g} "
+                           f"leaves no training speaker ({n_test} test, {n_dev} dev); give more --speakers or smaller fractions")
     speakers = []
     for i in range(n):
         split = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
@@ -605,6 +611,55 @@ def write_summary(out: Path, summary: dict[str, dict]) -> None:
 
 # ---------------------------------------------------------------------------------------
 
+PLAN_FILE = "synth_plan.json"
+
+
+def _plan_record(fmt: str, minutes: float, n_speakers: int, seed: int, dev_fraction: float, test_fraction: float,
+                 subset_scale: float, lm_sentences: int, text_file: Path | None) -> dict:
+    """What decides a language's sentences, speakers and clip names (not how fast it is made)."""
+    return {"format": fmt, "minutes_per_language": round(minutes, 6), "speakers": n_speakers, "seed": seed,
+            "dev_fraction": round(dev_fraction, 6), "test_fraction": round(test_fraction, 6),
+            "subset_scale": subset_scale, "lm_sentences": lm_sentences,
+            "text": str(Path(text_file).resolve()) if text_file else None}
+
+
+def check_and_record_plan(out: Path, records: dict[str, dict]) -> None:
+    """Refuse to synthesise a language into DIR again with another plan, then record this call's.
+
+    Clip names depend only on the language and position, and synthesis reuses a clip that exists
+    (so an interrupted run resumes); another plan (minutes, split fractions, speakers, seed, text)
+    would deal the sentences differently and leave old clips under new transcripts.
+    """
+    path = out / PLAN_FILE
+    known: dict = {}
+    if path.is_file():
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise ToolkitError(f"{path}: unreadable; remove {out} and synthesise again") from None
+    summary = out / "synth_summary.json"
+    done: dict = {}
+    if summary.is_file():
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            done = json.loads(summary.read_text(encoding="utf-8"))
+    fix = "or use another --out (in a recipe: another --work-dir)"
+    for lang, record in records.items():
+        where = out / lang if record["format"] == "commonvoice" else out
+        old = known.get(lang)
+        if old is None and lang in done:
+            raise ToolkitError(f"{summary}: {lang} was synthesised in {out} by an earlier toolkit that kept no "
+                               f"{PLAN_FILE}; remove {where} and everything made from it (a recipe's data/ and "
+                               f"exp/), {fix}")
+        if old is not None and old != record:
+            changed = ", ".join(f"{k} {old.get(k)} -> {record[k]}" for k in record if old.get(k) != record[k])
+            raise ToolkitError(f"{path}: {lang} was synthesised here with another plan ({changed}), and its clips "
+                               f"would keep the old sentences under the new transcripts; remove {where} and "
+                               f"everything made from it (a recipe's data/ and exp/), {fix}")
+    known.update(records)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
 def _check_same_librispeech_languages(out: Path, languages: list[str]) -> None:
     """A LibriSpeech-format tree is written by one call (its splits, speaker tables and
     Libri-light folds span all languages); rerunning that call resumes it."""
@@ -675,6 +730,10 @@ def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers
             split: SplitPlan(fmt, out, lang, split, [s for s in speakers if s.split == split], texts[lang].splits[split],
                              minutes * 60.0 * fractions[split], 20_000_000 + 1_000_000 * li, normalize)
             for split in ("train", "dev", "test") if fractions[split] > 0}
+    # every option checked: from here on clips are written
+    check_and_record_plan(out, {lang: _plan_record(fmt, minutes, n_speakers, seed, dev_fraction, test_fraction,
+                                                   subset_scale, lm_sentences, text_files.get(lang))
+                                for lang in languages})
 
     durations: dict[str, float] = {}
     ratio = {lang: 1.0 for lang in languages}

@@ -235,8 +235,13 @@ def paired_bootstrap(refs: Mapping[str, str], hyps_a: Mapping[str, str], hyps_b:
         raise ToolkitError("a paired comparison needs references with words; none were given")
     ea = np.array([x.num_errors for x in a], dtype=np.float64)
     eb = np.array([x.num_errors for x in b], dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(ids), size=(replications, len(ids)))
-    num_a, num_b, den = ea[idx].sum(axis=1), eb[idx].sum(axis=1), lens[idx].sum(axis=1)
+    rng = np.random.default_rng(seed)
+    num_a, num_b, den = (np.empty(replications) for _ in range(3))
+    step = max(1, 2_000_000 // len(ids))  # resamples per chunk: memory bounded on whole test sets
+    for start in range(0, replications, step):
+        idx = rng.integers(0, len(ids), size=(min(step, replications - start), len(ids)))
+        end = start + len(idx)
+        num_a[start:end], num_b[start:end], den[start:end] = ea[idx].sum(1), eb[idx].sum(1), lens[idx].sum(1)
     keep = den > 0  # a resample of empty references only has no rate
     diff = 100.0 * (num_a[keep] - num_b[keep]) / den[keep]
     lo, hi = np.percentile(diff, [2.5, 97.5])

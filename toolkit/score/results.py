@@ -21,7 +21,8 @@ method with the lowest WER for the first experiment and prints `RESULT cer_<NAME
 the first experiment with every other one on the same utterances (Bisani & Ney's paired bootstrap,
 `compute.paired_bootstrap`): the WER difference with its 95% interval and the share of resamples in
 which the first makes fewer errors, printed for the chosen method as `RESULT p_<FIRST>_better_than_<NAME>=`;
-the section says whether the difference is clear (one side better in 95% of the resamples).
+the section says whether the difference is clear (one side better in 97.5% of the resamples,
+so that its 95% interval excludes 0; no verdict on fewer than 20 utterances).
 """
 from __future__ import annotations
 
@@ -247,17 +248,22 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-# A difference is called clear when one system is better in at least this share of the resamples
-# (a one-sided 5% test, the usual reading of Bisani & Ney's probability of improvement).
-CLEAR_P = 0.95
+# A difference is called clear when one system is better in at least this share of the resamples:
+# the two-sided 95% level, so that a clear difference is one whose printed 95% interval excludes 0.
+CLEAR_P = 0.975
+# Fewer utterances than this get no verdict: the bootstrap is too optimistic on a handful
+# (one utterance with one error fewer would be "better in 100% of the resamples").
+MIN_UTTERANCES = 20
 
 
 def _verdict(first: str, other: str, pc: PairedComparison) -> str:
+    if pc.utterances < MIN_UTTERANCES:
+        return f"too few utterances for a verdict ({pc.utterances}, fewer than {MIN_UTTERANCES})"
     if pc.p_a_better >= CLEAR_P:
         return f"{first} is clearly better (P >= {CLEAR_P})"
     if pc.p_b_better >= CLEAR_P:
         return f"{other} is clearly better ({other} better in {100 * pc.p_b_better:.1f}% of them)"
-    return f"no clear difference on this set (neither better in {100 * CLEAR_P:.0f}% of them)"
+    return f"no clear difference on this set (neither better in {100 * CLEAR_P:.1f}% of them)"
 
 
 def run(args: argparse.Namespace) -> int:
