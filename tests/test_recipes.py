@@ -208,6 +208,24 @@ def test_recipe_help_and_bad_options(recipe: str, tmp_path: Path) -> None:
             assert r.returncode == 1 and f"--synth-test-minutes must be a positive number of minutes, got '{bad}'" in r.stderr
 
 
+def test_commonvoice_synth_test_minutes_sizes_the_test_split(tmp_path: Path) -> None:
+    """Stage 0 only: --synth-test-minutes gives the fine-tuning language's test split that much audio,
+    train keeps --synth-finetune-minutes, dev a tenth of the whole; another size into the same work
+    dir is refused by the synthesiser (its clips would keep their old sentences)."""
+    run = ROOT / "recipes" / "commonvoice" / "run.sh"
+    opts = f"--work-dir {tmp_path} --synthetic true --languages es --finetune-languages es --synth-speakers 4 --stop-stage 0"
+    r = bash(f"{run} {opts} --synth-finetune-minutes 0.4 --synth-test-minutes 0.3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = (tmp_path / "download" / "synthetic-cv" / "synth_summary.txt").read_text()
+    split = re.search(r"^es: ([0-9.]+) min .*train ([0-9.]+) / dev ([0-9.]+) / test ([0-9.]+) min", summary, re.M)
+    assert split, summary
+    total, train, dev, test = (float(x) for x in split.groups())
+    assert train == pytest.approx(0.4, rel=0.15) and test == pytest.approx(0.3, rel=0.15)
+    assert dev == pytest.approx(0.1 * total, rel=0.25)
+    r = bash(f"{run} {opts} --synth-finetune-minutes 0.4 --synth-test-minutes 0.2")
+    assert r.returncode != 0 and "synth_plan.json: es was synthesised here with another plan" in r.stderr
+
+
 def test_new_recipe_errors(tmp_path: Path) -> None:
     r = bash(f"{ROOT}/local/new_recipe.sh --corpus commonvoice x_{uuid.uuid4().hex[:6]}")
     assert r.returncode == 1 and "--language CODE is required" in r.stderr
@@ -232,7 +250,7 @@ def check_results(results_md: Path, expected: list[str]) -> None:
 def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "commonvoice" / "run.sh"
     opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
-            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-test-minutes 0.75 --synth-speakers 4 --size tiny "
+            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
             f"--finetune-inits 'pretrained scratch' --finetune-jobs 2 "
             f"--decode-methods '{' '.join(['greedy', 'hlg', 'hlg-rescore', *k2_methods()])}' "
             f"--lm-scales '0.5 1.0 1.5' --word-penalties '-1 0 1' "
@@ -253,11 +271,6 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     assert "## Vocabulary and LM weights" in (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "data" / "es" / "lm" / "4gram.arpa").is_file()
     assert "time per stage:" in r.stdout
-    # --synth-test-minutes sized the fine-tuning language's test split (train keeps its 1.5 minutes)
-    summary = (tmp_path / "download" / "synthetic-cv" / "synth_summary.txt").read_text()
-    split = re.search(r"^es: .*train ([0-9.]+) / dev ([0-9.]+) / test ([0-9.]+) min", summary, re.M)
-    assert split, summary
-    assert float(split.group(1)) == pytest.approx(1.5, rel=0.15) and float(split.group(3)) == pytest.approx(0.75, rel=0.15)
     again = bash(f"{run} {opts} --stop-stage 6")
     assert again.returncode == 0, again.stderr
     assert_all_skipped(again.stdout, range(0, 7))
