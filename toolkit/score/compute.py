@@ -200,8 +200,7 @@ def _bootstrap_skipping_empty(alignments: Sequence[UttAlignment], replications: 
 
     errs = np.array([a.num_errors for a in alignments], dtype=np.float64)
     lens = np.array([len(a.ref) for a in alignments], dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(alignments), size=(replications, len(alignments)))
-    num, den = errs[idx].sum(axis=1), lens[idx].sum(axis=1)
+    num, den = _resampled_sums([errs, lens], replications, seed)
     rates = num[den > 0] / den[den > 0]
     mean, std = float(rates.mean()), float(rates.std())
     return mean - 1.96 * std, mean + 1.96 * std
@@ -235,13 +234,7 @@ def paired_bootstrap(refs: Mapping[str, str], hyps_a: Mapping[str, str], hyps_b:
         raise ToolkitError("a paired comparison needs references with words; none were given")
     ea = np.array([x.num_errors for x in a], dtype=np.float64)
     eb = np.array([x.num_errors for x in b], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    num_a, num_b, den = (np.empty(replications) for _ in range(3))
-    step = max(1, 2_000_000 // len(ids))  # resamples per chunk: memory bounded on whole test sets
-    for start in range(0, replications, step):
-        idx = rng.integers(0, len(ids), size=(min(step, replications - start), len(ids)))
-        end = start + len(idx)
-        num_a[start:end], num_b[start:end], den[start:end] = ea[idx].sum(1), eb[idx].sum(1), lens[idx].sum(1)
+    num_a, num_b, den = _resampled_sums([ea, eb, lens], replications, seed)
     keep = den > 0  # a resample of empty references only has no rate
     diff = 100.0 * (num_a[keep] - num_b[keep]) / den[keep]
     lo, hi = np.percentile(diff, [2.5, 97.5])
@@ -249,6 +242,22 @@ def paired_bootstrap(refs: Mapping[str, str], hyps_a: Mapping[str, str], hyps_b:
                             ci95=(float(lo), float(hi)), p_a_better=float((num_a < num_b).mean()),
                             p_b_better=float((num_b < num_a).mean()),
                             utterances=len(ids), replications=replications)
+
+
+def _resampled_sums(columns: list, replications: int, seed: int) -> list:
+    """Per-utterance columns summed over `replications` bootstrap resamples of the utterances (the
+    same draw for every column), drawn in chunks so that memory stays bounded on whole test sets."""
+    import numpy as np
+
+    n = len(columns[0])
+    rng = np.random.default_rng(seed)
+    sums = [np.empty(replications) for _ in columns]
+    step = max(1, 2_000_000 // n)
+    for start in range(0, replications, step):
+        idx = rng.integers(0, n, size=(min(step, replications - start), n))
+        for out, col in zip(sums, columns):
+            out[start:start + len(idx)] = col[idx].sum(axis=1)
+    return sums
 
 
 def _check_with_jiwer(alignments: Sequence[UttAlignment], stats: ErrorStats) -> None:
