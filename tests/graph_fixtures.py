@@ -1,7 +1,9 @@
 """Hand-made lang dirs, ARPA LMs and CTC log-probs for the graph and decoder tests.
 
-Nothing here comes from the toolkit's own text or LM code, so graph and decoder tests do not
-depend on it: the files are written exactly as icefall's formats and the ARPA standard say.
+Nothing here but `flat_model_lang` comes from the toolkit's own text or LM code, so graph and
+decoder tests do not depend on it: the files are written exactly as icefall's formats and the ARPA
+standard say. `flat_model_lang` needs a 4-gram too large to write by hand and estimates one with the
+toolkit's Kneser-Ney (what its tests check is the size of the search, not the LM).
 """
 from __future__ import annotations
 
@@ -96,3 +98,23 @@ def spell_ids(lang_dir: Path, sentence: str) -> list[int]:
         w, *toks = line.split()
         lex.setdefault(w, toks)
     return [tokens[t] for w in sentence.split() for t in lex[w]]
+
+
+def flat_model_lang(d: Path):
+    """A 59-word character lang dir whose HLG carries a bigram and whose rescoring G a 4-gram (both
+    from random text), and the (T, V) log-probs of a barely trained model: near-uniform posteriors,
+    whose lattice holds thousands of arcs per frame."""
+    from toolkit.lm.arpa import write_arpa
+    from toolkit.lm.graph import Lang, compile_graphs, rescore_grammar
+    from toolkit.lm.kneser_ney import train_kneser_ney
+
+    rng = np.random.default_rng(3)
+    words = sorted({"".join(rng.choice(list("abcdefgh"), size=rng.integers(2, 5))) for _ in range(60)})
+    char_lang(d, words)
+    model, _ = train_kneser_ney([" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(400)], order=4)
+    write_arpa(model, d / "lm4.arpa")
+    compile_graphs(d, d / "lm4.arpa", order=2)
+    rescore_grammar(d, d / "lm4.arpa")
+    lg = Lang.load(d)
+    lp = rng.normal(0.0, 0.7, size=(60, lg.num_tokens)).astype(np.float32)
+    return lg, lp - np.log(np.exp(lp).sum(axis=1, keepdims=True))

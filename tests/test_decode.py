@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from graph_fixtures import FOUR_WORDS as WORDS
-from graph_fixtures import char_lang, ctc_frames, four_word_lang, spell_ids
+from graph_fixtures import char_lang, ctc_frames, flat_model_lang, four_word_lang, spell_ids
 from toolkit.decode.greedy import greedy_decode, greedy_ids
 from toolkit.decode.options import SearchOptions
 from toolkit.decode.wfst import decode_matrices
@@ -79,7 +79,8 @@ def test_lattice_rescoring_with_a_larger_lm(lang):
     compile_graphs(lang, lang / "lm.arpa", order=1)
     lg = Lang.load(lang)
     lp = ctc_frames(spell_ids(lang, "ab cab"), lg.num_tokens, ambiguous={4: [lg.tokens["o"]]})
-    lp[:, lg.tokens["a"]] = np.maximum(lp[:, lg.tokens["a"]], lp[:, lg.tokens["o"]])  # a tie
+    # 'o' a hair likelier than 'a' (a tie would leave the 1-best list's choice to chance)
+    lp[:, lg.tokens["a"]] = np.maximum(lp[:, lg.tokens["a"]], lp[:, lg.tokens["o"]] - 0.01)
     assert hlg_words(lang, [lp]) == ["ab cob"]
     from toolkit.lm.graph import rescore_grammar
 
@@ -494,3 +495,132 @@ def test_lattice_best_paths_equal_openfst_shortest_path_per_setting(lang):
             best = kaldifst.shortest_path(kaldifst.compile("\n".join(lines) + "\n"))
             ok, _, want, _ = kaldifst.get_linear_symbol_sequence(best)
             assert ok and [w for w in want if w] == words, (T, scale, penalty)
+
+
+def random_lattice(seed: int, num_states: int = 9, num_words: int = 4):
+    """A small random acyclic lattice (`LatticeArcs`): arcs go forward, half of them word-less, two
+    final states; and every complete path as (arc indices, final state index)."""
+    from toolkit.decode.wfst import LatticeArcs
+
+    rng = np.random.default_rng(seed)
+    arcs = [(i, j) for i in range(num_states - 1) for j in range(i + 1, min(i + 4, num_states)) if rng.random() < 0.8]
+    arcs += [(i, i + 1) for i in range(num_states - 1) if (i, i + 1) not in arcs]  # connected
+    E = len(arcs)
+    olabel = np.where(rng.random(E) < 0.5, 0, rng.integers(1, num_words + 1, E))
+    finals = np.array([num_states - 2, num_states - 1])
+    lat = LatticeArcs(0, num_states, np.array([a for a, _ in arcs]), np.array([b for _, b in arcs]), olabel,
+                      rng.uniform(0, 3, E), rng.uniform(0, 5, E), finals, rng.uniform(0, 1, 2), rng.uniform(0, 1, 2))
+    paths = []
+
+    def walk(state, taken):
+        for k, f in enumerate(finals):
+            if f == state:
+                paths.append((list(taken), k))
+        for e in np.flatnonzero(lat.src == state):
+            walk(int(lat.dst[e]), taken + [int(e)])
+
+    walk(0, [])
+    return lat, paths
+
+
+def first_pass_cost(lat, path):
+    arcs, k = path
+    return float(sum(lat.acoustic[e] + lat.graph[e] for e in arcs) + lat.final_acoustic[k] + lat.final_graph[k])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lattice_pruning_keeps_exactly_the_paths_within_the_beam(seed):
+    """`LatticeArcs.margins`, `pruned` and `bounded` against every path of a random lattice, enumerated."""
+    lat, paths = random_lattice(seed)
+    costs = [first_pass_cost(lat, p) for p in paths]
+    best = min(costs)
+    want_arc = np.full(len(lat.src), np.inf)
+    want_final = np.full(len(lat.final_state), np.inf)
+    for (arcs, k), c in zip(paths, costs):
+        want_arc[arcs] = np.minimum(want_arc[arcs], c - best)
+        want_final[k] = min(want_final[k], c - best)
+    arc_margin, final_margin = lat.margins
+    assert len(paths) > 20 and np.allclose(arc_margin, want_arc) and np.allclose(final_margin, want_final)
+    for beam in (0.5, 2.0, 4.0):
+        kept = lat.pruned(beam)
+        assert sorted(zip(kept.src.tolist(), kept.dst.tolist())) == \
+            sorted((int(lat.src[e]), int(lat.dst[e])) for e in np.flatnonzero(want_arc <= beam))
+    for max_arcs in (6, 12):
+        small, beam = lat.bounded(max_arcs=max_arcs, beam=8.0)
+        next_margin = arc_margin[arc_margin > beam].min()  # the largest beam: one more step keeps too many
+        assert len(small.src) <= max_arcs < len(lat.pruned(next_margin).src)
+    assert lat.bounded(max_arcs=len(lat.src), beam=8.0) == (lat, None)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_word_lattice_holds_each_word_sequence_at_its_best_cost_and_stays_bounded(seed):
+    """The determinised word lattice rescoring composes with G, against the enumerated paths: every
+    word sequence once, at its best (acoustic + penalty x words) / lm_scale; over its state bound, the
+    same of the lattice pruned to the beam it names (the margins are checked above)."""
+    import kaldifst
+
+    from toolkit.decode.wfst import word_lattice
+
+    lat, paths = random_lattice(seed, num_states=12, num_words=6)
+    scale, penalty = 0.5, 1.0
+
+    def sequences(fst):
+        got = {}
+        for p in kaldifst.convert_nbest_to_vector(kaldifst.shortest_path(fst, n=100000)):
+            ok, _, seq, w = kaldifst.get_linear_symbol_sequence(p)
+            got[tuple(seq)] = float(w.value)
+        return got
+
+    def enumerated(beam=np.inf):
+        """The paths left by pruning to ``beam``: those whose arcs and final state all lie on some
+        path within the beam of the best (`LatticeArcs.pruned`)."""
+        arc_margin, final_margin = lat.margins
+        want = {}
+        for arcs, k in paths:
+            if max(arc_margin[arcs].max(initial=0), final_margin[k]) > beam:
+                continue
+            seq = tuple(int(lat.olabel[e]) for e in arcs if lat.olabel[e])
+            cost = (sum(lat.acoustic[e] for e in arcs) + penalty * len(seq) + lat.final_acoustic[k]) / scale
+            want[seq] = min(want.get(seq, np.inf), cost)
+        return want
+
+    fst, pruned_to = word_lattice(lat, scale, penalty, beam=8.0, max_states=10000)
+    want = enumerated()
+    got = sequences(fst)
+    assert pruned_to is None and len(want) > 10 and got.keys() == want.keys()
+    assert all(np.isclose(got[s], want[s], rtol=1e-4, atol=2e-3) for s in want)  # float32 weights
+    limit = fst.num_states - 2
+    small, pruned_to = word_lattice(lat, scale, penalty, beam=8.0, max_states=limit)
+    got = sequences(small)
+    want = enumerated(pruned_to)
+    assert pruned_to is not None and small.num_states < limit and got.keys() == want.keys()
+    assert all(np.isclose(got[s], want[s], rtol=1e-4, atol=2e-3) for s in want)  # float32 weights
+
+
+def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_path, caplog):
+    """A near-uniform model's lattice holds more word sequences than a composition with a 4-gram can
+    hold (composing it whole ran for minutes and gigabytes): hlg-rescore prunes it to its bound, says
+    so, and still answers, whole-lattice and n-best alike."""
+    import logging
+
+    import kaldi_decoder
+
+    from toolkit.decode.options import lattice_bounds
+    from toolkit.decode.wfst import LatticeArcs, read_fst, to_matrix
+
+    lang_dir = tmp_path / "lang"
+    lg, lp = flat_model_lang(lang_dir)
+    graph = read_fst(lang_dir / "HLG.fst")
+    decoder = kaldi_decoder.LatticeSimpleDecoder(graph, kaldi_decoder.LatticeSimpleDecoderConfig(beam=10.0, lattice_beam=8.0))
+    decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(lp)))
+    raw = LatticeArcs.from_lattice(decoder.get_raw_lattice(use_final_probs=True)[1])
+    max_arcs, max_states = lattice_bounds(lp.shape[0])
+    assert len(raw.src) > 10 * max_arcs  # the case this is about
+    for num_paths in (0, 50):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="toolkit.decode"):
+            words = hlg_words(lang_dir, [lp], method="hlg-rescore", rescore_g=lang_dir / "G_4_rescore.fst",
+                              opts={"beam": 10.0, "num_paths": num_paths})
+        assert len(words[0].split()) >= 3
+        warned = [r.getMessage() for r in caplog.records if "was pruned to beam" in r.getMessage()]
+        assert len(warned) == 1 and f"under {max_arcs} arcs and a {max_states}-state word lattice" in warned[0]

@@ -15,7 +15,7 @@ import torch
 
 k2 = pytest.importorskip("k2")
 
-from graph_fixtures import ctc_frames, four_word_lang, spell_ids  # noqa: E402
+from graph_fixtures import ctc_frames, flat_model_lang, four_word_lang, spell_ids  # noqa: E402
 from toolkit.decode.greedy import greedy_ids  # noqa: E402
 from toolkit.decode.k2_decode import K2Search  # noqa: E402
 from toolkit.decode.options import SearchOptions  # noqa: E402
@@ -341,3 +341,29 @@ def test_finetuning_with_the_k2_loss_follows_the_torch_loss(tmp_path, lang):
         losses[kind] = [row["loss"] for row in rows if row["split"] == "train"]
     assert len(losses["torch"]) == 4
     np.testing.assert_allclose(losses["k2"], losses["torch"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["k2-nbest-rescore", "k2-whole-lattice-rescore"])
+def test_k2_rescoring_of_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_path, method, caplog):
+    """A near-uniform model's lattice (tens of arcs per frame beyond the bound) made k2's rescoring
+    grow past 10 GB: it is pruned on arc posteriors to its bound first, with a warning, and answers."""
+    import logging
+
+    from toolkit.decode.k2_decode import get_lattice
+    from toolkit.decode.options import lattice_bounds
+
+    lang_dir = tmp_path / "lang"
+    lg, lp = flat_model_lang(lang_dir)
+    save_k2_graphs(lang_dir, lang_dir / "lm4.arpa", order=2)
+    save_k2_rescore_grammar(lang_dir)
+    search = K2Search(method, SearchOptions(), lang_dir, None, DEVICE)
+    max_arcs = lattice_bounds(lp.shape[0])[0]
+    lattice, _ = get_lattice(search.graph, *batch([lp]), search.opts)
+    assert lattice.num_arcs > 10 * max_arcs  # the case this is about
+    with caplog.at_level(logging.WARNING, logger="toolkit.decode"):
+        ids = search.decode_ids(*batch([lp]))
+    assert len(ids[0]) >= 3
+    warned = [r.getMessage() for r in caplog.records if "was pruned to" in r.getMessage()]
+    assert len(warned) == 1 and f"to stay under {max_arcs}" in warned[0]
+    kept = int(warned[0].split(" was pruned to ")[1].split()[0])
+    assert kept <= max_arcs

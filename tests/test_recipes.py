@@ -286,7 +286,7 @@ def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
 def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "librispeech" / "run.sh"
     # with k2, stage 3 writes its graphs and k2-hlg decodes (the k2 rescoring methods run in the Common
-    # Voice test: whole-lattice rescoring of this barely trained model's lattices takes RTF ~10 on a CPU)
+    # Voice test)
     methods = ["greedy", "hlg", *k2_methods()[1:2]]
     opts = (f"--work-dir {tmp_path} --synthetic true --synth-minutes 4 --synth-subset-scale 0.1 --size tiny "
             f"--finetune-set 10m --nbpe 40 --nj 2 --decode-methods '{' '.join(methods)}' "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.decode.options import DEFAULT_K2_NBEST, RESCORE_METHODS, Hypothesis, SearchOptions
+from toolkit.decode.options import DEFAULT_K2_NBEST, RESCORE_METHODS, Hypothesis, SearchOptions, lattice_bounds
 from toolkit.lm.k2_graph import import_k2
 from toolkit.utils import ToolkitError
 
@@ -108,6 +108,30 @@ def acoustic_only(lattice):
     lat.scores = lattice.scores - lattice.lm_scores
     del lat.lm_scores
     return lat
+
+
+# arc-posterior thresholds tried in turn on a lattice too large to rescore
+PRUNE_THRESHOLDS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def bounded_lattice(lattice, num_frames: int, what: str):
+    """The lattice as it is if it has at most `lattice_bounds` arcs for ``num_frames`` frames of
+    audio, else pruned on arc posteriors (``k2.prune_on_arc_post``, the thresholds of
+    `PRUNE_THRESHOLDS` in turn, as icefall prunes a lattice whose rescoring runs out of memory)
+    until it does, with a warning naming ``what`` (the method): a barely trained model's lattice
+    would otherwise exhaust memory in the composition with a 4-gram."""
+    k2 = import_k2()
+    max_arcs = lattice_bounds(num_frames)[0]
+    size = lattice.num_arcs
+    if size <= max_arcs:
+        return lattice
+    for threshold in PRUNE_THRESHOLDS:
+        pruned = k2.prune_on_arc_post(lattice, threshold, True)
+        if pruned.num_arcs <= max_arcs:
+            break
+    log.warning("%s: a lattice of %d arcs over %d frames was pruned to %d arcs (arc posterior >= %g) to stay "
+                "under %d; a barely trained model?", what, size, num_frames, pruned.num_arcs, threshold, max_arcs)
+    return pruned
 
 
 def nbest_rescore(lattice, G, num_paths: int, nbest_scale: float, settings: list[Setting]) -> dict[Setting, list]:
@@ -241,6 +265,7 @@ class K2Search:
             per = best_paths_at(lattice, lattice.scores - lattice.lm_scores, lattice.lm_scores, self.settings)
             return {s: in_batch_order(per[s], order, batch_size) for s in self.settings}
         first = best_word_paths(lattice)
+        lattice = bounded_lattice(lattice, int(lengths.clamp(min=0).sum()), self.method)
         if self.method == "k2-nbest-rescore":
             per = nbest_rescore(lattice, self.G, self.num_paths, self.opts.nbest_scale, self.settings)
         else:

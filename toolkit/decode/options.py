@@ -9,6 +9,22 @@ from toolkit.utils import ToolkitError
 DEFAULT_K2_NBEST = 100  # paths of k2-nbest-rescore when num_paths is not given
 RESCORE_METHODS = ("k2-nbest-rescore", "k2-whole-lattice-rescore")  # k2's searches with a rescoring G
 
+# What a rescoring LM meets is bounded, per frame of audio (at least MIN_LATTICE_BOUND each): the
+# token-level lattice's arcs (kaldi-decoder's raw lattice, k2's lattice) and the determinised word
+# lattice's states (CPU). Trained models stay far below both (a few lattice arcs and about 0.05 word
+# states per frame); a barely trained model's lattice holds thousands of arcs per frame and more word
+# sequences than any composition with a 4-gram can hold, so it is pruned to fit, with a warning
+# (`toolkit.decode.wfst.LatticeArcs.bounded`, `toolkit.decode.k2_decode.bounded_lattice`).
+LATTICE_ARCS_PER_FRAME = 200
+WORD_LATTICE_STATES_PER_FRAME = 50
+MIN_LATTICE_BOUND = 5000
+
+
+def lattice_bounds(num_frames: int) -> tuple[int, int]:
+    """(most lattice arcs, most word lattice states) for ``num_frames`` frames of audio."""
+    return (max(MIN_LATTICE_BOUND, LATTICE_ARCS_PER_FRAME * num_frames),
+            max(MIN_LATTICE_BOUND, WORD_LATTICE_STATES_PER_FRAME * num_frames))
+
 
 @dataclass
 class SearchOptions:

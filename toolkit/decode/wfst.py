@@ -2,8 +2,10 @@
 
 - ``hlg``: one-best Viterbi beam search (``kaldi_decoder.FasterDecoder``).
 - ``hlg-rescore``: a lattice (``LatticeSimpleDecoder``), its first-pass LM scores replaced by a larger
-  LM's: whole-lattice rescoring (the word lattice, acoustic costs only, composed with the new G) or
-  n-best rescoring (``num_paths`` distinct word sequences, each scored by the new G).
+  LM's: whole-lattice rescoring (the determinised word lattice, acoustic costs only, composed with
+  the new G) or n-best rescoring (its ``num_paths`` best word sequences, each scored by the new G).
+  The word lattice is bounded (`word_lattice`): a barely trained model's lattice is pruned until it
+  fits, with a warning, instead of exhausting time and memory.
 - ``hlg`` with an LM scale or a word insertion penalty, and sweeps of both (`LatticeSearch`): a
   lattice whose best path is found under each setting by one exact dynamic programme.
 
@@ -15,19 +17,23 @@ utterances from a queue.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import multiprocessing
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from toolkit.decode.options import SearchOptions
+from toolkit.decode.options import MIN_LATTICE_BOUND, SearchOptions, lattice_bounds
 from toolkit.lm.graph import read_fst, remove_backoff_disambig
 from toolkit.utils import ToolkitError
+
+log = logging.getLogger("toolkit.decode")
 
 
 def to_matrix(log_probs, acoustic_scale: float = 1.0) -> np.ndarray:
@@ -65,39 +71,6 @@ class HlgDecoder:
         return list(words) if ok else []
 
 
-def word_acceptor(arcs: list[tuple[str, str, str, float]], finals: list[tuple[str, float]]) -> kaldifst.StdVectorFst:
-    """Epsilon-free word acceptor from (src, dst, word, cost) arcs and (state, cost) finals."""
-    lines = [f"{s} {d} {w} {w} {c}" for s, d, w, c in arcs] + [f"{s} {c}" for s, c in finals]
-    fst = kaldifst.compile("\n".join(lines) + "\n")
-    kaldifst.rmepsilon(fst)
-    kaldifst.arcsort(fst, sort_type="olabel")
-    return fst
-
-
-def word_fst_from_text(fst_text: str, cost: Callable[[str], float]) -> kaldifst.StdVectorFst:
-    """Word acceptor of a lattice in OpenFst text form (``src dst ilabel olabel [weight]`` arcs,
-    ``state [weight]`` finals): the output labels (words) become both labels, and ``cost(weight)``
-    each arc's cost (a missing weight field costs 0). Kaldi lattices and k2 lattices (converted to
-    OpenFst text) differ only in their weight field, which `cost` reads."""
-    arcs, finals = [], []
-    for line in fst_text.splitlines():
-        p = line.split()
-        if len(p) >= 4:
-            arcs.append((p[0], p[1], p[3], cost(p[4]) if len(p) > 4 else 0.0))
-        elif p:
-            finals.append((p[0], cost(p[1]) if len(p) > 1 else 0.0))
-    return word_acceptor(arcs, finals)
-
-
-def lattice_to_word_fst(lat, acoustic_weight: float) -> kaldifst.StdVectorFst:
-    """Word acceptor of a raw Kaldi lattice with arc costs ``acoustic_weight`` x the acoustic cost only.
-
-    Kaldi lattice weights are ``graph,acoustic``: the graph costs (first-pass LM) are dropped so that
-    a new LM can replace them.
-    """
-    return word_fst_from_text(lat.to_str(), lambda w: float(w.split(",")[1]) * acoustic_weight)
-
-
 def lm_cost(G: kaldifst.StdVectorFst, words: Sequence[int]) -> float:
     """Cost (-ln P) of a word sequence under G (``#0`` removed; tropical: best back-off path)."""
     a = kaldifst.make_linear_acceptor(list(words))
@@ -108,24 +81,55 @@ def lm_cost(G: kaldifst.StdVectorFst, words: Sequence[int]) -> float:
 
 
 def rescore_word_fst(words: kaldifst.StdVectorFst, G: kaldifst.StdVectorFst, num_paths: int = 0) -> list[int] | None:
-    """Best word sequence of ``words`` (costs: acoustics / lm_scale) plus G's cost; None if none survives.
+    """Best word sequence of the word lattice ``words`` (an epsilon-free, determinised acceptor, arcs
+    sorted by label; costs: acoustics / lm_scale) plus G's cost; None if none survives.
 
     ``num_paths`` = 0: whole-lattice rescoring (compose with G, shortest path). > 0: n-best rescoring of
-    the ``num_paths`` distinct best word sequences (determinized, so each sequence once with its best
-    acoustic cost), each scored by G.
+    the ``num_paths`` best word sequences (each once, the lattice being deterministic), each scored by G.
     """
     if num_paths <= 0:
         best = kaldifst.shortest_path(kaldifst.compose(words, G))
         ok, _, out, _ = kaldifst.get_linear_symbol_sequence(best)
         return list(out) if ok and best.num_states > 0 else None
-    det = kaldifst.determinize(words)
     scored = []
-    for path in kaldifst.convert_nbest_to_vector(kaldifst.shortest_path(det, n=num_paths)):
+    for path in kaldifst.convert_nbest_to_vector(kaldifst.shortest_path(words, n=num_paths)):
         ok, _, seq, w = kaldifst.get_linear_symbol_sequence(path)
         if ok:
             scored.append((float(w.value) + lm_cost(G, seq), list(seq)))
     scored = [x for x in scored if x[0] != float("inf")]
     return min(scored)[1] if scored else None
+
+
+def shortest_distances(src: np.ndarray, dst: np.ndarray, cost: np.ndarray, init: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Tropical shortest distances over an acyclic graph, for C cost columns at once.
+
+    ``src``/``dst`` (E,) arcs, ``cost`` (E, C), ``init`` (S, C) the starting distances (inf: not a
+    start). Returns ``dist`` (S, C) and ``back`` (S, C): the arc that gives each state its distance
+    (-1: none). States are visited in topological order (Kahn's algorithm, one frontier of states at
+    a time, vectorised); reversing ``src`` and ``dst`` gives the distances to the end."""
+    S = init.shape[0]
+    dist = init.copy()
+    back = np.full(init.shape, -1, dtype=np.int64)
+    order = np.argsort(src, kind="stable")
+    offsets = np.searchsorted(src[order], np.arange(S + 1))
+    indegree = np.bincount(dst, minlength=S)
+    frontier = np.flatnonzero(indegree == 0)
+    while frontier.size:
+        lo, hi = offsets[frontier], offsets[frontier + 1]
+        lens = hi - lo
+        if lens.sum() == 0:
+            break
+        idx = order[np.repeat(lo - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(lens.sum())]
+        cand = dist[src[idx]] + cost[idx]
+        to = dst[idx]
+        np.minimum.at(dist, to, cand)
+        rows, cols = np.nonzero(cand <= dist[to])
+        back[to[rows], cols] = idx[rows]
+        np.subtract.at(indegree, to, 1)
+        nxt = np.unique(to)
+        frontier = nxt[indegree[nxt] == 0]
+    return dist, back
 
 
 @dataclass
@@ -169,37 +173,17 @@ class LatticeArcs:
         """Word ids of the best path under ``acoustic + lm_scale x graph + word_penalty x words``, for
         every (lm_scale, word_penalty) setting at once (None: no final state reachable).
 
-        Exact dynamic programming over the acyclic lattice in topological order (Kahn's algorithm,
-        one frontier of states at a time), vectorised over the settings: the lattice is read once
-        whatever the number of settings."""
-        S, C = self.num_states, len(settings)
+        Exact dynamic programming over the acyclic lattice (`shortest_distances`), vectorised over the
+        settings: the lattice is read once whatever the number of settings."""
         scale = np.array([s for s, _ in settings])[None, :]
         penalty = np.array([p for _, p in settings])[None, :]
         cost = self.acoustic[:, None] + scale * self.graph[:, None] + penalty * (self.olabel != 0)[:, None]
-        dist = np.full((S, C), np.inf)
-        dist[self.start] = 0.0
-        back = np.full((S, C), -1, dtype=np.int64)
-        order = np.argsort(self.src, kind="stable")
-        offsets = np.searchsorted(self.src[order], np.arange(S + 1))
-        indegree = np.bincount(self.dst, minlength=S)
-        frontier = np.flatnonzero(indegree == 0)
-        while frontier.size:
-            lo, hi = offsets[frontier], offsets[frontier + 1]
-            lens = hi - lo
-            if lens.sum() == 0:
-                break
-            idx = order[np.repeat(lo - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(lens.sum())]
-            cand = dist[self.src[idx]] + cost[idx]
-            dst = self.dst[idx]
-            np.minimum.at(dist, dst, cand)
-            rows, cols = np.nonzero(cand <= dist[dst])
-            back[dst[rows], cols] = idx[rows]
-            np.subtract.at(indegree, dst, 1)
-            nxt = np.unique(dst)
-            frontier = nxt[indegree[nxt] == 0]
+        init = np.full((self.num_states, len(settings)), np.inf)
+        init[self.start] = 0.0
+        dist, back = shortest_distances(self.src, self.dst, cost, init)
         total = dist[self.final_state] + self.final_acoustic[:, None] + scale * self.final_graph[:, None]
         out: list[list[int] | None] = []
-        for c in range(C):
+        for c in range(len(settings)):
             if total.shape[0] == 0 or not np.isfinite(total[:, c].min()):
                 out.append(None)
                 continue
@@ -211,6 +195,40 @@ class LatticeArcs:
                 state = int(self.src[arc])
             out.append(words[::-1])
         return out
+
+    @functools.cached_property
+    def margins(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each arc and each final state: how much worse the best path through it is than the best
+        path, by the first-pass cost (acoustic + graph, what the decoder's lattice beam measures); one
+        forward and one backward pass."""
+        cost = (self.acoustic + self.graph)[:, None]
+        init = np.full((self.num_states, 1), np.inf)
+        init[self.start] = 0.0
+        forward = shortest_distances(self.src, self.dst, cost, init)[0][:, 0]
+        final_cost = self.final_acoustic + self.final_graph
+        init = np.full((self.num_states, 1), np.inf)
+        np.minimum.at(init[:, 0], self.final_state, final_cost)
+        backward = shortest_distances(self.dst, self.src, cost, init)[0][:, 0]
+        through_final = forward[self.final_state] + final_cost
+        best = through_final.min(initial=np.inf)
+        return forward[self.src] + cost[:, 0] + backward[self.dst] - best, through_final - best
+
+    def pruned(self, beam: float) -> "LatticeArcs":
+        """The lattice without the arcs and final states on no path within ``beam`` of the best one."""
+        arc_margin, final_margin = self.margins
+        keep, fin = arc_margin <= beam, final_margin <= beam
+        return LatticeArcs(self.start, self.num_states, self.src[keep], self.dst[keep], self.olabel[keep],
+                           self.graph[keep], self.acoustic[keep], self.final_state[fin], self.final_graph[fin],
+                           self.final_acoustic[fin])
+
+    def bounded(self, max_arcs: int, beam: float) -> tuple["LatticeArcs", float | None]:
+        """The lattice pruned to the largest beam (at most ``beam``) that leaves at most ``max_arcs``
+        arcs (the best path's always stay), and that beam (None: the lattice was small enough as it is)."""
+        if len(self.src) <= max_arcs:
+            return self, None
+        first_over = float(np.partition(self.margins[0], max_arcs)[max_arcs])  # the margin of arc max_arcs + 1
+        beam = min(beam, max(float(np.nextafter(first_over, -np.inf)), 1e-6))
+        return self.pruned(beam), beam
 
     def word_fst(self, lm_scale: float, word_penalty: float) -> kaldifst.StdVectorFst:
         """Acceptor of the words (token arcs are epsilons) costing ``(acoustic + word_penalty x words) /
@@ -229,15 +247,36 @@ class LatticeArcs:
         return fst
 
 
-def rescore_lattice(arcs: LatticeArcs, G: kaldifst.StdVectorFst, lm_scale: float, word_penalty: float,
-                    num_paths: int = 0) -> list[int] | None:
-    """Best word sequence of the lattice with its first-pass LM costs replaced by G's (whole lattice:
-    one composition, epsilons and all; ``num_paths`` > 0: the n best distinct word sequences)."""
-    words = arcs.word_fst(lm_scale, word_penalty)
-    if num_paths > 0:
+def word_lattice(arcs: LatticeArcs, lm_scale: float, word_penalty: float, beam: float,
+                 max_states: int) -> tuple[kaldifst.StdVectorFst, float | None]:
+    """The word lattice a rescoring G is composed with: `LatticeArcs.word_fst`, epsilons removed,
+    determinised (each word sequence once, at its best cost), arcs sorted; under ``max_states`` states.
+
+    Where determinisation would exceed ``max_states`` (it stops there), the lattice is pruned to
+    half the beam (from ``beam``, the beam it already has) and determinised again, as Kaldi's
+    lattice-determinize-pruned tightens its beam when over its memory bound. Returns the lattice
+    and the beam it was pruned to (None: not pruned here)."""
+    pruned_to: float | None = None
+    current = arcs
+    while True:
+        words = current.word_fst(lm_scale, word_penalty)
         kaldifst.rmepsilon(words)
-        kaldifst.arcsort(words, sort_type="olabel")
-    return rescore_word_fst(words, G, num_paths)
+        det = kaldifst.determinize(words, nstate=max_states)
+        if det.num_states < max_states:
+            kaldifst.arcsort(det, sort_type="olabel")
+            return det, pruned_to
+        beam = pruned_to = beam / 2
+        current = arcs.pruned(beam)
+
+
+def rescore_lattice(arcs: LatticeArcs, G: kaldifst.StdVectorFst, lm_scale: float, word_penalty: float,
+                    num_paths: int = 0, beam: float = 8.0,
+                    max_states: int = MIN_LATTICE_BOUND) -> tuple[list[int] | None, float | None]:
+    """Best word sequence of the lattice with its first-pass LM costs replaced by G's (whole lattice:
+    the word lattice of `word_lattice` composed with G; ``num_paths`` > 0: its n best word sequences,
+    each scored by G), and the beam `word_lattice` pruned to (None: not pruned)."""
+    words, pruned_to = word_lattice(arcs, lm_scale, word_penalty, beam, max_states)
+    return rescore_word_fst(words, G, num_paths), pruned_to
 
 
 class LatticeSearch:
@@ -275,13 +314,32 @@ class LatticeSearch:
         elif self.G is None:
             out = arcs.best_paths(self.settings)
         else:
-            out = [rescore_lattice(arcs, self.G, s, p, self.opts.num_paths or 0) for s, p in self.settings]
+            out = self._rescore(arcs, mat.shape[0])
         if any(o is None for o in out):
             # No path survives with this LM (e.g. its vocabulary misses a word): keep the first pass.
             ok, best = self.decoder.get_best_path(use_final_probs=False)
             ok, _, first, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
             out = [o if o is not None else (list(first) if ok else []) for o in out]
         return out  # type: ignore[return-value]
+
+    def _rescore(self, arcs: LatticeArcs, num_frames: int) -> list[list[int] | None]:
+        """Each setting's best word sequence under the rescoring G, the lattice bounded first
+        (`lattice_bounds`): a barely trained model's lattice is pruned, with a warning, rather than
+        left to exhaust time and memory."""
+        max_arcs, max_states = lattice_bounds(num_frames)
+        size = len(arcs.src)
+        arcs, beam = arcs.bounded(max_arcs, self.opts.lattice_beam)
+        out = []
+        for s, p in self.settings:
+            words, det_beam = rescore_lattice(arcs, self.G, s, p, self.opts.num_paths or 0,
+                                              beam or self.opts.lattice_beam, max_states)
+            out.append(words)
+            beam = det_beam if det_beam is not None else beam
+        if beam is not None:
+            log.warning("hlg-rescore: a %d-frame lattice of %d arcs was pruned to beam %.3g (from %g) to stay under "
+                        "%d arcs and a %d-state word lattice; a barely trained model?", num_frames, size, beam,
+                        self.opts.lattice_beam, max_arcs, max_states)
+        return out
 
     def decode(self, mat: np.ndarray) -> list[int] | list[list[int]]:
         """Word ids of the best path (one setting), or a list of them (a sweep)."""
