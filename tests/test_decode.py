@@ -597,7 +597,24 @@ def test_word_lattice_holds_each_word_sequence_at_its_best_cost_and_stays_bounde
     assert all(np.isclose(got[s], want[s], rtol=1e-4, atol=2e-3) for s in want)  # float32 weights
 
 
-def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_path, caplog):
+def test_word_lattice_of_tied_paths_over_its_bound_keeps_one_best_path():
+    """Exactly flat scores: 2^4 word sequences tied at the best cost overflow a 4-state bound at any
+    beam; the halving stops and one of the tied sequences is kept."""
+    import kaldifst
+
+    from toolkit.decode.wfst import LatticeArcs, word_lattice
+
+    src = np.repeat(np.arange(4), 2)
+    lat = LatticeArcs(0, 5, src, src + 1, np.tile([1, 2], 4) + 2 * src, np.ones(8), np.ones(8), np.array([4]),
+                      np.zeros(1), np.zeros(1))
+    fst, pruned_to = word_lattice(lat, 1.0, 0.0, beam=8.0, max_states=4)
+    paths = kaldifst.convert_nbest_to_vector(kaldifst.shortest_path(fst, n=100))
+    assert pruned_to == 0.0 and len(paths) == 1
+    ok, _, seq, _ = kaldifst.get_linear_symbol_sequence(paths[0])
+    assert ok and [w - 2 * k in (1, 2) for k, w in enumerate(seq)] == [True] * 4
+
+
+def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_path, caplog, monkeypatch):
     """A near-uniform model's lattice holds more word sequences than a composition with a 4-gram can
     hold (composing it whole ran for minutes and gigabytes): hlg-rescore prunes it to its bound, says
     so, and still answers, whole-lattice and n-best alike."""
@@ -616,11 +633,25 @@ def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_pa
     raw = LatticeArcs.from_lattice(decoder.get_raw_lattice(use_final_probs=True)[1])
     max_arcs, max_states = lattice_bounds(lp.shape[0])
     assert len(raw.src) > 10 * max_arcs  # the case this is about
+    import toolkit.decode.wfst as wfst
+
+    answers = []  # what each rescoring found (None would mean the first pass was kept instead)
+
+    def spy(*a, **kw):
+        answers.append(rescore_word_fst(*a, **kw))
+        return answers[-1]
+
+    rescore_word_fst = wfst.rescore_word_fst
+    monkeypatch.setattr(wfst, "rescore_word_fst", spy)
     for num_paths in (0, 50):
         caplog.clear()
+        answers.clear()
         with caplog.at_level(logging.WARNING, logger="toolkit.decode"):
-            words = hlg_words(lang_dir, [lp], method="hlg-rescore", rescore_g=lang_dir / "G_4_rescore.fst",
-                              opts={"beam": 10.0, "num_paths": num_paths})
-        assert len(words[0].split()) >= 3
+            # the same setting three times in one sweep: each from the same bounded lattice
+            out = decode_matrices([lp], "hlg-rescore", lang_dir / "HLG.fst", SearchOptions(beam=10.0, num_paths=num_paths),
+                                  rescore_g=lang_dir / "G_4_rescore.fst", backoff_id=lg.words["#0"],
+                                  settings=[(1.0, 0.0)] * 3)[0][0]
+        assert len(answers) == 3 and all(a is not None and len(a) >= 3 for a in answers)
+        assert out == [answers[0]] * 3
         warned = [r.getMessage() for r in caplog.records if "was pruned to beam" in r.getMessage()]
         assert len(warned) == 1 and f"under {max_arcs} arcs and a {max_states}-state word lattice" in warned[0]

@@ -115,8 +115,8 @@ PRUNE_THRESHOLDS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
 def bounded_lattice(lattice, num_frames: int, what: str):
-    """The lattice as it is if it has at most `lattice_bounds` arcs for ``num_frames`` frames of
-    audio, else pruned on arc posteriors (``k2.prune_on_arc_post``, the thresholds of
+    """The lattice (a batch's FsaVec) as it is if it has at most `lattice_bounds` arcs for
+    ``num_frames``, the batch's frames, else pruned on arc posteriors (``k2.prune_on_arc_post``, the thresholds of
     `PRUNE_THRESHOLDS` in turn, as icefall prunes a lattice whose rescoring runs out of memory)
     until it does, with a warning naming ``what`` (the method): a barely trained model's lattice
     would otherwise exhaust memory in the composition with a 4-gram."""
@@ -130,7 +130,8 @@ def bounded_lattice(lattice, num_frames: int, what: str):
         if pruned.num_arcs <= max_arcs:
             break
     log.warning("%s: a lattice of %d arcs over %d frames was pruned to %d arcs (arc posterior >= %g) to stay "
-                "under %d; a barely trained model?", what, size, num_frames, pruned.num_arcs, threshold, max_arcs)
+                "under %d%s; a barely trained model?", what, size, num_frames, pruned.num_arcs, threshold, max_arcs,
+                "" if pruned.num_arcs <= max_arcs else " (still over it at the largest threshold)")
     return pruned
 
 

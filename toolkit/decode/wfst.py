@@ -211,6 +211,8 @@ class LatticeArcs:
         backward = shortest_distances(self.dst, self.src, cost, init)[0][:, 0]
         through_final = forward[self.final_state] + final_cost
         best = through_final.min(initial=np.inf)
+        if not np.isfinite(best):  # no complete path: nothing is within any beam
+            return np.full(len(self.src), np.inf), np.full(len(self.final_state), np.inf)
         return forward[self.src] + cost[:, 0] + backward[self.dst] - best, through_final - best
 
     def pruned(self, beam: float) -> "LatticeArcs":
@@ -223,8 +225,9 @@ class LatticeArcs:
 
     def bounded(self, max_arcs: int, beam: float) -> tuple["LatticeArcs", float | None]:
         """The lattice pruned to the largest beam (at most ``beam``) that leaves at most ``max_arcs``
-        arcs (the best path's always stay), and that beam (None: the lattice was small enough as it is)."""
-        if len(self.src) <= max_arcs:
+        arcs, and that beam (None: the lattice was small enough as it is, or has no complete path).
+        The arcs of the paths tied with the best one always stay, however many they are."""
+        if len(self.src) <= max_arcs or not np.isfinite(self.margins[0]).any():
             return self, None
         first_over = float(np.partition(self.margins[0], max_arcs)[max_arcs])  # the margin of arc max_arcs + 1
         beam = min(beam, max(float(np.nextafter(first_over, -np.inf)), 1e-6))
@@ -247,15 +250,19 @@ class LatticeArcs:
         return fst
 
 
+MIN_BEAM = 1e-3  # below this, word_lattice keeps the single best path
+
+
 def word_lattice(arcs: LatticeArcs, lm_scale: float, word_penalty: float, beam: float,
                  max_states: int) -> tuple[kaldifst.StdVectorFst, float | None]:
     """The word lattice a rescoring G is composed with: `LatticeArcs.word_fst`, epsilons removed,
     determinised (each word sequence once, at its best cost), arcs sorted; under ``max_states`` states.
 
     Where determinisation would exceed ``max_states`` (it stops there), the lattice is pruned to
-    half the beam (from ``beam``, the beam it already has) and determinised again, as Kaldi's
-    lattice-determinize-pruned tightens its beam when over its memory bound. Returns the lattice
-    and the beam it was pruned to (None: not pruned here)."""
+    half its beam (``beam``, or the widest margin it has if that is less) and determinised again,
+    as Kaldi's lattice-determinize-pruned tightens its beam when over its memory bound; below
+    `MIN_BEAM` (paths tied with the best one overflow it) only the first-pass best path is kept.
+    Returns the lattice and the beam it was pruned to (None: not pruned here)."""
     pruned_to: float | None = None
     current = arcs
     while True:
@@ -265,6 +272,14 @@ def word_lattice(arcs: LatticeArcs, lm_scale: float, word_penalty: float, beam: 
         if det.num_states < max_states:
             kaldifst.arcsort(det, sort_type="olabel")
             return det, pruned_to
+        if pruned_to is None:
+            finite = arcs.margins[0][np.isfinite(arcs.margins[0])]
+            beam = min(beam, float(finite.max(initial=0.0)))
+        if beam / 2 < MIN_BEAM:
+            best = arcs.best_paths([(1.0, 0.0)])[0]
+            one = kaldifst.make_linear_acceptor(best or [])
+            kaldifst.arcsort(one, sort_type="olabel")
+            return one, 0.0
         beam = pruned_to = beam / 2
         current = arcs.pruned(beam)
 
@@ -328,16 +343,17 @@ class LatticeSearch:
         left to exhaust time and memory."""
         max_arcs, max_states = lattice_bounds(num_frames)
         size = len(arcs.src)
-        arcs, beam = arcs.bounded(max_arcs, self.opts.lattice_beam)
-        out = []
-        for s, p in self.settings:
-            words, det_beam = rescore_lattice(arcs, self.G, s, p, self.opts.num_paths or 0,
-                                              beam or self.opts.lattice_beam, max_states)
+        arcs, bounded_to = arcs.bounded(max_arcs, self.opts.lattice_beam)
+        start = bounded_to if bounded_to is not None else self.opts.lattice_beam
+        out, beams = [], [bounded_to]
+        for s, p in self.settings:  # every setting from the same bounded lattice
+            words, det_beam = rescore_lattice(arcs, self.G, s, p, self.opts.num_paths or 0, start, max_states)
             out.append(words)
-            beam = det_beam if det_beam is not None else beam
-        if beam is not None:
+            beams.append(det_beam)
+        beams = [b for b in beams if b is not None]
+        if beams:
             log.warning("hlg-rescore: a %d-frame lattice of %d arcs was pruned to beam %.3g (from %g) to stay under "
-                        "%d arcs and a %d-state word lattice; a barely trained model?", num_frames, size, beam,
+                        "%d arcs and a %d-state word lattice; a barely trained model?", num_frames, size, min(beams),
                         self.opts.lattice_beam, max_arcs, max_states)
         return out
 
