@@ -29,7 +29,7 @@ import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from toolkit.decode.options import MIN_LATTICE_BOUND, SearchOptions, lattice_bounds
+from toolkit.decode.options import SearchOptions, lattice_bounds
 from toolkit.lm.graph import read_fst, remove_backoff_disambig
 from toolkit.utils import ToolkitError
 
@@ -284,16 +284,6 @@ def word_lattice(arcs: LatticeArcs, lm_scale: float, word_penalty: float, beam: 
         current = arcs.pruned(beam)
 
 
-def rescore_lattice(arcs: LatticeArcs, G: kaldifst.StdVectorFst, lm_scale: float, word_penalty: float,
-                    num_paths: int = 0, beam: float = 8.0,
-                    max_states: int = MIN_LATTICE_BOUND) -> tuple[list[int] | None, float | None]:
-    """Best word sequence of the lattice with its first-pass LM costs replaced by G's (whole lattice:
-    the word lattice of `word_lattice` composed with G; ``num_paths`` > 0: its n best word sequences,
-    each scored by G), and the beam `word_lattice` pruned to (None: not pruned)."""
-    words, pruned_to = word_lattice(arcs, lm_scale, word_penalty, beam, max_states)
-    return rescore_word_fst(words, G, num_paths), pruned_to
-
-
 class LatticeSearch:
     """Lattice decoding over HLG.fst, then the best word sequence under ``acoustics + lm_scale x LM +
     word_penalty x words`` for one or several (lm_scale, word_penalty) settings.
@@ -347,8 +337,8 @@ class LatticeSearch:
         start = bounded_to if bounded_to is not None else self.opts.lattice_beam
         out, beams = [], [bounded_to]
         for s, p in self.settings:  # every setting from the same bounded lattice
-            words, det_beam = rescore_lattice(arcs, self.G, s, p, self.opts.num_paths or 0, start, max_states)
-            out.append(words)
+            words, det_beam = word_lattice(arcs, s, p, start, max_states)
+            out.append(rescore_word_fst(words, self.G, self.opts.num_paths or 0))
             beams.append(det_beam)
         beams = [b for b in beams if b is not None]
         if beams:
