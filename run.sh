@@ -5,7 +5,7 @@
 # six languages with espeak-ng, pretrains a `tiny` wav2vec 2.0 model on five of them (XLSR
 # language sampling), fine-tunes it with CTC on the held-out language from about 3 minutes of
 # transcribed audio, fine-tunes the same model from scratch on the same data, decodes both with
-# greedy CTC and an HLG graph (3-gram LM on the training transcripts), and writes RESULTS.md
+# greedy CTC and an HLG graph (3-gram LM on Italian sentences outside dev and test), and writes RESULTS.md
 # comparing pretrained and scratch per decoding method. Every stage is the Common Voice recipe's
 # (recipes/commonvoice/run.sh); this script only chooses its settings.
 # It ends with `RESULT wer_pretrained=<x>` and `RESULT wer_scratch=<y>` (test WER, %, with the
