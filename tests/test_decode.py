@@ -643,6 +643,9 @@ def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_pa
 
     rescore_word_fst = wfst.rescore_word_fst
     monkeypatch.setattr(wfst, "rescore_word_fst", spy)
+    # the search's own probe would lower the beam first (the next test); this one is about the
+    # lattice bound behind it, for lattices the probe lets through
+    monkeypatch.setattr(wfst, "SEARCH_PROBE_ARCS_PER_FRAME", float("inf"))
     for num_paths in (0, 50):
         caplog.clear()
         answers.clear()
@@ -655,3 +658,46 @@ def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_pa
         assert out == [answers[0]] * 3
         warned = [r.getMessage() for r in caplog.records if "was pruned to beam" in r.getMessage()]
         assert len(warned) == 1 and f"under {max_arcs} arcs and a {max_states}-state word lattice" in warned[0]
+
+
+def test_lattice_search_of_flat_posteriors_lowers_its_beams_and_of_peaky_ones_does_not(tmp_path, caplog):
+    """kaldi-decoder's lattice search has no max-active: on a barely trained model's near-flat
+    posteriors its beams are lowered (a probe on the least certain frames keeps too many lattice
+    arcs), with a warning, and the answer is that of the search at the lowered beams; a confident
+    model's search is left exactly as configured. Checked against kaldi-decoder called directly."""
+    import logging
+
+    import kaldi_decoder
+
+    from toolkit.decode.options import SEARCH_PROBE_ARCS_PER_FRAME
+    from toolkit.decode.wfst import LatticeArcs, LatticeSearch, read_fst, to_matrix
+
+    lang_dir = tmp_path / "lang"
+    lg, flat = flat_model_lang(lang_dir)
+    graph = read_fst(lang_dir / "HLG.fst")
+    # a confident model: one token per frame far above the rest (the flat model's argmax)
+    peaky = np.full_like(flat, -30.0)
+    peaky[np.arange(len(flat)), flat.argmax(axis=1)] = 0.0
+
+    def direct(lp, beam, lattice_beam):  # best word sequence and lattice arcs, kaldi-decoder alone
+        dec = kaldi_decoder.LatticeSimpleDecoder(graph, kaldi_decoder.LatticeSimpleDecoderConfig(beam=beam, lattice_beam=lattice_beam))
+        dec.decode(kaldi_decoder.DecodableCtc(to_matrix(lp)))
+        arcs = LatticeArcs.from_lattice(dec.get_raw_lattice(use_final_probs=True)[1])
+        return arcs.best_paths([(1.0, 0.0)])[0], len(arcs.src)
+
+    opts = SearchOptions(beam=16.0, lattice_beam=8.0)
+    search = LatticeSearch(lang_dir / "HLG.fst", None, None, opts)
+    for lp, lowered in ((flat, True), (peaky, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="toolkit.decode"):
+            beam, lattice_beam = search.search_beams(lp)
+            words = search.decode(lp)
+        warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lattice search:")]
+        want, size = direct(lp, beam, lattice_beam)
+        assert words == want and len(words) > 0
+        if lowered:
+            assert beam < opts.beam and lattice_beam < opts.lattice_beam and len(warned) == 2  # search_beams, decode
+            assert f"(over {SEARCH_PROBE_ARCS_PER_FRAME})" in warned[0] and f"searched at beam {beam:.3g}" in warned[0]
+            assert size * 10 < direct(lp, opts.beam, opts.lattice_beam)[1]  # the lattice it would have searched
+        else:
+            assert (beam, lattice_beam) == (opts.beam, opts.lattice_beam) and warned == []

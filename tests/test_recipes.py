@@ -250,7 +250,7 @@ def check_results(results_md: Path, expected: list[str]) -> None:
 def test_commonvoice_recipe_end_to_end(tmp_path: Path) -> None:
     run = ROOT / "recipes" / "commonvoice" / "run.sh"
     opts = (f"--work-dir {tmp_path} --synthetic true --languages 'de fr' --finetune-languages es "
-            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-speakers 4 --size tiny "
+            f"--synth-minutes 1.5 --synth-finetune-minutes 1.5 --synth-test-minutes 0.75 --synth-speakers 4 --size tiny "
             f"--finetune-inits 'pretrained scratch' --finetune-jobs 2 "
             f"--decode-methods '{' '.join(['greedy', 'hlg', 'hlg-rescore', *k2_methods()])}' "
             f"--lm-scales '0.5 1.0 1.5' --word-penalties '-1 0 1' "

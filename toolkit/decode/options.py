@@ -18,6 +18,19 @@ RESCORE_METHODS = ("k2-nbest-rescore", "k2-whole-lattice-rescore")  # k2's searc
 LATTICE_ARCS_PER_FRAME = 200
 WORD_LATTICE_STATES_PER_FRAME = 50
 MIN_LATTICE_BOUND = 5000
+# The CPU lattice search (kaldi-decoder's LatticeSimpleDecoder) has no max-active: with near-flat
+# posteriors it keeps thousands of tokens per frame within the beam and takes minutes per utterance.
+# Before each search, the utterance's least certain SEARCH_PROBE_FRAMES frames are searched alone;
+# while that probe keeps more than SEARCH_PROBE_ARCS_PER_FRAME lattice arcs per frame, both beams
+# are scaled by SEARCH_BEAM_STEP (down to SEARCH_MIN_BEAM), with a warning
+# (`toolkit.decode.wfst.LatticeSearch.search_beams`). Measured on the embedded default's Italian dev
+# set: trained models' probes keep 1-11 arcs per frame (left as configured); a model after one
+# update keeps 250-650, and its whole-utterance lattices grow to thousands per frame, which is why
+# the probe's bound is lower than LATTICE_ARCS_PER_FRAME (search RTF 4.6 -> 0.28 there).
+SEARCH_PROBE_FRAMES = 25
+SEARCH_PROBE_ARCS_PER_FRAME = 50
+SEARCH_BEAM_STEP = 0.75
+SEARCH_MIN_BEAM = 1.0
 
 
 def lattice_bounds(num_frames: int) -> tuple[int, int]:

@@ -29,7 +29,8 @@ import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from toolkit.decode.options import SearchOptions, lattice_bounds
+from toolkit.decode.options import (SEARCH_BEAM_STEP, SEARCH_MIN_BEAM, SEARCH_PROBE_ARCS_PER_FRAME, SEARCH_PROBE_FRAMES,
+                                    SearchOptions, lattice_bounds)
 from toolkit.lm.graph import read_fst, remove_backoff_disambig
 from toolkit.utils import ToolkitError
 
@@ -302,39 +303,72 @@ class LatticeSearch:
         self.settings = list(settings or [(opts.lm_scale, opts.word_penalty)])
         self.graph = read_fst(hlg)
         self.G = remove_backoff_disambig(read_fst(G), backoff_id) if G is not None else None
-        self.decoder = kaldi_decoder.LatticeSimpleDecoder(
-            self.graph,
-            kaldi_decoder.LatticeSimpleDecoderConfig(beam=opts.beam, lattice_beam=opts.lattice_beam),
-        )
+        self._decoders: dict[tuple[float, float], kaldi_decoder.LatticeSimpleDecoder] = {}
+
+    def _decoder(self, beam: float, lattice_beam: float) -> kaldi_decoder.LatticeSimpleDecoder:
+        if (beam, lattice_beam) not in self._decoders:
+            self._decoders[beam, lattice_beam] = kaldi_decoder.LatticeSimpleDecoder(
+                self.graph, kaldi_decoder.LatticeSimpleDecoderConfig(beam=beam, lattice_beam=lattice_beam))
+        return self._decoders[beam, lattice_beam]
+
+    def _arcs_per_frame(self, mat: np.ndarray, beam: float, lattice_beam: float) -> float:
+        decoder = self._decoder(beam, lattice_beam)
+        decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
+        ok, lat = decoder.get_raw_lattice(use_final_probs=True)  # no final state reached: every token is final
+        arcs = sum(1 for line in lat.to_str().splitlines() if len(line.split()) >= 4) if ok else 0
+        return arcs / mat.shape[0]
+
+    def search_beams(self, mat: np.ndarray) -> tuple[float, float]:
+        """(beam, lattice beam) of this utterance's search: the configured ones unless a probe of the
+        search on its least certain ``SEARCH_PROBE_FRAMES`` frames (lowest mean best log-prob) keeps
+        more than ``SEARCH_PROBE_ARCS_PER_FRAME`` lattice arcs per frame; then both are scaled down by
+        ``SEARCH_BEAM_STEP`` until the probe fits or the beam reaches ``SEARCH_MIN_BEAM``, with a
+        warning. kaldi-decoder's lattice search has no max-active, and near-flat posteriors (a barely
+        trained model) would otherwise keep thousands of tokens per frame: minutes per utterance."""
+        beam, lattice_beam = self.opts.beam, self.opts.lattice_beam
+        n = min(SEARCH_PROBE_FRAMES, mat.shape[0])
+        certainty = np.convolve(mat.max(axis=1), np.ones(n), mode="valid")
+        window = mat[int(np.argmin(certainty)):][:n]
+        first = per_frame = self._arcs_per_frame(window, beam, lattice_beam)
+        while per_frame > SEARCH_PROBE_ARCS_PER_FRAME and beam > SEARCH_MIN_BEAM:
+            beam, lattice_beam = max(SEARCH_MIN_BEAM, beam * SEARCH_BEAM_STEP), lattice_beam * SEARCH_BEAM_STEP
+            per_frame = self._arcs_per_frame(window, beam, lattice_beam)
+        if beam != self.opts.beam:
+            log.warning("lattice search: a %d-frame probe kept %.0f lattice arcs per frame at beam %g (over %d); "
+                        "searched at beam %.3g, lattice beam %.3g instead; a barely trained model?", n, first,
+                        self.opts.beam, SEARCH_PROBE_ARCS_PER_FRAME, beam, lattice_beam)
+        return beam, lattice_beam
 
     def decode_all(self, mat: np.ndarray) -> list[list[int]]:
         """Word ids of the best path for each setting, for (T, V) log-probs (acoustic scale applied here)."""
         if mat.shape[0] == 0:
             return [[] for _ in self.settings]
-        self.decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
-        ok, lat = self.decoder.get_raw_lattice(use_final_probs=True)
+        beam, lattice_beam = self.search_beams(mat)
+        decoder = self._decoder(beam, lattice_beam)
+        decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
+        ok, lat = decoder.get_raw_lattice(use_final_probs=True)
         arcs = LatticeArcs.from_lattice(lat) if ok and lat.num_states > 0 else None
         if arcs is None:
             out: list[list[int] | None] = [None] * len(self.settings)
         elif self.G is None:
             out = arcs.best_paths(self.settings)
         else:
-            out = self._rescore(arcs, mat.shape[0])
+            out = self._rescore(arcs, mat.shape[0], lattice_beam)
         if any(o is None for o in out):
             # No path survives with this LM (e.g. its vocabulary misses a word): keep the first pass.
-            ok, best = self.decoder.get_best_path(use_final_probs=False)
+            ok, best = decoder.get_best_path(use_final_probs=False)
             ok, _, first, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
             out = [o if o is not None else (list(first) if ok else []) for o in out]
         return out  # type: ignore[return-value]
 
-    def _rescore(self, arcs: LatticeArcs, num_frames: int) -> list[list[int] | None]:
+    def _rescore(self, arcs: LatticeArcs, num_frames: int, lattice_beam: float) -> list[list[int] | None]:
         """Each setting's best word sequence under the rescoring G, the lattice bounded first
         (`lattice_bounds`): a barely trained model's lattice is pruned, with a warning, rather than
         left to exhaust time and memory."""
         max_arcs, max_states = lattice_bounds(num_frames)
         size = len(arcs.src)
-        arcs, bounded_to = arcs.bounded(max_arcs, self.opts.lattice_beam)
-        start = bounded_to if bounded_to is not None else self.opts.lattice_beam
+        arcs, bounded_to = arcs.bounded(max_arcs, lattice_beam)
+        start = bounded_to if bounded_to is not None else lattice_beam
         out, beams = [], [bounded_to]
         for s, p in self.settings:  # every setting from the same bounded lattice
             words, det_beam = word_lattice(arcs, s, p, start, max_states)
@@ -344,7 +378,7 @@ class LatticeSearch:
         if beams:
             log.warning("hlg-rescore: a %d-frame lattice of %d arcs was pruned to beam %.3g (from %g) to stay under "
                         "%d arcs and a %d-state word lattice; a barely trained model?", num_frames, size, min(beams),
-                        self.opts.lattice_beam, max_arcs, max_states)
+                        lattice_beam, max_arcs, max_states)
         return out
 
     def decode(self, mat: np.ndarray) -> list[int] | list[list[int]]:
