@@ -26,7 +26,7 @@ MIN_LATTICE_BOUND = 5000
 # (`toolkit.decode.wfst.LatticeSearch.search_beams`). Measured on the embedded default's Italian dev
 # set: trained models' probes keep 1-11 arcs per frame (left as configured); a model after one
 # update keeps 250-650, and its whole-utterance lattices grow to thousands per frame, which is why
-# the probe's bound is lower than LATTICE_ARCS_PER_FRAME (search RTF 4.6 -> 0.28 there).
+# the probe's bound is lower than LATTICE_ARCS_PER_FRAME (search RTF 4.57 -> 0.16 there).
 SEARCH_PROBE_FRAMES = 25
 SEARCH_PROBE_ARCS_PER_FRAME = 50
 SEARCH_BEAM_STEP = 0.75
