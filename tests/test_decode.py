@@ -643,15 +643,13 @@ def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_pa
 
     rescore_word_fst = wfst.rescore_word_fst
     monkeypatch.setattr(wfst, "rescore_word_fst", spy)
-    # the search's own probe would lower the beam first (the next test); this one is about the
-    # lattice bound behind it, for lattices the probe lets through
-    monkeypatch.setattr(wfst, "SEARCH_PROBE_ARCS_PER_FRAME", float("inf"))
     for num_paths in (0, 50):
         caplog.clear()
         answers.clear()
         with caplog.at_level(logging.WARNING, logger="toolkit.decode"):
-            # the same setting three times in one sweep: each from the same bounded lattice
-            out = decode_matrices([lp], "hlg-rescore", lang_dir / "HLG.fst", SearchOptions(beam=10.0, num_paths=num_paths),
+            # the same setting three times in one sweep: each from the same bounded lattice (the search's
+            # probe off: it would lower the beams first, the next test; this is the bound behind it)
+            out = decode_matrices([lp], "hlg-rescore", lang_dir / "HLG.fst", SearchOptions(beam=10.0, num_paths=num_paths, probe_arcs=0),
                                   rescore_g=lang_dir / "G_4_rescore.fst", backoff_id=lg.words["#0"],
                                   settings=[(1.0, 0.0)] * 3)[0][0]
         assert len(answers) == 3 and all(a is not None and len(a) >= 3 for a in answers)
@@ -660,7 +658,7 @@ def test_rescoring_a_barely_trained_models_lattice_is_pruned_to_its_bound(tmp_pa
         assert len(warned) == 1 and f"under {max_arcs} arcs and a {max_states}-state word lattice" in warned[0]
 
 
-def test_lattice_search_of_flat_posteriors_lowers_its_beams_and_of_peaky_ones_does_not(tmp_path, caplog):
+def test_lattice_search_of_flat_posteriors_lowers_its_beams_and_of_peaky_ones_does_not(tmp_path, caplog, monkeypatch):
     """kaldi-decoder's lattice search has no max-active: on a barely trained model's near-flat
     posteriors its beams are lowered (a probe on the least certain frames keeps too many lattice
     arcs), with a warning, and the answer is that of the search at the lowered beams; a confident
@@ -669,7 +667,7 @@ def test_lattice_search_of_flat_posteriors_lowers_its_beams_and_of_peaky_ones_do
 
     import kaldi_decoder
 
-    from toolkit.decode.options import SEARCH_PROBE_ARCS_PER_FRAME
+    import toolkit.decode.wfst as wfst
     from toolkit.decode.wfst import LatticeArcs, LatticeSearch, read_fst, to_matrix
 
     lang_dir = tmp_path / "lang"
@@ -697,7 +695,23 @@ def test_lattice_search_of_flat_posteriors_lowers_its_beams_and_of_peaky_ones_do
         assert words == want and len(words) > 0
         if lowered:
             assert beam < opts.beam and lattice_beam < opts.lattice_beam and len(warned) == 2  # search_beams, decode
-            assert f"(over {SEARCH_PROBE_ARCS_PER_FRAME})" in warned[0] and f"searched at beam {beam:.3g}" in warned[0]
+            assert f"(over {opts.probe_arcs:g})" in warned[0] and f"searched at beam {beam:.3g}" in warned[0]
             assert size * 10 < direct(lp, opts.beam, opts.lattice_beam)[1]  # the lattice it would have searched
         else:
             assert (beam, lattice_beam) == (opts.beam, opts.lattice_beam) and warned == []
+    # --probe-arcs 0: the configured search, whatever the posteriors
+    off = SearchOptions(beam=16.0, lattice_beam=8.0, probe_arcs=0)
+    assert LatticeSearch(lang_dir / "HLG.fst", None, None, off).search_beams(flat) == (16.0, 8.0)
+    # no path survives the rescoring LM: the first pass's best path, not an error (it raised before)
+    monkeypatch.setattr(wfst, "rescore_word_fst", lambda *a, **kw: None)
+    rescore = LatticeSearch(lang_dir / "HLG.fst", lang_dir / "G_4_rescore.fst", lg.words["#0"], opts)
+    assert rescore.decode(peaky) == direct(peaky, opts.beam, opts.lattice_beam)[0]
+
+
+@pytest.mark.parametrize("bad", [{"beam": float("inf")}, {"lattice_beam": float("nan")}, {"probe_arcs": -1.0},
+                                 {"probe_arcs": float("inf")}])
+def test_search_options_refuse_beams_no_search_can_use(bad):
+    from toolkit.utils import ToolkitError
+
+    with pytest.raises(ToolkitError, match="must be"):
+        SearchOptions(**bad).check()

@@ -50,13 +50,18 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                              "lattice, k2-nbest-rescore 100; 0 = whole lattice, hlg-rescore only)")
     parser.add_argument("--nbest-scale", type=float, default=d.nbest_scale,
                         help="k2-nbest-rescore: lattice scores are scaled by this before sampling the paths")
+    parser.add_argument("--probe-arcs", type=float, default=d.probe_arcs,
+                        help="CPU lattice search (hlg sweeps, hlg-rescore): lower the beams, with a warning, for an "
+                             "utterance whose least certain frames keep more lattice arcs per frame than this "
+                             "(a barely trained model); 0 = search exactly as configured")
 
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
     """The `SearchOptions` of the flags of `add_search_arguments`, checked (one-line errors)."""
     opts = SearchOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
                          max_active=args.max_active, min_active=args.min_active, lm_scale=args.lm_scale,
-                         word_penalty=args.word_penalty, num_paths=args.num_paths, nbest_scale=args.nbest_scale)
+                         word_penalty=args.word_penalty, num_paths=args.num_paths, nbest_scale=args.nbest_scale,
+                         probe_arcs=args.probe_arcs)
     opts.check()
     return opts
 

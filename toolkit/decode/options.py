@@ -21,14 +21,13 @@ MIN_LATTICE_BOUND = 5000
 # The CPU lattice search (kaldi-decoder's LatticeSimpleDecoder) has no max-active: with near-flat
 # posteriors it keeps thousands of tokens per frame within the beam and takes minutes per utterance.
 # Before each search, the utterance's least certain SEARCH_PROBE_FRAMES frames are searched alone;
-# while that probe keeps more than SEARCH_PROBE_ARCS_PER_FRAME lattice arcs per frame, both beams
-# are scaled by SEARCH_BEAM_STEP (down to SEARCH_MIN_BEAM), with a warning
+# while that probe keeps more than ``SearchOptions.probe_arcs`` lattice arcs per frame (default 50;
+# 0 turns the probe off), both beams are scaled by SEARCH_BEAM_STEP (down to SEARCH_MIN_BEAM), with a warning
 # (`toolkit.decode.wfst.LatticeSearch.search_beams`). Measured on the embedded default's Italian dev
 # set: trained models' probes keep 1-11 arcs per frame (left as configured); a model after one
 # update keeps 250-650, and its whole-utterance lattices grow to thousands per frame, which is why
 # the probe's bound is lower than LATTICE_ARCS_PER_FRAME (search RTF 4.57 -> 0.16 there).
 SEARCH_PROBE_FRAMES = 25
-SEARCH_PROBE_ARCS_PER_FRAME = 50
 SEARCH_BEAM_STEP = 0.75
 SEARCH_MIN_BEAM = 1.0
 
@@ -61,6 +60,9 @@ class SearchOptions:
       (``k2.Nbest.from_lattice``, deterministic) and keeps their distinct word sequences.
     - ``nbest_scale``: k2-nbest-rescore: the lattice scores are multiplied by it before sampling
       (smaller: more distinct sequences; icefall's ``nbest_scale``).
+    - ``probe_arcs``: the CPU lattice search (kaldi-decoder, no max-active) lowers both beams for an
+      utterance whose least certain frames, searched alone, keep more lattice arcs per frame than
+      this (a barely trained model); 0 = never (the search exactly as configured).
     """
 
     acoustic_scale: float = 1.0
@@ -72,11 +74,14 @@ class SearchOptions:
     word_penalty: float = 0.0
     num_paths: int | None = None
     nbest_scale: float = 0.5
+    probe_arcs: float = 50.0
 
     def check(self) -> None:
         """One-line ToolkitError for values no search can use."""
-        if self.acoustic_scale <= 0 or self.beam <= 0 or self.lattice_beam <= 0 or self.lm_scale <= 0:
-            raise ToolkitError("--acoustic-scale, --beam, --lattice-beam and --lm-scale must be positive")
+        if not all(0 < v < math.inf for v in (self.acoustic_scale, self.beam, self.lattice_beam, self.lm_scale)):
+            raise ToolkitError("--acoustic-scale, --beam, --lattice-beam and --lm-scale must be positive finite numbers")
+        if not 0 <= self.probe_arcs < math.inf:
+            raise ToolkitError(f"--probe-arcs {self.probe_arcs}: must be >= 0 (0: no probe)")
         if self.min_active < 1 or self.max_active < self.min_active:
             raise ToolkitError(f"--max-active {self.max_active} must be at least min-active {self.min_active} (>= 1)")
         if not math.isfinite(self.word_penalty):

@@ -29,8 +29,7 @@ import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from toolkit.decode.options import (SEARCH_BEAM_STEP, SEARCH_MIN_BEAM, SEARCH_PROBE_ARCS_PER_FRAME, SEARCH_PROBE_FRAMES,
-                                    SearchOptions, lattice_bounds)
+from toolkit.decode.options import SEARCH_BEAM_STEP, SEARCH_MIN_BEAM, SEARCH_PROBE_FRAMES, SearchOptions, lattice_bounds
 from toolkit.lm.graph import read_fst, remove_backoff_disambig
 from toolkit.utils import ToolkitError
 
@@ -321,22 +320,26 @@ class LatticeSearch:
     def search_beams(self, mat: np.ndarray) -> tuple[float, float]:
         """(beam, lattice beam) of this utterance's search: the configured ones unless a probe of the
         search on its least certain ``SEARCH_PROBE_FRAMES`` frames (lowest mean best log-prob) keeps
-        more than ``SEARCH_PROBE_ARCS_PER_FRAME`` lattice arcs per frame; then both are scaled down by
+        more than ``opts.probe_arcs`` lattice arcs per frame (0: no probe); then both are scaled down by
         ``SEARCH_BEAM_STEP`` until the probe fits or the beam reaches ``SEARCH_MIN_BEAM``, with a
         warning. kaldi-decoder's lattice search has no max-active, and near-flat posteriors (a barely
         trained model) would otherwise keep thousands of tokens per frame: minutes per utterance."""
-        beam, lattice_beam = self.opts.beam, self.opts.lattice_beam
+        beam, lattice_beam, bound = self.opts.beam, self.opts.lattice_beam, self.opts.probe_arcs
+        if not bound:
+            return beam, lattice_beam
         n = min(SEARCH_PROBE_FRAMES, mat.shape[0])
-        certainty = np.convolve(mat.max(axis=1), np.ones(n), mode="valid")
+        best = np.maximum(mat.max(axis=1), np.finfo(np.float32).min / n)  # a frame of -inf: no window of nan
+        certainty = np.convolve(best, np.ones(n), mode="valid")
         window = mat[int(np.argmin(certainty)):][:n]
         first = per_frame = self._arcs_per_frame(window, beam, lattice_beam)
-        while per_frame > SEARCH_PROBE_ARCS_PER_FRAME and beam > SEARCH_MIN_BEAM:
+        while per_frame > bound and beam > SEARCH_MIN_BEAM:
             beam, lattice_beam = max(SEARCH_MIN_BEAM, beam * SEARCH_BEAM_STEP), lattice_beam * SEARCH_BEAM_STEP
             per_frame = self._arcs_per_frame(window, beam, lattice_beam)
         if beam != self.opts.beam:
-            log.warning("lattice search: a %d-frame probe kept %.0f lattice arcs per frame at beam %g (over %d); "
-                        "searched at beam %.3g, lattice beam %.3g instead; a barely trained model?", n, first,
-                        self.opts.beam, SEARCH_PROBE_ARCS_PER_FRAME, beam, lattice_beam)
+            log.warning("lattice search: a %d-frame probe kept %.0f lattice arcs per frame at beam %g (over %g); "
+                        "searched at beam %.3g, lattice beam %.3g instead (%.0f per frame); a barely trained model? "
+                        "(--probe-arcs 0: the configured beams)", n, first, self.opts.beam, bound, beam, lattice_beam,
+                        per_frame)
         return beam, lattice_beam
 
     def decode_all(self, mat: np.ndarray) -> list[list[int]]:
@@ -356,7 +359,7 @@ class LatticeSearch:
             out = self._rescore(arcs, mat.shape[0], lattice_beam)
         if any(o is None for o in out):
             # No path survives with this LM (e.g. its vocabulary misses a word): keep the first pass.
-            ok, best = decoder.get_best_path(use_final_probs=False)
+            ok, best = decoder.get_best_path(use_final_probs=True)  # after decode(): no final state, all final
             ok, _, first, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
             out = [o if o is not None else (list(first) if ok else []) for o in out]
         return out  # type: ignore[return-value]
