@@ -314,8 +314,7 @@ class LatticeSearch:
         decoder = self._decoder(beam, lattice_beam)
         decoder.decode(kaldi_decoder.DecodableCtc(to_matrix(mat, self.opts.acoustic_scale)))
         ok, lat = decoder.get_raw_lattice(use_final_probs=True)  # no final state reached: every token is final
-        arcs = sum(1 for line in lat.to_str().splitlines() if len(line.split()) >= 4) if ok else 0
-        return arcs / mat.shape[0]
+        return len(LatticeArcs.from_lattice(lat).src) / mat.shape[0] if ok and lat.num_states > 0 else 0.0
 
     def search_beams(self, mat: np.ndarray) -> tuple[float, float]:
         """(beam, lattice beam) of this utterance's search: the configured ones unless a probe of the
