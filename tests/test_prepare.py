@@ -132,6 +132,86 @@ def test_dev_sentences_in_train_are_reported(cv_corpus, tmp_path):
     assert f"overlap: cv-fr dev: 1 of {len(lines) - 1} sentences also in train" in "\n".join(report.notes)
 
 
+def _tsv(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _write_tsv(path: Path, rows: list[list[str]], prefix: str = "", newline: str = "\n") -> None:
+    path.write_text(prefix + "".join("\t".join(r) + newline for r in rows), encoding="utf-8")
+
+
+def test_commonvoice_tsv_as_real_files_differ(cv_corpus, tmp_path):
+    """A byte-order mark, CRLF and a U+2028 inside a sentence keep every row and its text; a row
+    with a tab inside a field is a one-line error naming the line (it shifted the metadata and cut
+    the transcript); a release without the newer metadata columns is read with them empty."""
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    train = corpus / "fr" / "train.tsv"
+    rows = _tsv(train)
+    col = rows[0].index("sentence")
+    rows[1][col] = rows[1][col].rstrip(".") + "\u2028bonjour."
+    _write_tsv(train, rows, prefix="\ufeff", newline="\r\n")
+    prepare("commonvoice", corpus, tmp_path / "m1", splits=["train"])
+    cuts = _load(tmp_path / "m1" / "cv-fr_cuts_train.jsonl.gz")
+    assert len(cuts) == len(rows) - 1
+    assert cuts[Path(rows[1][rows[0].index("path")]).stem].supervisions[0].text.endswith(" bonjour")
+    # a tab inside the sentence of the third row
+    bad = [r[:] for r in rows]
+    bad[3][col] = bad[3][col].replace(" ", "\t", 1)
+    _write_tsv(train, bad)
+    with pytest.raises(ToolkitError) as e:
+        prepare("commonvoice", corpus, tmp_path / "m2", splits=["train"])
+    assert str(e.value) == (f"{train}:4: {len(rows[0]) + 1} tab-separated fields where the header has {len(rows[0])} "
+                            "(a tab inside a field?); fix or remove the row")
+    assert not (tmp_path / "m2" / "cv-fr_cuts_train.jsonl.gz").exists()
+    # an older release: no variant, no accents
+    keep = [i for i, c in enumerate(rows[0]) if c not in ("variant", "accents")]
+    _write_tsv(train, [[r[i] for i in keep] for r in rows])
+    prepare("commonvoice", corpus, tmp_path / "m3", splits=["train"])
+    assert len(_load(tmp_path / "m3" / "cv-fr_cuts_train.jsonl.gz")) == len(rows) - 1
+    _write_tsv(train, [[c for c in r if c != r[col]] for r in rows[:1]] + [r[:col] + r[col + 1:] for r in rows[1:]])
+    with pytest.raises(ToolkitError, match="missing column.s. sentence; a Common Voice TSV has at least"):
+        prepare("commonvoice", corpus, tmp_path / "m4", splits=["train"])
+
+
+def test_validated_split_leaves_out_the_dev_and_test_clips(cv_corpus, tmp_path):
+    """validated.tsv lists every dev and test clip too: prepared beside them, it leaves them out
+    and the summary says so (a model trained on it was tested on its own training clips)."""
+    corpus = tmp_path / "cv"
+    shutil.copytree(cv_corpus / "fr", corpus / "fr")
+    n_eval = sum(len(_tsv(corpus / "fr" / f"{s}.tsv")) - 1 for s in ("dev", "test"))
+    n_validated = len(_tsv(corpus / "fr" / "validated.tsv")) - 1
+    assert n_eval > 0 and n_validated > n_eval
+    report = prepare("commonvoice", corpus, tmp_path / "man", splits=["validated", "dev", "test"])
+    validated = _load(tmp_path / "man" / "cv-fr_cuts_validated.jsonl.gz")
+    evaluation = {c.id for s in ("dev", "test") for c in _load(tmp_path / "man" / f"cv-fr_cuts_{s}.jsonl.gz")}
+    assert len(validated) == n_validated - n_eval and not {c.id for c in validated} & evaluation
+    assert (f"cv-fr_validated: {n_eval} clips of dev.tsv/test.tsv left out (this split lists them too; they stay in "
+            "dev and test only)") in report.notes
+
+
+def test_librispeech_transcripts_with_a_byte_order_mark_or_bad_bytes(ls_corpus, tmp_path):
+    """A byte-order mark kept the first utterance of the file out (its id no longer matched its
+    flac: dropped as "missing audio"); bytes that are not UTF-8 and a malformed speaker-language
+    line are one-line errors naming the file and line."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ls_corpus / "LibriSpeech", corpus / "LibriSpeech")
+    part = corpus / "LibriSpeech" / "dev-clean"
+    trans = sorted(part.rglob("*.trans.txt"))[0]
+    n_listed = sum(len(t.read_text(encoding="utf-8").splitlines()) for t in part.rglob("*.trans.txt"))
+    trans.write_bytes(b"\xef\xbb\xbf" + trans.read_bytes().replace(b"\n", b"\r\n"))
+    report = prepare("librispeech", corpus, tmp_path / "m1", splits=["dev-clean"])
+    assert report.kept["librispeech_dev-clean"] == n_listed and report.total_dropped("librispeech_dev-clean") == 0
+    trans.write_bytes(trans.read_bytes().replace(b" ", b" \xff", 1))
+    with pytest.raises(ToolkitError, match=f"{trans}:1: not UTF-8 .byte [0-9]+.; convert the file to UTF-8"):
+        prepare("librispeech", corpus, tmp_path / "m2", splits=["dev-clean"])
+    langs = corpus / "LibriSpeech" / "speaker_languages.txt"
+    langs.write_text(langs.read_text(encoding="utf-8") + "1234\n", encoding="utf-8")
+    n = len(langs.read_text(encoding="utf-8").splitlines())
+    with pytest.raises(ToolkitError, match=f"speaker_languages.txt:{n}: 1 fields; each line is 'SPEAKER LANGUAGE'"):
+        prepare("librispeech", corpus, tmp_path / "m3", splits=["dev-clean"])
+
+
 def _damage_librispeech(corpus: Path) -> dict[str, str]:
     """Break seven train utterances, one per failure mode; returns file name -> expected reason."""
     part = corpus / "LibriSpeech" / "train-clean-100"

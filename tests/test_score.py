@@ -234,6 +234,30 @@ def test_score_cli(tmp_path):
     assert any(line.startswith("  hi: ") for line in out)
 
 
+def test_score_cli_reads_files_as_editors_write_them_and_warns_of_unnormalised_words(tmp_path):
+    """A byte-order mark on the first id, CRLF and a U+2028 inside a line score like the clean
+    files (the mark made u1 'missing', U+2028 cut the line); words that differ from the reference
+    only in case or Unicode form are counted (as jiwer does) with a warning; utt2lang ids that are
+    no reference utterance are warned about."""
+    import jiwer
+
+    refs = {"u1": "the cat sat", "u2": "caf\u00e9 au lait", "u3": "a b c"}
+    clean = write_kaldi(tmp_path / "ref", refs)
+    (tmp_path / "ref_bom").write_bytes(b"\xef\xbb\xbf" + clean.read_bytes().replace(b"\n", b"\r\n"))
+    (tmp_path / "hyp").write_text("u1 the cat sat\nu2 caf\u00e9 au\u2028lait\nu3 a b c\n", encoding="utf-8")
+    proc = run_cli("score", "--ref", str(tmp_path / "ref_bom"), "--hyp", str(tmp_path / "hyp"))
+    assert proc.returncode == 0 and proc.stdout.startswith("[score] %WER 0.00% [0 / 9,"), proc.stdout + proc.stderr
+    (tmp_path / "utt2lang").write_text("\ufeffu1 en\nu2 fr\nu9 de\n", encoding="utf-8")
+    (tmp_path / "hyp2").write_text("u1 The cat sat\nu2 cafe\u0301 au lait\nu3 a b c\n", encoding="utf-8")
+    proc = run_cli("score", "--ref", str(clean), "--hyp", str(tmp_path / "hyp2"), "--utt2lang", str(tmp_path / "utt2lang"))
+    assert proc.returncode == 0
+    expected = 100 * jiwer.wer([refs[u] for u in sorted(refs)], ["The cat sat", "cafe\u0301 au lait", "a b c"])
+    assert proc.stdout.startswith(f"[score] %WER {expected:.2f}% [2 / 9,")
+    assert "2 hypothesis word(s) match a reference word only after case/Unicode folding (e.g. 'The')" in proc.stderr
+    assert "--utt2lang" in proc.stderr and "1 of its 3 ids are no reference utterance (e.g. 'u9')" in proc.stderr
+    assert "  en: " in proc.stdout and "  fr: " in proc.stdout  # the marked first id keeps its language
+
+
 @pytest.mark.parametrize("ref_text,msg", [
     (None, "--ref"),
     ("u1 a\nu1 b\n", ":2: utterance id 'u1' appears twice"),

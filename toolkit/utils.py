@@ -215,16 +215,31 @@ def resolve_device(name: str | None, option: str = "--device") -> Any:
     return device
 
 
+def split_text_lines(text: str) -> list[str]:
+    """The lines of a text file's contents as line-oriented formats (Kaldi text, TSV, trans.txt)
+    mean them: a leading byte-order mark dropped, lines ended by "\n" or "\r\n" only.
+    `str.splitlines` also breaks at U+2028, U+0085, form feeds and the like, which may sit
+    inside a sentence; a line cut there loses words or shifts every line number after it."""
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def read_utf8_lines(path: str | os.PathLike, option: str, what: str) -> list[str]:
-    """Lines of the UTF-8 text file given by `option`; one-line ToolkitError when it is missing
-    (the message asks for `what`) or not UTF-8."""
+    """Lines of the UTF-8 text file given by `option` (`split_text_lines`: a byte-order mark is
+    dropped); one-line ToolkitError when it is missing (the message asks for `what`) or not UTF-8,
+    naming the line of the first bad byte."""
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"{option} {path}: file not found; give {what}")
+    data = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return split_text_lines(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ToolkitError(f"{option} {path}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise ToolkitError(f"{option} {path}:{line}: not UTF-8 (byte {e.start}); convert the file to UTF-8 "
+                           "(e.g. iconv -t UTF-8)") from None
 
 
 def open_text_lines(path: str | os.PathLike, option: str, what: str) -> Iterator[str]:
@@ -241,7 +256,9 @@ def open_text_lines(path: str | os.PathLike, option: str, what: str) -> Iterator
     gz = raw.read(2) == b"\x1f\x8b"
     raw.seek(0)
     n = 0
-    with io.TextIOWrapper(gzip.open(raw) if gz else raw, encoding="utf-8", errors="strict") as f:
+    # utf-8-sig: a byte-order mark is dropped; the wrapper ends lines at "\n", "\r\n" and "\r"
+    # only (not at U+2028 and the like: see split_text_lines)
+    with io.TextIOWrapper(gzip.open(raw) if gz else raw, encoding="utf-8-sig", errors="strict") as f:
         try:
             for n, line in enumerate(f, start=1):
                 yield line.rstrip("\r\n")

@@ -47,13 +47,17 @@ from toolkit.data.librilight import SPLITS as LIBRILIGHT_PARTS
 from toolkit.data.manifests import (SplitLimits, check_scripts, fail_on_empty, note_kept_whole, remove_stale,
                                      report_overlap, write_cuts)
 from toolkit.model.config import SAMPLE_RATE
-from toolkit.utils import ToolkitError, atomic_path
+from toolkit.utils import ToolkitError, atomic_path, read_utf8_lines, split_text_lines
 
 log = logging.getLogger("toolkit.data.prepare")
 
 LIBRISPEECH_PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100",
                      "train-clean-360", "train-other-500", "dev-clean-2", "train-clean-5")
 CV_DEFAULT_SPLITS = ("train", "dev", "test")
+CV_EVAL_SPLITS = ("dev", "test")
+
+
+CV_METADATA_COLUMNS = ("gender", "age", "accents", "variant")  # read by lhotse's Common Voice recipe
 
 
 @dataclass
@@ -163,10 +167,13 @@ def _speaker_languages(root: Path, default: str) -> dict[str, str]:
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            spk, lang = line.split()[:2]
-            out[spk] = lang
+    for n, line in enumerate(read_utf8_lines(path, "--corpus-dir", "speaker language lines"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ToolkitError(f"{path}:{n}: {len(fields)} fields; each line is 'SPEAKER LANGUAGE': fix the line")
+        out[fields[0]] = fields[1]
     return out
 
 
@@ -175,7 +182,7 @@ def scan_librispeech(part_dirs: list[Path], spk_lang: dict[str, str], default_la
     entries = []
     for part_dir in part_dirs:
         for trans in sorted(part_dir.rglob("*.trans.txt")):
-            for line in trans.read_text(encoding="utf-8").splitlines():
+            for line in read_utf8_lines(trans, "--corpus-dir", "LibriSpeech transcripts"):
                 if not line.strip():
                     continue
                 fields = line.strip().split(maxsplit=1)
@@ -199,19 +206,30 @@ def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
         line = tsv.read_bytes()[: e.start].count(b"\n") + 1
         raise ToolkitError(f"{tsv}:{line}: not UTF-8 (byte {e.start}); Common Voice TSVs are UTF-8: re-download or "
                            "convert the file (e.g. iconv -t UTF-8)") from None
-    reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
-    missing = {"path", "client_id", "sentence", "gender", "age", "accents", "variant"} - set(reader.fieldnames or [])
+    reader = csv.DictReader(split_text_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    missing = {"path", "client_id", "sentence"} - set(reader.fieldnames or [])
     if missing:
-        raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))} that lhotse's recipe reads")
+        raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))}; a Common Voice TSV has at least "
+                           "client_id, path and sentence (is this the right file?)")
+    # Speaker metadata that older releases lack (no `variant` before 2023, `accent` for `accents`):
+    # staged empty, as lhotse's recipe reads these columns.
+    absent = [c for c in CV_METADATA_COLUMNS if c not in reader.fieldnames]
+    if absent:
+        log.info("%s: no %s column(s); staged empty (an older Common Voice release)", tsv, ", ".join(absent))
     entries: list[Entry] = []
     first_line: dict[str, int] = {}
     for n, r in enumerate(reader, start=2):
+        if None in r or None in r.values():  # more fields than the header names (a tab in a sentence?), or fewer
+            got = len(reader.fieldnames) + len(r.get(None, [])) - sum(v is None for v in r.values())
+            raise ToolkitError(f"{tsv}:{n}: {got} tab-separated fields where the header has "
+                               f"{len(reader.fieldnames)} (a tab inside a field?); fix or remove the row")
         if not r.get("path"):
             raise ToolkitError(f"{tsv}:{n}: no clip in the path column; fix or remove the row")
         if r["path"] in first_line:
             raise ToolkitError(f"{tsv}:{n}: clip {r['path']} is listed twice (also on line {first_line[r['path']]}); "
                                "remove the duplicate row")
         first_line[r["path"]] = n
+        r.update({c: "" for c in absent})
         entries.append(Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
                              language, r))
     return entries
@@ -360,6 +378,7 @@ class SplitJob:
     split: str
     entries: list[Entry]
     stage: Callable[[list[Entry], Path, int], tuple]
+    note: str = ""  # a line for the summary (what was left out before validation, and why)
 
 
 def _librispeech_jobs(corpus_dir: Path, splits: list[str] | None, languages: list[str] | None,
@@ -399,9 +418,27 @@ def _commonvoice_jobs(corpus_dir: Path, splits: list[str] | None, languages: lis
         if not (corpus_dir / lang).is_dir():
             raise ToolkitError(f"--languages {lang}: {corpus_dir / lang} does not exist")
         for split in splits or CV_DEFAULT_SPLITS:
-            jobs.append(SplitJob(f"cv-{lang}", split, scan_commonvoice(corpus_dir / lang, split, lang),
-                                 lambda good, st, nj, split=split, lang=lang: lhotse_commonvoice(good, lang, split, st, nj)))
+            entries, note = scan_commonvoice(corpus_dir / lang, split, lang), ""
+            if split not in CV_EVAL_SPLITS:
+                entries, note = _without_eval_clips(entries, corpus_dir / lang, f"cv-{lang}_{split}")
+            jobs.append(SplitJob(f"cv-{lang}", split, entries,
+                                 lambda good, st, nj, split=split, lang=lang: lhotse_commonvoice(good, lang, split, st, nj),
+                                 note))
     return jobs
+
+
+def _without_eval_clips(entries: list[Entry], lang_dir: Path, manifest: str) -> tuple[list[Entry], str]:
+    """`entries` without the clips of the release's dev.tsv and test.tsv (validated.tsv lists them all:
+    a model trained on it would be tested on its training data), and the summary line saying so."""
+    eval_clips = {e.row["path"] for split in CV_EVAL_SPLITS if (lang_dir / f"{split}.tsv").is_file()
+                  for e in scan_commonvoice(lang_dir, split, "")}
+    kept = [e for e in entries if e.row["path"] not in eval_clips]
+    if len(kept) == len(entries):
+        return entries, ""
+    line = (f"{manifest}: {len(entries) - len(kept)} clips of dev.tsv/test.tsv left out "
+            f"(this split lists them too; they stay in dev and test only)")
+    log.warning(line)
+    return kept, line
 
 
 def prepare(corpus: str, corpus_dir: Path, out: Path, languages: list[str] | None = None,
@@ -426,6 +463,8 @@ def prepare(corpus: str, corpus_dir: Path, out: Path, languages: list[str] | Non
         if out_path.is_file() and not overwrite:
             log.info("%s exists; skipping %s %s (use --overwrite to redo it)", out_path, job.prefix, job.split)
             continue
+        if job.note:
+            report.notes.append(job.note)
         if not prepare_split(job, out_path, report, limits, check_audio, nj, max_foreign_share):
             empty.append(f"{job.prefix}_{job.split}")
     fail_on_empty(corpus_dir, report, empty)

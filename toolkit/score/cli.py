@@ -14,11 +14,14 @@ as deletions), and one that matches none always is.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from toolkit.score.compute import Report, score_pairs
 from toolkit.score.report import espnet_header, espnet_row, fmt_ci, write_reports
 from toolkit.utils import ToolkitError, read_utf8_lines
+
+log = logging.getLogger("toolkit.score")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +102,23 @@ def check_coverage(refs: dict[str, str], hyps: dict[str, str], allow_missing: bo
                            "deletions")
 
 
+def warn_folded_words(refs: dict[str, str], hyps: dict[str, str], where: str) -> None:
+    """Warn when hypothesis words match a reference word only after case and Unicode folding
+    (`Hello` against `hello`, a decomposed `café`): each counts as an error, so the two files were
+    probably normalised differently."""
+    import unicodedata
+
+    def fold(w: str) -> str:
+        return unicodedata.normalize("NFC", w).casefold()
+
+    ref_words = {w for t in refs.values() for w in t.split()}
+    folded = {fold(w) for w in ref_words}
+    odd = sorted({w for t in hyps.values() for w in t.split() if w not in ref_words and fold(w) in folded})
+    if odd:
+        log.warning("%s: %d hypothesis word(s) match a reference word only after case/Unicode folding (e.g. %r); "
+                    "they count as errors: normalise references and hypotheses the same way", where, len(odd), odd[0])
+
+
 def _from_decode_dirs(dirs: list[Path]) -> tuple[dict[str, str], dict[str, str], list[Path]]:
     from toolkit.score.report import read_recogs
 
@@ -168,9 +188,14 @@ def run(args: argparse.Namespace) -> int:
     if not refs:
         raise ToolkitError(f"{args.ref or where}: no utterances; the reference set is empty")
     check_coverage(refs, hyps, args.allow_missing, where)
+    warn_folded_words(refs, hyps, where)
     languages = None
     if args.utt2lang is not None:
         languages = {u: t.split()[0] for u, t in read_kaldi_text(args.utt2lang, "--utt2lang").items() if t.split()}
+        unknown = [u for u in languages if u not in refs]
+        if unknown:
+            log.warning("--utt2lang %s: %d of its %d ids are no reference utterance (e.g. %r); their references "
+                        "are scored under 'und'", args.utt2lang, len(unknown), len(languages), unknown[0])
     if args.cuts is not None:
         from_cuts = {u: lang for u, lang in languages_of_cuts(args.cuts).items() if u in refs}
         languages = {**from_cuts, **(languages or {})}
