@@ -112,6 +112,45 @@ def test_normalize_arpa_merges_case_variants_and_drops_non_words(tmp_path):
     assert ken.score("the cat", bos=True, eos=True) == pytest.approx(out.score("the cat"), abs=1e-4)
 
 
+def test_a_cased_lm_merged_by_normalisation_stays_a_distribution(tmp_path):
+    """A true-cased LM (`The` at sentence starts, `the` inside): after normalisation every history's
+    probabilities, read back by KenLM, sum to one; adding the two histories' distributions gave ~2."""
+    text = ["The cat sat on the mat", "The dog sat on the log", "the cat saw the dog", "The mat is on the log",
+            "a dog saw the cat", "The log is red"] * 3
+    model, _ = train_kneser_ney(text, 3)
+    write_arpa(model, tmp_path / "cased.arpa")
+    info = normalize_arpa(tmp_path / "cased.arpa", tmp_path / "out.arpa", "en")
+    assert info.collisions == {"the": ["The", "the"]} and info.history_dropped > 0
+    assert "n-grams after a less likely original dropped" in info.summary()
+    ken = kenlm.Model(str(tmp_path / "out.arpa"))
+    vocab = sorted({w for s in text for w in s.lower().split()})
+    for history in ["the", "on the", "saw the", "the cat"]:
+        base = ken.score(history, bos=True, eos=False)
+        total = sum(10 ** (ken.score(f"{history} {w}", bos=True, eos=False) - base) for w in vocab)
+        total += 10 ** (ken.score(history, bos=True, eos=True) - base)  # </s>
+        assert total == pytest.approx(1.0, abs=0.02), history
+
+
+@pytest.mark.parametrize("damage", ["crlf", "bom", "bom+crlf"])
+def test_an_arpa_with_crlf_or_a_byte_order_mark_gives_the_g_of_its_plain_twin(tmp_path, damage):
+    """kaldilm reads the file as it is: with CRLF, every n-gram without a back-off ended in a word
+    "cat\r" unknown to words.txt and was skipped (a rescoring G without final states, no warning)."""
+    from graph_fixtures import char_lang
+
+    from toolkit.lm.graph import build_grammar_fst
+
+    text = ["the cat sat on the mat", "a dog sat on the log", "the cat saw a dog"] * 2
+    lang = char_lang(tmp_path / "lang", sorted({w for s in text for w in s.split()}))
+    model, _ = train_kneser_ney(text, 3)
+    write_arpa(model, tmp_path / "plain.arpa")
+    raw = (tmp_path / "plain.arpa").read_bytes().lstrip(b"\n")  # the mark right before \\data\\
+    damaged = (b"\xef\xbb\xbf" if "bom" in damage else b"") + (raw.replace(b"\n", b"\r\n") if "crlf" in damage else raw)
+    (tmp_path / "damaged.arpa").write_bytes(damaged)
+    plain = build_grammar_fst(tmp_path / "plain.arpa", lang / "words.txt")
+    other = build_grammar_fst(tmp_path / "damaged.arpa", lang / "words.txt")
+    assert other.num_states == plain.num_states and other.to_str() == plain.to_str()
+
+
 @pytest.mark.parametrize("case", ["case", "language", "wrong file"])
 def test_lm_covering_almost_nothing_is_a_one_line_error(tmp_path, capsys, case):
     from graph_fixtures import char_lang
@@ -160,6 +199,13 @@ def test_word_absent_from_training_is_recognised_through_external_lm_text(tmp_pa
     assert "the cat on the mat" not in sentences  # a dev sentence never reaches the LM
     assert "the dog sat on the mat" in sentences and "a cat on a log" in sentences
     assert len(sentences) == len(set(sentences)) == 3 + len(train)  # 4 from the file, minus the dev one
+    # the release's own dev.tsv and test.tsv are left out without --exclude-cuts too (any case, form)
+    header = "client_id\tpath\tsentence\n"
+    (cv / "dev.tsv").write_text(header + "c1\td1.mp3\tA CAT ON A LOG\n", encoding="utf-8")
+    (cv / "test.tsv").write_text(header + "c2\tt1.mp3\tthe log and the mat.\n", encoding="utf-8")
+    only_cv = tmp_path / "lm" / "cv_text.txt"
+    assert main(["lm", "text", "--language", "en", "--commonvoice-dir", str(cv), "--out", str(only_cv)]) == 0
+    assert only_cv.read_text().splitlines() == ["the dog sat on the mat", "the cat on the mat"]
 
     closed, open_ = tmp_path / "lang_closed", tmp_path / "lang_open"
     assert main(["lang-dir", "--type", "char", "--cuts", str(cuts), "--out", str(closed)]) == 0

@@ -128,6 +128,16 @@ def is_gzip(path: str | os.PathLike) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+def plain_lf_text(path: str | os.PathLike, probe: int = 1 << 20) -> bool:
+    """True when a program reading raw bytes sees what `iter_arpa` sees: no gzip, no byte-order
+    mark, no carriage return (checked in the first `probe` bytes). kaldilm reads an ARPA file as
+    it is: a "\r" left at the end of the line becomes part of the last word, which then matches
+    no words.txt entry, and the n-gram is skipped without a word."""
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    return not (head.startswith((b"\x1f\x8b", b"\xef\xbb\xbf")) or b"\r" in head)
+
+
 def _open_text(path: Path) -> IO[str]:
     """An ARPA file as strict UTF-8 text, gunzipped when its magic bytes say gzip."""
     if not path.is_file():
@@ -136,7 +146,7 @@ def _open_text(path: Path) -> IO[str]:
     magic = raw.read(2)
     raw.seek(0)
     stream = gzip.open(raw) if magic == b"\x1f\x8b" else raw
-    return io.TextIOWrapper(stream, encoding="utf-8", errors="strict")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict")  # a byte-order mark is dropped
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

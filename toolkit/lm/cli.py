@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           description="Gather LM text: normalised, dev/test sentences removed, each sentence once.")
     text.add_argument("--language", required=True, help="language of the text (its normalisation)")
     text.add_argument("--commonvoice-dir", type=Path, default=None,
-                      help="a Common Voice language directory: its validated_sentences.tsv (else validated.tsv)")
+                      help="a Common Voice language directory: its validated_sentences.tsv (else validated.tsv), "
+                           "without the sentences of its dev.tsv and test.tsv")
     text.add_argument("--text", type=Path, nargs="+", default=[], help="more text files, one sentence a line")
     text.add_argument("--cuts", nargs="+", default=[], help="cut manifests whose transcripts join the text (train)")
     text.add_argument("--exclude-cuts", nargs="+", default=[],
@@ -228,25 +229,30 @@ def run_perplexity(args: argparse.Namespace) -> None:
 
 
 SENTENCE_FILES = ("validated_sentences.tsv", "validated.tsv")  # Common Voice: newest releases first
+CV_EVAL_SPLITS = ("dev.tsv", "test.tsv")  # their sentences never enter an LM text from the same release
 
 
 def commonvoice_sentences(lang_dir: Path) -> tuple[Path | None, list[str]]:
     """The sentences of a Common Voice language directory's sentence file (column `sentence`)."""
-    import csv
-
     if not lang_dir.is_dir():
         raise ToolkitError(f"--commonvoice-dir {lang_dir}: not a directory; give <release>/<language>")
     for name in SENTENCE_FILES:
         path = lang_dir / name
-        if not path.is_file():
-            continue
-        lines = list(open_text_lines(path, "--commonvoice-dir", f"{name} of a Common Voice release"))
-        reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if "sentence" not in (reader.fieldnames or []):
-            raise ToolkitError(f"{path}: no 'sentence' column (columns: {', '.join(reader.fieldnames or [])}); "
-                               "is this a Common Voice sentence file?")
-        return path, [row["sentence"] or "" for row in reader]
+        if path.is_file():
+            return path, tsv_sentences(path)
     return None, []
+
+
+def tsv_sentences(path: Path) -> list[str]:
+    """The `sentence` column of a Common Voice TSV (sentence file or split)."""
+    import csv
+
+    lines = list(open_text_lines(path, "--commonvoice-dir", f"{path.name} of a Common Voice release"))
+    reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    if "sentence" not in (reader.fieldnames or []):
+        raise ToolkitError(f"{path}: no 'sentence' column (columns: {', '.join(reader.fieldnames or [])}); "
+                           "is this a Common Voice sentence file?")
+    return [row["sentence"] or "" for row in reader]
 
 
 def run_text(args: argparse.Namespace) -> None:
@@ -266,6 +272,10 @@ def run_text(args: argparse.Namespace) -> None:
     if args.cuts:
         sources.append((" ".join(args.cuts), [normalize_text(x, args.language) for x in read_transcripts(args.cuts)]))
     excluded = {normalize_text(x, args.language) for x in read_transcripts(args.exclude_cuts)} if args.exclude_cuts else set()
+    if args.commonvoice_dir is not None:  # the release's own evaluation sets, also without --exclude-cuts
+        for split in CV_EVAL_SPLITS:
+            if (args.commonvoice_dir / split).is_file():
+                excluded.update(normalize_text(x, args.language) for x in tsv_sentences(args.commonvoice_dir / split))
     if not sources:
         raise ToolkitError("lm text: no source; give --commonvoice-dir, --text or --cuts")
     out: dict[str, None] = {}

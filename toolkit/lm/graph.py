@@ -18,12 +18,10 @@ the hashes live in ``graphs.json`` beside them.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 from collections import Counter
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import kaldifst
 
-from toolkit.lm.arpa import arpa_order, is_gzip
+from toolkit.lm.arpa import arpa_order, plain_lf_text
 from toolkit.lm.vocab import (NORMALIZATION_VERSION, WordMap, arpa_unigrams, coverage, diagnose, normalize_arpa,
                               oov_rate, word_map)
 from toolkit.text.symbols import is_disambig, read_symbol_table
@@ -219,15 +217,11 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
     wmap = wmap or word_map(arpa_unigrams(arpa), language)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "G.fst"
-        if not wmap.identity:
+        if not wmap.identity or not plain_lf_text(arpa):  # kaldilm reads plain "\n"-ended text only
             plain = Path(tmp) / "lm.arpa"
             info = normalize_arpa(arpa, plain, language, wmap)
-            logger.info("%s: words normalised for language %s: %s", arpa, language, info.summary())
-            arpa = plain
-        elif is_gzip(arpa):  # kaldilm reads plain text only
-            plain = Path(tmp) / "lm.arpa"
-            with gzip.open(arpa, "rb") as src, open(plain, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            if not wmap.identity:
+                logger.info("%s: words normalised for language %s: %s", arpa, language, info.summary())
             arpa = plain
         from toolkit.external import run_python_module
 

@@ -10,9 +10,14 @@ went through: openslr's UPPER-case LibriSpeech files become the lower-case words
 - `normalize_arpa(src, dst, language)`: an ARPA file with every word normalised, streamed (a
   4-gram LM of hundreds of millions of n-grams is never held in memory). An n-gram with a dropped
   word is dropped (the set of dropped n-grams is closed under prefixes and suffixes, so the result
-  is a valid back-off model; the mass of those n-grams is lost, and logged). N-grams that become
-  equal add their probabilities and keep the back-off of the likelier one (only n-grams holding a
-  colliding word are buffered for that).
+  is a valid back-off model; the mass of those n-grams is lost, and logged). Words that become
+  equal (`THE`, `The`) are merged: each group keeps the continuations of its likeliest original
+  (by unigram probability) as the merged word's, and drops the n-grams with another original in a
+  history position (adding the conditional distributions of two histories would give one whose
+  probabilities sum to about 2); n-grams that differ only in the last word's original add their
+  probabilities and keep the back-off of the likeliest original. The result is an approximation
+  (a model estimated on normalised text is exact), and the summary says how much was merged and
+  dropped. Only n-grams holding a colliding word are buffered.
 - `coverage(lexicon_words, lm_words)` and `diagnose(...)`: the share of the lexicon the LM knows,
   and the likely cause when it is small (case, script/language, another text).
 """
@@ -35,7 +40,7 @@ from toolkit.utils import ToolkitError, atomic_path
 
 log = logging.getLogger(__name__)
 
-NORMALIZATION_VERSION = 1  # part of the graph cache key: bump when normalize_arpa's output changes
+NORMALIZATION_VERSION = 2  # part of the graph cache key: bump when normalize_arpa's output changes
 
 
 def arpa_unigrams(path: str | os.PathLike) -> list[str]:
@@ -92,6 +97,7 @@ class ArpaNormalization:
     dropped_ngrams: int
     merged_ngrams: int
     collisions: dict[str, list[str]]
+    history_dropped: int = 0  # n-grams with a less likely original of a merged word in their history
 
     def summary(self) -> str:
         parts = [f"n-grams per order {self.counts}"]
@@ -102,7 +108,8 @@ class ArpaNormalization:
         if self.collisions:
             ex = ", ".join(f"{'/'.join(v)}->{k}" for k, v in list(self.collisions.items())[:3])
             parts.append(f"{len(self.collisions)} words merged by normalisation ({ex}), "
-                         f"{self.merged_ngrams} n-grams merged")
+                         f"{self.merged_ngrams} n-grams merged, {self.history_dropped} n-grams after a less "
+                         "likely original dropped (estimate the LM on normalised text for an exact model)")
         return "; ".join(parts)
 
 
@@ -117,19 +124,21 @@ def normalize_arpa(src: str | os.PathLike, dst: str | os.PathLike, language: str
     src, dst = Path(src), Path(dst)
     wmap = wmap or word_map(arpa_unigrams(src), language)
     colliding = set(wmap.collisions)
-    dropped_ngrams = merged = 0
+    unigram_logp: dict[str, float] = {}  # originals of colliding words
+    dominant: set[str] = set()  # the likeliest original of each colliding word (filled after the 1-grams)
+    dropped_ngrams = merged = history_dropped = 0
     counts: list[int] = []
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".normalize_arpa.") as tmp:
         sections: list[Path] = []
         out = None
-        buffer: dict[tuple[str, ...], tuple[float, float]] = {}
+        buffer: dict[tuple[str, ...], tuple[float, float, float]] = {}  # (logp, bow, rank of the bow's original)
         top = None
 
         def close_section() -> None:
             nonlocal out, buffer
             if out is None:
                 return
-            for g, (p, b) in sorted(buffer.items()):
+            for g, (p, b, _) in sorted(buffer.items()):
                 out.write(format_entry(g, p, None if top or g[-1] == "</s>" else b) + "\n")
                 counts[-1] += 1
             buffer = {}
@@ -140,6 +149,9 @@ def normalize_arpa(src: str | os.PathLike, dst: str | os.PathLike, language: str
         for order, ngram, logp, bow in iter_arpa(src):
             if order != len(counts):
                 close_section()
+                if order == 2:
+                    dominant.update(max(originals, key=lambda w: unigram_logp.get(w, -math.inf))
+                                    for originals in wmap.collisions.values())
                 while len(counts) < order:  # an empty section keeps its place
                     counts.append(0)
                     sections.append(Path(tmp) / f"{len(counts)}.txt")
@@ -157,12 +169,19 @@ def normalize_arpa(src: str | os.PathLike, dst: str | os.PathLike, language: str
             g = tuple(words)
             has_bow = not top and g[-1] != "</s>"
             if colliding and not colliding.isdisjoint(g):
+                if order == 1:
+                    unigram_logp[ngram[0]] = logp
+                elif any(n in colliding and w not in dominant for w, n in zip(ngram[:-1], g[:-1])):
+                    history_dropped += 1
+                    continue
+                # whose back-off the merged n-gram keeps: the likeliest original's (by unigram probability)
+                rank = logp if order == 1 else 0.0 if g[-1] not in colliding or ngram[-1] in dominant else -math.inf
                 if g in buffer:
                     merged += 1
-                    p0, b0 = buffer[g]
-                    buffer[g] = (_logadd10(p0, logp), b0 if p0 >= logp else bow)
+                    p0, b0, r0 = buffer[g]
+                    buffer[g] = (_logadd10(p0, logp), bow if rank > r0 else b0, max(rank, r0))
                 else:
-                    buffer[g] = (logp, bow)
+                    buffer[g] = (logp, bow, rank)
                 continue
             out.write(format_entry(g, logp, bow if has_bow else None) + "\n")
             counts[-1] += 1
@@ -183,7 +202,8 @@ def normalize_arpa(src: str | os.PathLike, dst: str | os.PathLike, language: str
                 with open(section, encoding="utf-8") as s:
                     shutil.copyfileobj(s, f)
             f.write("\n\\end\\\n")
-    return ArpaNormalization(counts, list(wmap.dropped), dropped_ngrams, merged, dict(wmap.collisions))
+    return ArpaNormalization(counts, list(wmap.dropped), dropped_ngrams, merged, dict(wmap.collisions),
+                             history_dropped)
 
 
 # ---------------------------------------------------------------------------------------
