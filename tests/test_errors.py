@@ -47,6 +47,13 @@ def cv_tree(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def ls_tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ls_err")
+    synth.synthesize_corpus("librispeech", ["en"], 0.3, 3, out, seed=2, subset_scale=0.02)
+    return out
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
@@ -64,15 +71,29 @@ def test_a_tsv_not_in_utf8_names_the_file_and_line(cv_tree, tmp_path):
     assert not list((tmp_path / "m").glob("*.jsonl.gz"))
 
 
-def test_a_clip_listed_twice_names_both_lines(cv_tree, tmp_path):
+@pytest.mark.parametrize("twin", ["same clip", "same id, another format"])
+def test_a_clip_listed_twice_names_both_lines(cv_tree, tmp_path, twin):
     corpus = copy_tree(cv_tree, tmp_path / "cv")
     tsv = corpus / "es" / "dev.tsv"
     lines = tsv.read_text(encoding="utf-8").splitlines()
-    tsv.write_text("\n".join(lines + [lines[1]]) + "\n", encoding="utf-8")
+    clip = lines[1].split("\t")[1]
+    again = lines[1] if twin == "same clip" else lines[1].replace(clip, clip[:-4] + ".wav", 1)
+    tsv.write_text("\n".join(lines + [again]) + "\n", encoding="utf-8")
     line = one_error_line(toolkit("prepare", "commonvoice", "--corpus-dir", corpus, "--out", tmp_path / "m",
                                   "--splits", "dev"), "prepare")
-    assert f"{tsv}:{len(lines) + 1}: clip {lines[1].split(chr(9))[1]} is listed twice (also on line 2)" in line
+    assert f"{tsv}:{len(lines) + 1}: clip {again.split(chr(9))[1]} has the utterance id {clip[:-4]!r} of the clip on " \
+           "line 2; remove the duplicate row" in line
     assert not (tmp_path / "m" / "cv-es_cuts_dev.jsonl.gz").exists()
+
+
+def test_an_utterance_listed_twice_in_librispeech_names_the_file(ls_tree, tmp_path):
+    corpus = copy_tree(ls_tree, tmp_path / "ls")
+    trans = sorted((corpus / "LibriSpeech" / "dev-clean").rglob("*.trans.txt"))[0]
+    first = trans.read_text(encoding="utf-8").splitlines()[0]
+    trans.write_text(trans.read_text(encoding="utf-8") + first + "\n", encoding="utf-8")
+    line = one_error_line(toolkit("prepare", "librispeech", "--corpus-dir", corpus, "--out", tmp_path / "m",
+                                  "--splits", "dev-clean"), "prepare")
+    assert f"{trans}: utterance {first.split()[0]} is listed twice (also in {trans.name}); remove the duplicate line" in line
 
 
 @contextlib.contextmanager

@@ -180,6 +180,7 @@ def _speaker_languages(root: Path, default: str) -> dict[str, str]:
 def scan_librispeech(part_dirs: list[Path], spk_lang: dict[str, str], default_language: str) -> list[Entry]:
     """Entries of every `*.trans.txt` under the given folders (audio path as lhotse derives it)."""
     entries = []
+    seen: dict[str, str] = {}  # utterance id -> the transcript file that lists it
     for part_dir in part_dirs:
         for trans in sorted(part_dir.rglob("*.trans.txt")):
             for line in read_utf8_lines(trans, "--corpus-dir", "LibriSpeech transcripts"):
@@ -187,6 +188,10 @@ def scan_librispeech(part_dirs: list[Path], spk_lang: dict[str, str], default_la
                     continue
                 fields = line.strip().split(maxsplit=1)
                 utt_id, text = fields[0], fields[1] if len(fields) > 1 else ""
+                if utt_id in seen:
+                    raise ToolkitError(f"{trans}: utterance {utt_id} is listed twice (also in {seen[utt_id]}); "
+                                       "remove the duplicate line")
+                seen[utt_id] = trans.name
                 spk, chap = (utt_id.split("-") + ["", ""])[:2]
                 audio = part_dir / spk / chap / f"{utt_id}.flac"
                 entries.append(Entry(utt_id, audio, text, spk, spk_lang.get(spk, default_language), line.strip(),
@@ -225,10 +230,11 @@ def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
                                f"{len(reader.fieldnames)} (a tab inside a field?); fix or remove the row")
         if not r.get("path"):
             raise ToolkitError(f"{tsv}:{n}: no clip in the path column; fix or remove the row")
-        if r["path"] in first_line:
-            raise ToolkitError(f"{tsv}:{n}: clip {r['path']} is listed twice (also on line {first_line[r['path']]}); "
-                               "remove the duplicate row")
-        first_line[r["path"]] = n
+        stem = Path(r["path"]).stem  # the utterance id: x.mp3 and x.wav would be one
+        if stem in first_line:
+            raise ToolkitError(f"{tsv}:{n}: clip {r['path']} has the utterance id {stem!r} of the clip on line "
+                               f"{first_line[stem]}; remove the duplicate row")
+        first_line[stem] = n
         r.update({c: "" for c in absent})
         entries.append(Entry(Path(r["path"]).stem, lang_dir / "clips" / r["path"], r["sentence"] or "", r["client_id"],
                              language, r))
