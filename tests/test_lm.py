@@ -271,18 +271,26 @@ def test_cli_train_toolkit_engine(tmp_path):
     (["--order", "0", "--text", "TEXT"], "--order 0"),
     (["--order", "3", "--text", "TEXT", "--prune", "0", "2", "1"], "non-decreasing"),
     (["--order", "3", "--text", "EMPTY"], "no sentences"),
-    (["--order", "3", "--text", "MARKERS"], "MARKERS:2: contains <s>"),
+    (["--order", "3", "--text", "MARKERS"], "MARKERS:2: contains <s>; the LM text holds words only"),
+    (["--order", "3", "--text", "UNK"], "UNK:2: contains <UNK>; the LM text holds words only"),  # was a word "unk"
 ])
 def test_cli_train_errors(tmp_path, args, msg):
-    files = {"TEXT": "a b\n", "EMPTY": "\n  \n", "MARKERS": "a\n<s> a\n"}
+    files = {"TEXT": "a b\n", "EMPTY": "\n  \n", "MARKERS": "a\n<s> a\n", "UNK": "a b\nthe <UNK> sat\n"}
     for name, content in files.items():
         (tmp_path / name).write_text(content, encoding="utf-8")
     args = [str(tmp_path / a) if a in files else a for a in args]
-    msg = msg.replace("MARKERS", str(tmp_path / "MARKERS"))
+    msg = msg.replace("MARKERS", str(tmp_path / "MARKERS")).replace("UNK:", f"{tmp_path / 'UNK'}:")
     proc = run_cli("lm", "train", *args, "--out", str(tmp_path / "o.arpa"), env=_env_without_lmplz())
     assert proc.returncode == 1
     assert msg in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not (tmp_path / "o.arpa").exists()
+
+
+def test_lm_text_refuses_an_unknown_word_marker(tmp_path):
+    (tmp_path / "extra.txt").write_text("the cat sat\na <unk> sat on the mat\n", encoding="utf-8")
+    proc = run_cli("lm", "text", "--language", "en", "--text", str(tmp_path / "extra.txt"), "--out", str(tmp_path / "t.txt"))
+    assert proc.returncode == 1 and f"--text {tmp_path / 'extra.txt'}:2: contains <unk>" in proc.stderr
+    assert not (tmp_path / "t.txt").exists()
 
 
 def test_cli_uses_lmplz_above_the_threshold(tmp_path):

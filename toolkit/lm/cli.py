@@ -105,6 +105,19 @@ def read_text(path: Path) -> list[str]:
     return lines
 
 
+MARKERS = (BOS, EOS, "<unk>")
+
+
+def check_no_markers(line: str, where: str) -> None:
+    """One-line error for an LM text line holding <s>, </s> or <unk> (any case): normalisation would
+    turn `<unk>` into a word "unk", and the estimator adds the sentence markers itself."""
+    if "<" in line:
+        found = [t for t in line.split() if t.casefold() in MARKERS]
+        if found:
+            raise ToolkitError(f"{where}: contains {found[0]}; the LM text holds words only: remove the marker "
+                               "(the estimator adds <s>, </s> and the <unk> probability itself)")
+
+
 def normalize_lm_text(path: Path, language: str, out: Path) -> tuple[int, int]:
     """Write `path`'s sentences, normalised for `language`, one a line into `out` (blank ones left out);
     return (sentences, words). Streams: any size, plain or gzipped. Sentence markers are an error."""
@@ -115,10 +128,7 @@ def normalize_lm_text(path: Path, language: str, out: Path) -> tuple[int, int]:
         for n, line in enumerate(tqdm(open_text_lines(path, "--text", "the LM training text (one sentence a line)"),
                                       desc="normalise LM text", unit=" lines", mininterval=10,
                                       disable=None), start=1):
-            if "<s>" in line or "</s>" in line:
-                toks = line.split()
-                if BOS in toks or EOS in toks:
-                    raise ToolkitError(f"--text {path}:{n}: contains <s> or </s>; remove sentence markers from the LM text")
+            check_no_markers(line, f"--text {path}:{n}")
             norm = normalize_text(line, language)
             if norm:
                 f.write(norm + "\n")
@@ -267,8 +277,10 @@ def run_text(args: argparse.Namespace) -> None:
         else:
             sources.append((str(path), [normalize_text(x, args.language) for x in sentences]))
     for path in args.text:
-        sources.append((str(path), [normalize_text(x, args.language)
-                                    for x in open_text_lines(path, "--text", "a text file, one sentence a line")]))
+        lines = list(open_text_lines(path, "--text", "a text file, one sentence a line"))
+        for n, x in enumerate(lines, start=1):
+            check_no_markers(x, f"--text {path}:{n}")
+        sources.append((str(path), [normalize_text(x, args.language) for x in lines]))
     if args.cuts:
         sources.append((" ".join(args.cuts), [normalize_text(x, args.language) for x in read_transcripts(args.cuts)]))
     excluded = {normalize_text(x, args.language) for x in read_transcripts(args.exclude_cuts)} if args.exclude_cuts else set()
