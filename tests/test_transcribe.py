@@ -401,6 +401,12 @@ def test_bad_inputs_are_named_and_the_rest_transcribed(tmp_path, tiny, lang, cap
         (["--method", "hlg", "--lang-dir", char_lang(tmp_path / "other", ["xyz"]), one],
          "does not match the checkpoint's vocabulary"),
         (["--chunk-s", "2", "--context-s", "1", one], "less than half"),
+        # graph options under greedy: the LM was silently not used
+        (["--lang-dir", lang, one], f"--lang-dir {lang}: --method greedy uses no graph and no LM; add --method hlg"),
+        (["--lm-scale", "5", one], "--lm-scale 5.0: --method greedy uses no graph and no LM"),
+        (["--max-segment-s", "0.001", one], "--max-segment-s 0.001: segments are cut between words"),  # hung
+        (["--chunk-s", "nan", one], "--chunk-s nan: give a finite number of seconds"),  # a traceback
+        (["--max-duration", "inf", one], "--max-duration inf: give a finite number of seconds"),
     ]
     for extra, message in cases:
         assert run_cli(["--checkpoint", ckpt, *extra]) == 1
@@ -413,6 +419,64 @@ def test_bad_inputs_are_named_and_the_rest_transcribed(tmp_path, tiny, lang, cap
     save_checkpoint(pre, Wav2Vec2ForPretraining(get_preset("tiny")), get_preset("tiny"), "pretrain")
     assert run_cli(["--checkpoint", pre, one]) == 1
     assert "no CTC head" in capsys.readouterr().err
+
+
+def test_channels_spans_and_file_names_of_real_inputs(tmp_path, tiny, capsys):
+    """What users' own recordings bring: a cut's channel of a file only ffmpeg decodes (it was the
+    average of all channels, or an IndexError), a WAV shorter than its header, a cut reaching past
+    the end of its file, ids that would name subtitle files elsewhere, a folder with other files."""
+    from lhotse import CutSet, MonoCut, Recording
+
+    from toolkit.transcribe.audio import AudioItem, AudioReader, collect_inputs
+
+    ckpt, *_ = tiny
+    rng = np.random.default_rng(3)
+    left = (0.2 * rng.standard_normal(SR * 2)).astype(np.float32)
+    right = (0.3 * np.sin(np.arange(SR * 2) * 0.05)).astype(np.float32)
+    sf.write(tmp_path / "st.wav", np.stack([left, right], 1), SR, subtype="PCM_16")
+    r = ffmpeg("-i", tmp_path / "st.wav", "-c:a", "alac", tmp_path / "st.m4a")  # lossless, not a soundfile format
+    assert r.returncode == 0, r.stderr
+    want = sf.read(tmp_path / "st.wav", dtype="float32")[0]
+    for ch in (0, 1):
+        with AudioReader(AudioItem("x", "st.m4a", tmp_path / "st.m4a", channel=[ch])) as reader:
+            got = reader.read(0, reader.num_samples)
+        assert torch.allclose(got, torch.from_numpy(want[:, ch]), atol=1e-6), ch
+    with AudioReader(AudioItem("x", "st.m4a", tmp_path / "st.m4a")) as reader:  # no channel: the average
+        assert torch.allclose(reader.read(0, reader.num_samples), torch.from_numpy(want.mean(1)), atol=1e-6)
+    with pytest.raises(ToolkitError, match="channel index 2 of a 2-channel file; fix the manifest"):
+        AudioReader(AudioItem("x", "st.m4a", tmp_path / "st.m4a", channel=[2]))
+
+    # a WAV cut short of its header; a cut past the file's end
+    data = (tmp_path / "st.wav").read_bytes()
+    (tmp_path / "cut_short.wav").write_bytes(data[: len(data) // 4])
+    rec = Recording.from_file(tmp_path / "st.wav")
+    CutSet.from_cuts([MonoCut("past", 1.5, 3.0, 0, recording=rec)]).to_file(tmp_path / "past.jsonl.gz")
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, "--format", "jsonl", "--out-dir", tmp_path / "o1",
+                    tmp_path / "cut_short.wav", tmp_path / "past.jsonl.gz"]) == 0
+    err = capsys.readouterr().err
+    assert "cut_short.wav: the WAV header announces 2.00 s but the file holds 0.50 s" in err
+    assert "asks for 3.00 s from 1.50 s, but the audio ends at 2.00 s; transcribing the 0.50 s there are" in err
+    CutSet.from_cuts([MonoCut("late", 2.5, 1.0, 0, recording=rec)]).to_file(tmp_path / "late.jsonl.gz")
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, "--out-dir", tmp_path / "o2", tmp_path / "late.jsonl.gz"]) == 1
+    assert "starts at 2.50 s, past the end of the audio (2.00 s); fix the manifest" in capsys.readouterr().err
+
+    # ids naming files elsewhere, with per-recording outputs
+    (tmp_path / "wav.scp").write_text(f"../../escaped {tmp_path / 'st.wav'}\n", encoding="utf-8")
+    assert run_cli(["--checkpoint", ckpt, "--format", "text,srt", "--out-dir", tmp_path / "o3",
+                    tmp_path / "wav.scp"]) == 1
+    assert "utterance id '../../escaped'" in capsys.readouterr().err and not (tmp_path / "escaped.srt").exists()
+    assert run_cli(["--checkpoint", ckpt, "--format", "text", "--out-dir", tmp_path / "o4", tmp_path / "wav.scp"]) == 0
+
+    # a folder: what is not audio by its suffix is named, not silently passed over
+    (tmp_path / "dir").mkdir()
+    sf.write(tmp_path / "dir" / "a.wav", left, SR)
+    (tmp_path / "dir" / "notes.txt").write_text("x", encoding="utf-8")
+    items, failed = collect_inputs([str(tmp_path / "dir")])
+    assert [it.id for it in items] == ["a"] and not failed
+    assert run_cli(["--checkpoint", ckpt, "--out-dir", tmp_path / "o5", tmp_path / "dir"]) == 0
+    assert "1 file(s) below this folder left out: not audio by their suffix (e.g. " in capsys.readouterr().err
 
 
 def test_text_to_stdout_with_only_the_checkpoint(tmp_path, tiny, capsys):

@@ -105,20 +105,34 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray | None, int]:
 
 
 def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode with ffmpeg to 16 kHz mono float32 (formats libsndfile does not know)."""
+    """Decode with ffmpeg to 16 kHz float32, every channel (formats libsndfile does not know)."""
+    import tempfile
+
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory(prefix="toolkit-audio-") as tmp:
+        wav = Path(tmp) / "audio.wav"
+        ffmpeg_to_wav(path, wav, str(path))
+        data, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    return data, int(rate)
+
+
+def ffmpeg_to_wav(path: Path, wav: Path, source: str) -> None:
+    """`path` decoded by ffmpeg into the float WAV `wav` at 16 kHz with every channel kept (the
+    caller averages them, or takes one: ffmpeg's `-ac 1` mixes with its own weights); one-line
+    ToolkitError naming `source` when ffmpeg is missing or cannot decode the file."""
     from toolkit import external
 
     if not external.available("ffmpeg"):
-        raise ToolkitError(f"{path}: cannot decode the audio (not a format soundfile reads, and ffmpeg is "
-                           f"not installed: {external.install_hint('ffmpeg')}); or convert it to WAV/FLAC")
-    proc = external.run("ffmpeg", ["-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-                                   "-ar", str(SAMPLE_RATE), "-"], "to decode this audio format",
-                        capture_output=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
+        raise ToolkitError(f"{source}: cannot decode the audio (not a format soundfile reads, and ffmpeg "
+                           f"is not installed: {external.install_hint('ffmpeg')}); or convert it to WAV/FLAC")
+    proc = external.run("ffmpeg", ["-nostdin", "-v", "error", "-i", str(path), "-vn", "-ar", str(SAMPLE_RATE),
+                                   "-c:a", "pcm_f32le", "-f", "wav", str(wav)],
+                        "to decode this audio format", capture_output=True, check=False)
+    if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise ToolkitError(f"{path}: cannot decode the audio (corrupt or unsupported file: "
+        raise ToolkitError(f"{source}: cannot decode the audio (corrupt or unsupported file: "
                            f"{reason[-1][:120] if reason else 'no audio stream'})")
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy(), SAMPLE_RATE
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:

@@ -108,7 +108,12 @@ def collect_inputs(inputs: list[str]) -> tuple[list[AudioItem], list[tuple[str, 
 
 
 def _folder_items(folder: Path) -> list[AudioItem]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    everything = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    files = sorted(p for p in everything if p.suffix.lower() in AUDIO_SUFFIXES)
+    others = sorted(p for p in everything if p.suffix.lower() not in AUDIO_SUFFIXES)
+    if others:
+        log.warning("%s: %d file(s) below this folder left out: not audio by their suffix (e.g. %s; audio is %s); "
+                    "give such a file by name to try it", folder, len(others), others[0], " ".join(AUDIO_SUFFIXES))
     out = []
     for p in files:
         rel = p.relative_to(folder).with_suffix("")
@@ -221,9 +226,23 @@ class AudioReader:
         if self.rate != SAMPLE_RATE:
             notes.note(f"rate{self.rate}", f"{item.source}: {self.rate} Hz, resampled to {SAMPLE_RATE} Hz")
         total_in = self._file.frames
+        if self.channels > 1 and item.channel is not None and max(item.channel) >= self.channels:
+            raise ToolkitError(f"{item.source}: channel index {max(item.channel)} of a {self.channels}-channel file; "
+                               "fix the manifest's channel")
+        declared = _wav_header_frames(path) if self._tmpdir is None else None  # ffmpeg's copy: another rate
+        if declared is not None and declared > total_in + self.rate // 100:
+            log.warning("%s: the WAV header announces %.2f s but the file holds %.2f s (truncated copy?); "
+                        "transcribing what is there", item.source, declared / self.rate, total_in / self.rate)
         self.in_offset = min(total_in, int(round(item.offset * self.rate)))
         end = total_in if item.duration is None else min(total_in, self.in_offset + int(round(item.duration * self.rate)))
         self.in_samples = max(0, end - self.in_offset)
+        if item.duration is not None and self.in_samples < int(round(item.duration * self.rate)) - self.rate // 100:
+            if self.in_samples == 0:
+                raise ToolkitError(f"{item.source}: starts at {item.offset:.2f} s, past the end of the audio "
+                                   f"({total_in / self.rate:.2f} s); fix the manifest")
+            log.warning("%s: asks for %.2f s from %.2f s, but the audio ends at %.2f s; transcribing the %.2f s "
+                        "there are", item.source, item.duration, item.offset, total_in / self.rate,
+                        self.in_samples / self.rate)
         g = math.gcd(self.rate, SAMPLE_RATE)
         self._ro, self._no = self.rate // g, SAMPLE_RATE // g
         # torchaudio's kernel reaches `width` input samples either side; two extra periods of margin.
@@ -247,23 +266,17 @@ class AudioReader:
     def _decode_with_ffmpeg(self, path: Path, notes: ConversionNotes):  # noqa: ANN202
         import soundfile as sf
 
-        from toolkit import external
+        from toolkit.model.extract import ffmpeg_to_wav
 
-        if not external.available("ffmpeg"):
-            raise ToolkitError(f"{self.item.source}: cannot decode the audio (not a format soundfile reads, and ffmpeg "
-                               f"is not installed: {external.install_hint('ffmpeg')}); or convert it to WAV/FLAC")
         self._tmpdir = tempfile.TemporaryDirectory(prefix="toolkit-transcribe-")
         wav = Path(self._tmpdir.name) / "audio.wav"
-        proc = external.run("ffmpeg", ["-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1",
-                                       "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "wav", str(wav)],
-                            "to decode this audio format", capture_output=True, check=False)
-        if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
+        try:
+            ffmpeg_to_wav(path, wav, self.item.source)
+        except ToolkitError:
             self.close()
-            reason = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise ToolkitError(f"{self.item.source}: cannot decode the audio (corrupt or unsupported file: "
-                               f"{reason[-1][:120] if reason else 'no audio stream'})")
+            raise
         notes.note("ffmpeg", f"{self.item.source}: not a format soundfile reads; decoded with ffmpeg to "
-                             f"{SAMPLE_RATE} Hz mono")
+                             f"{SAMPLE_RATE} Hz")
         return sf.SoundFile(str(wav))
 
     def _open_lhotse(self, notes: ConversionNotes) -> None:
@@ -340,6 +353,32 @@ class AudioReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _wav_header_frames(path: Path) -> int | None:
+    """Sample frames a RIFF/WAVE file's `data` chunk announces (None: not a plain PCM WAV, or a
+    streamed one whose size fields are placeholders). libsndfile quietly reads a truncated file's
+    frames from what is there, so only the header tells that audio is missing."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, None
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack("<H", head[pos + 20:pos + 22])[0]
+        elif chunk == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def probe_duration(item: AudioItem) -> float | None:

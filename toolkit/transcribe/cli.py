@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -55,20 +56,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audio files, folders (recursive), Kaldi wav.scp files, Lhotse cut/recording manifests")
 
 
+MIN_SEGMENT_S = 1.0  # --max-segment-s below this: a segment can end up without a frame to cut at
+
+
+def check_greedy_options(args: argparse.Namespace) -> None:
+    """`--lang-dir` and the graph search options mean nothing to greedy search: one-line error (a
+    user who forgot `--method hlg` would believe the LM was used)."""
+    from toolkit.decode.options import SearchOptions
+
+    if args.method != "greedy":
+        return
+    defaults = SearchOptions()
+    given = [f"--lang-dir {args.lang_dir}"] if args.lang_dir else []
+    given += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in vars(defaults)
+              if hasattr(args, k) and getattr(args, k) != getattr(defaults, k)]
+    if given:
+        raise ToolkitError(f"{given[0]}: --method greedy uses no graph and no LM; add --method hlg (or another "
+                           "graph method), or drop the graph options")
+
+
+def check_file_names(items: list, formats: list[str]) -> None:
+    """Utterance ids become file names (`srt/ID.srt`): one that names another place is an error."""
+    for it in items if formats else []:
+        if "/" in it.id or "\\" in it.id or it.id in (".", "..") or it.id.startswith("."):
+            raise ToolkitError(f"utterance id {it.id!r} ({it.source}) cannot name a file in --out-dir/"
+                               f"{formats[0]}/; rename it (no '/', '\\', leading '.'), or leave out "
+                               f"--format {','.join(formats)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
     from toolkit.text.tokenizer import Tokenizer
     from toolkit.transcribe.audio import collect_inputs, probe_duration
     from toolkit.decode.chunking import ChunkOptions
-    from toolkit.transcribe.formats import Outputs, parse_formats
+    from toolkit.transcribe.formats import PER_RECORDING, Outputs, parse_formats
     from toolkit.transcribe.search import open_search
     from toolkit.transcribe.transcriber import TranscribeOptions, Transcriber
 
     formats = parse_formats(args.format)
     if args.out_dir is None and len(formats) > 1:
         raise ToolkitError(f"--format {args.format}: several formats need --out-dir (standard output takes one)")
-    if args.max_duration <= 0 or args.max_segment_s <= 0:
-        raise ToolkitError("--max-duration and --max-segment-s must be positive")
+    for name in ("max_duration", "chunk_s", "context_s", "max_segment_s"):
+        if not math.isfinite(getattr(args, name)):
+            raise ToolkitError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a finite number of seconds")
+    if args.max_duration <= 0:
+        raise ToolkitError("--max-duration must be positive")
+    if args.max_segment_s < MIN_SEGMENT_S:
+        raise ToolkitError(f"--max-segment-s {args.max_segment_s}: segments are cut between words and need at "
+                           f"least {MIN_SEGMENT_S:g} s")
+    check_greedy_options(args)
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] != "ctc":
         raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; "
@@ -83,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
                              dtype=args.dtype)
     chunk.check()
     items, failed = collect_inputs(args.inputs)
+    if args.out_dir is not None:
+        check_file_names(items, [f for f in formats if f in PER_RECORDING])
     for source, message in failed:
         log.error("skipped: %s", message)
     if not items and failed:

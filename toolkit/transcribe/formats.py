@@ -35,6 +35,7 @@ from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 FORMATS = ("text", "jsonl", "ctm", "srt", "vtt")
 FILE_NAMES = {"text": "text", "jsonl": "transcripts.jsonl", "ctm": "ctm"}
 NEEDS_TIMES = {"jsonl", "ctm", "srt", "vtt"}
+PER_RECORDING = ("srt", "vtt")  # one file per recording, named by its id
 
 
 def parse_formats(spec: str) -> list[str]:
@@ -184,7 +185,7 @@ class Outputs:
     def __init__(self, formats: Iterable[str], out_dir: str | Path | None, stdout: TextIO | None = None):
         self.formats = list(formats)
         self.out_dir = Path(out_dir) if out_dir else None
-        if self.out_dir is None and any(f in ("srt", "vtt") for f in self.formats):
+        if self.out_dir is None and any(f in PER_RECORDING for f in self.formats):
             raise ToolkitError("--format srt/vtt writes one file per recording: give --out-dir")
         self.writers = {f: make_writer(f) for f in self.formats}
         self.stdout = stdout or sys.stdout
@@ -225,7 +226,7 @@ class Outputs:
         for f, w in self.writers.items():
             rendered = w.end()
             text = w.text
-            if f in ("srt", "vtt"):
+            if f in PER_RECORDING:
                 atomic_write_text(self.out_dir / f / f"{w.rec.id}.{f}", rendered)
             elif self.out_dir is not None:
                 self._files[f].write(rendered)
