@@ -445,6 +445,18 @@ def test_channels_spans_and_file_names_of_real_inputs(tmp_path, tiny, capsys):
         assert torch.allclose(reader.read(0, reader.num_samples), torch.from_numpy(want.mean(1)), atol=1e-6)
     with pytest.raises(ToolkitError, match="channel index 2 of a 2-channel file; fix the manifest"):
         AudioReader(AudioItem("x", "st.m4a", tmp_path / "st.m4a", channel=[2]))
+    with AudioReader(AudioItem("x", "st.wav", tmp_path / "st.wav", default_channel=1)) as reader:  # --channel 1
+        assert torch.equal(reader.read(0, reader.num_samples), torch.from_numpy(want[:, 1]))
+    sf.write(tmp_path / "mono.wav", want[:, 1], SR, subtype="PCM_16")
+    with AudioReader(AudioItem("x", "mono.wav", tmp_path / "mono.wav", default_channel=1)) as reader:
+        assert torch.equal(reader.read(0, reader.num_samples), torch.from_numpy(want[:, 1]))  # its only channel
+    # opposite phase: the average is silence, and the transcript would be empty without a word
+    sf.write(tmp_path / "phase.wav", np.stack([right, -right], 1), SR)
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, tmp_path / "phase.wav"]) == 0
+    assert "phase.wav: its 2 channels cancel out when averaged" in capsys.readouterr().err
+    assert run_cli(["--checkpoint", ckpt, "--channel", "3", tmp_path / "phase.wav"]) == 1
+    assert "channel index 3 of a 2-channel file" in capsys.readouterr().err
 
     # a WAV cut short of its header; a cut past the file's end
     data = (tmp_path / "st.wav").read_bytes()

@@ -53,6 +53,7 @@ class AudioItem:
     offset: float = 0.0  # seconds into the file (lhotse cuts)
     duration: float | None = None  # seconds from `offset` (None: to the end)
     channel: int | list[int] | None = None  # channels to average (None: all)
+    default_channel: int | None = None  # --channel: the channel of a multi-channel file when `channel` is None
     lhotse: Any = None  # a lhotse Cut/Recording whose audio only lhotse can load (URL, command, transforms)
     language: str | None = None  # the manifest's supervision language, when given
     extra: dict = field(default_factory=dict)
@@ -221,14 +222,18 @@ class AudioReader:
             self._file = self._decode_with_ffmpeg(path, notes)
         self.rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
-        if self.channels > 1 and item.channel is None:
+        self._channel = [item.channel] if isinstance(item.channel, int) else item.channel
+        if self._channel is None and item.default_channel is not None and self.channels > 1:
+            self._channel = [item.default_channel]
+        if self.channels > 1 and self._channel is None:
             notes.note("downmix", f"{item.source}: {self.channels} channels, averaged to mono")
         if self.rate != SAMPLE_RATE:
             notes.note(f"rate{self.rate}", f"{item.source}: {self.rate} Hz, resampled to {SAMPLE_RATE} Hz")
         total_in = self._file.frames
-        if self.channels > 1 and item.channel is not None and max(item.channel) >= self.channels:
-            raise ToolkitError(f"{item.source}: channel index {max(item.channel)} of a {self.channels}-channel file; "
-                               "fix the manifest's channel")
+        if self._channel is not None and max(self._channel) >= self.channels:
+            raise ToolkitError(f"{item.source}: channel index {max(self._channel)} of a {self.channels}-channel file; "
+                               "fix the manifest's channel (or --channel)")
+        self._cancel_warned = False
         declared = _wav_header_frames(path) if self._tmpdir is None else None  # ffmpeg's copy: another rate
         if declared is not None and declared > total_in + self.rate // 100:
             log.warning("%s: the WAV header announces %.2f s but the file holds %.2f s (truncated copy?); "
@@ -332,12 +337,30 @@ class AudioReader:
         except (sf.LibsndfileError, RuntimeError) as e:
             raise ToolkitError(f"{self.item.source}: cannot read the audio at {a / self.rate:.2f} s "
                                f"({str(e).splitlines()[0][:120]}); the file is damaged") from None
-        if self.item.channel is not None:
-            data = data[:, self.item.channel]
-        wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
+        if self._channel is not None:
+            data = data[:, self._channel]
+        if data.shape[1] > 1:
+            mixed = data.mean(axis=1)
+            self._check_cancellation(data, mixed, a)
+        else:
+            mixed = data[:, 0]
+        wav = torch.from_numpy(np.ascontiguousarray(mixed))
         if wav.numel() < b - a:  # a file shorter than its header says: pad, it is the file's own end
             wav = torch.nn.functional.pad(wav, (0, b - a - wav.numel()))
         return wav
+
+    def _check_cancellation(self, data: np.ndarray, mixed: np.ndarray, a: int) -> None:
+        """Warn (once) when averaging the channels wipes out what they hold: channels in opposite
+        phase (a miswired microphone) average to near silence, and the transcript comes out empty."""
+        if self._cancel_warned or len(mixed) < self.rate // 10:
+            return
+        each = float(np.sqrt(np.mean(data.astype(np.float64) ** 2, axis=0)).mean())
+        together = float(np.sqrt(np.mean(mixed.astype(np.float64) ** 2)))
+        if each > 1e-3 and together < 0.1 * each:
+            self._cancel_warned = True
+            log.warning("%s: its %d channels cancel out when averaged (%.1f dB below them, from %.1f s: opposite "
+                        "phase?); transcribe one channel with --channel N", self.item.source, data.shape[1],
+                        20 * math.log10(max(together, 1e-12) / each), a / self.rate)
 
     def close(self) -> None:
         if self._file is not None:

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-segment-s", type=float, default=30.0,
                         help="long recordings are searched and aligned in segments of about this length, "
                              "cut between words")
+    parser.add_argument("--channel", type=int, default=None,
+                        help="transcribe this channel (0 = first) of multi-channel files (default: their average; "
+                             "a manifest's cut keeps its own channel, a mono file its only one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -119,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
                              dtype=args.dtype)
     chunk.check()
     items, failed = collect_inputs(args.inputs)
+    if args.channel is not None:
+        if args.channel < 0:
+            raise ToolkitError(f"--channel {args.channel}: channels count from 0")
+        for it in items:
+            it.default_channel = args.channel
     if args.out_dir is not None:
         check_file_names(items, [f for f in formats if f in PER_RECORDING])
     for source, message in failed:
