@@ -491,6 +491,29 @@ def test_channels_spans_and_file_names_of_real_inputs(tmp_path, tiny, capsys):
     assert "1 file(s) below this folder left out: not audio by their suffix (e.g. " in capsys.readouterr().err
 
 
+def test_sigterm_interrupts_like_ctrl_c_and_leaves_no_temporary_file(tmp_path, tiny):
+    """`kill`/`timeout`/a scheduler stop a run with SIGTERM: the temporary file of the text output
+    was left behind (SIGTERM ended Python without running its cleanups)."""
+    import os
+    import signal
+    import time
+
+    ckpt, *_ = tiny
+    write_sentences(tmp_path / "in", 60, seed=12)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "transcribe", "--no-progress", "--checkpoint",
+                             str(ckpt), "--max-duration", "3", "--out-dir", str(out), str(tmp_path / "in")],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while not list(out.glob(".text*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(out.glob(".text*")), "the run ended before its text file was opened"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "toolkit transcribe: interrupted" in err, err[-2000:]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")] and not (out / "text").exists()
+
+
 def test_text_to_stdout_with_only_the_checkpoint(tmp_path, tiny, capsys):
     """`toolkit transcribe --checkpoint ft.pt a.wav`: nothing else needed, text on standard output."""
     ckpt, model, tok, cfg = tiny

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import signal
 import sys
 import traceback
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     setup_logging(verbose)
     tune_cpu_allocator()
+    previous = _interrupt_on_sigterm()
     try:
         rc = module.run(args)
     except ToolkitError as e:
@@ -85,7 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"toolkit {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
+
+
+def _interrupt_on_sigterm():  # noqa: ANN202 - the previous handler, or None when not installable
+    """SIGTERM (`kill`, a job scheduler, `timeout`) interrupts like Ctrl-C: context managers and
+    `finally` blocks run, so a temporary file of an atomic write is removed instead of left behind."""
+    def interrupt(signum, frame):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        return None
 
 
 OS_FIXES = {

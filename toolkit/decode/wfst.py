@@ -406,6 +406,11 @@ def _make_decoder(spec: dict):
 
 def _init_worker(spec: dict) -> None:
     global _WORKER
+    import signal
+
+    # a forked worker inherits the CLI's SIGTERM-as-interrupt handler (toolkit.cli); Pool.terminate()
+    # stops workers with SIGTERM, which must simply end them
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER = _make_decoder(spec)
 
 
