@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"toolkit {name}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader of standard output went away (`| head`): stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        return 141
     except OSError as e:
         # The error boundary: disk full, read-only or missing directories, a directory where a file
         # goes: one line naming the path and what to do (the traceback only with --verbose).

@@ -179,7 +179,12 @@ def _lhotse_item(uid: str, source: str, obj: Any, offset: float, duration: float
         src = rec.sources[0]
         # A multi-channel recording stored as one file: the cut's channel(s) index that file.
         if channel is not None and src.channels and len(src.channels) > 1:
-            ch = [src.channels.index(c) for c in (channel if isinstance(channel, list) else [channel])]
+            wanted = channel if isinstance(channel, list) else [channel]
+            missing = [c for c in wanted if c not in src.channels]
+            if missing:
+                raise ToolkitError(f"{source}: channel {missing[0]} is not one of the recording's channels "
+                                   f"{src.channels}; fix the cut's channel")
+            ch = [src.channels.index(c) for c in wanted]
         else:
             ch = None
         return AudioItem(id=clean_id(uid), source=source, path=Path(src.source), offset=offset, duration=duration,

@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             raise ToolkitError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a finite number of seconds")
     if args.max_duration <= 0:
         raise ToolkitError("--max-duration must be positive")
+    if args.batch_windows is not None and args.batch_windows < 1 or args.nj < 1:
+        raise ToolkitError(f"--batch-windows {args.batch_windows} / --nj {args.nj}: give at least 1")
     if args.max_segment_s < MIN_SEGMENT_S:
         raise ToolkitError(f"--max-segment-s {args.max_segment_s}: segments are cut between words and need at "
                            f"least {MIN_SEGMENT_S:g} s")
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     language = vocab.get("language") if isinstance(vocab, dict) else None
     device = resolve_device(args.device)
     chunk = ChunkOptions(args.chunk_s, args.context_s,
-                         args.batch_windows or (8 if device.type == "cuda" else 1))
+                         args.batch_windows if args.batch_windows is not None else 8 if device.type == "cuda" else 1)
     opts = TranscribeOptions(chunk=chunk, max_duration=args.max_duration, max_segment_s=args.max_segment_s,
                              dtype=args.dtype)
     chunk.check()
