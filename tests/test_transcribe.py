@@ -482,6 +482,13 @@ def test_channels_spans_and_file_names_of_real_inputs(tmp_path, tiny, capsys):
                     tmp_path / "wav.scp"]) == 1
     assert "utterance id '../../escaped'" in capsys.readouterr().err and not (tmp_path / "escaped.srt").exists()
     assert run_cli(["--checkpoint", ckpt, "--format", "text", "--out-dir", tmp_path / "o4", tmp_path / "wav.scp"]) == 0
+    # a later run into the same --out-dir with other formats and recordings: the earlier outputs are named
+    assert run_cli(["--checkpoint", ckpt, "--format", "jsonl,srt", "--out-dir", tmp_path / "o4",
+                    tmp_path / "mono.wav"]) == 0
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, "--format", "ctm,srt", "--out-dir", tmp_path / "o4", tmp_path / "st.wav"]) == 0
+    assert ("o4: text, transcripts.jsonl, 1 file(s) in srt/ from an earlier run stay as they are"
+            in capsys.readouterr().err)
 
     # a folder: what is not audio by its suffix is named, not silently passed over
     (tmp_path / "dir").mkdir()

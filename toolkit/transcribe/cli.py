@@ -87,6 +87,22 @@ def check_file_names(items: list, formats: list[str]) -> None:
                                f"--format {','.join(formats)}")
 
 
+def warn_stale_outputs(out_dir: Path, formats: list[str], items: list) -> None:
+    """Outputs of an earlier run into the same --out-dir that this run leaves as they are (another
+    format, or subtitles of recordings not in this run) would read as this run's: say so."""
+    from toolkit.transcribe.formats import FILE_NAMES, PER_RECORDING
+
+    ids = {it.id for it in items}
+    stale = [name for f, name in FILE_NAMES.items() if f not in formats and (out_dir / name).exists()]
+    for f in PER_RECORDING:
+        if (out_dir / f).is_dir():
+            old = [p for p in (out_dir / f).glob(f"*.{f}") if f not in formats or p.stem not in ids]
+            stale += [f"{len(old)} file(s) in {f}/"] if old else []
+    if stale:
+        log.warning("--out-dir %s: %s from an earlier run stay as they are (not written by this run); remove them "
+                    "or use another --out-dir", out_dir, ", ".join(stale))
+
+
 def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
     from toolkit.text.tokenizer import Tokenizer
@@ -131,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             it.default_channel = args.channel
     if args.out_dir is not None:
         check_file_names(items, [f for f in formats if f in PER_RECORDING])
+        warn_stale_outputs(Path(args.out_dir), formats, items)
     for source, message in failed:
         log.error("skipped: %s", message)
     if not items and failed:
