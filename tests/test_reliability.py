@@ -39,6 +39,10 @@ def test_a_fresh_run_after_an_abandoned_longer_one_keeps_every_new_checkpoint(tm
             ToyTask(make_batches(12)), resume=False).run()
     assert steps(exp) == [24, 32, 40]
     old = {p.name: p.read_bytes() for p in exp.glob("checkpoint-*.pt")}
+    # what was made from it: an averaged model and a decode (toolkit results would report them as the new run's)
+    (exp / "avg-3.pt").write_bytes(old["checkpoint-40.pt"])
+    (exp / "decode" / "test" / "greedy").mkdir(parents=True)
+    (exp / "decode" / "test" / "greedy" / "results.json").write_text("{}")
     # a fresh, shorter run in the same directory (--no-resume)
     Trainer(config(tmp_path, max_updates=24, save_interval=8, keep_last=3, valid_interval=100),
             ToyTask(make_batches(12)), resume=False).run()
@@ -49,11 +53,24 @@ def test_a_fresh_run_after_an_abandoned_longer_one_keeps_every_new_checkpoint(tm
     (aside,) = (exp / "previous").iterdir()
     assert {p.name: p.read_bytes() for p in aside.glob("checkpoint-*.pt")} == old
     assert (aside / "metrics.jsonl").is_file()
+    assert (aside / "avg-3.pt").is_file() and (aside / "decode" / "test" / "greedy" / "results.json").is_file()
+    assert not (exp / "avg-3.pt").exists() and not (exp / "decode").exists()
     assert [r["step"] for r in metric_rows(exp) if r["split"] == "train"] == list(range(1, 25))
     # the next default run resumes the new run, not the abandoned one
     rows = Trainer(config(tmp_path, max_updates=24, save_interval=8, keep_last=3, valid_interval=100),
                    ToyTask(make_batches(12)), resume=True).run()
     assert rows == {} and steps(exp) == [8, 16, 24]
+
+
+def test_resume_from_the_last_pt_link_keeps_the_link_pointing_at_a_checkpoint(tmp_path):
+    """`--resume EXP/last.pt` made last.pt a link to itself (decode then: checkpoint not found)."""
+    exp = tmp_path / "exp"
+    Trainer(config(tmp_path, max_updates=16, save_interval=8, keep_last=3, valid_interval=100),
+            ToyTask(make_batches(12)), resume=False).run()
+    Trainer(config(tmp_path, max_updates=16, save_interval=8, keep_last=3, valid_interval=100),
+            ToyTask(make_batches(12)), resume=str(exp / "last.pt")).run()
+    assert os.readlink(exp / "last.pt") == "checkpoint-16.pt"
+    assert torch.load(exp / "last.pt", weights_only=True)["step"] == 16
 
 
 def test_resuming_below_a_longer_branch_sets_the_branch_aside(tmp_path):

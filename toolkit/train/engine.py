@@ -431,8 +431,9 @@ class Trainer:
         expdir.set_aside_other_branch(self.exp_dir, self.num_updates, resumed_from)
         expdir.truncate_metrics(self.exp_dir, self.num_updates)
         last = self.exp_dir / "last.pt"
-        if resumed_from.resolve().parent == self.exp_dir.resolve() and (last.is_symlink() or last.exists()):
-            self._point_last(resumed_from.name)
+        target = resumed_from.resolve()  # `--resume EXP/last.pt` names the link: point at what it points at
+        if target.parent == self.exp_dir.resolve() and (last.is_symlink() or last.exists()):
+            self._point_last(target.name)
 
     def _point_last(self, name: str) -> None:
         link_tmp = self.exp_dir / ".last.pt.tmp"

@@ -4,7 +4,8 @@
   killed run never leaves a stale lock behind) by the run that trains there; a second run in the
   same directory is a one-line error naming the holder (pid and host, from the lock file).
 - `set_aside`: moves files of another lineage into `exp_dir/previous/<time>/`, never deleting:
-  everything on a fresh start (checkpoints, last.pt, best.pt, metrics, TensorBoard events), and on
+  everything on a fresh start (checkpoints, last.pt, best.pt, averaged models, metrics, TensorBoard
+  events, decode/), and on
   a resume the checkpoints of a branch that went further than the resumed step. So pruning to
   the newest `keep_last` checkpoints, `average-checkpoints --last N` and the next default resume
   only ever see the current run's checkpoints.
@@ -114,6 +115,9 @@ def set_aside_for_fresh_start(exp_dir: str | os.PathLike) -> Path | None:
     """A fresh run in a used directory: every file of the earlier run goes to previous/<time>/."""
     exp_dir = Path(exp_dir)
     paths = [p for _, p in list_checkpoints(exp_dir)] + [exp_dir / name for name in RUN_FILES]
+    # what was made from that run: averaged models (any other *.pt) and its decodes, which
+    # `toolkit results` would otherwise report as the new run's
+    paths += [p for p in sorted(exp_dir.glob("*.pt")) if p not in paths] + [exp_dir / "decode"]
     return set_aside(exp_dir, paths, "a fresh run starts here")
 
 
