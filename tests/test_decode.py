@@ -326,6 +326,12 @@ def test_decode_command_rejects_mismatched_inputs(tmp_path, lang, capsys):
     assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(tmp_path / "none.jsonl.gz"),
                  "--out-dir", str(tmp_path / "o")]) == 1
     assert "file not found" in capsys.readouterr().err
+    # cuts without reference texts were scored as empty references: a WER of "inf", exit 0
+    (tmp_path / "bare").mkdir()
+    bare, _ = make_cuts(tmp_path / "bare", [("", "xx"), ("  ", "xx")])
+    assert main(["decode", "--checkpoint", str(ckpt), "--cuts", str(bare), "--out-dir", str(tmp_path / "o2")]) == 1
+    assert "no cut has a reference text; decode scores against references" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_k2_methods_without_k2_say_how_to_install_it(tmp_path, lang):
@@ -456,6 +462,17 @@ def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, l
     assert main(base[:-2] + ["--method", "greedy", "--cuts", str(test_cuts), "--out-dir", str(tmp_path / "y"),
                              "--sweep-lm-scales", "1,2"]) == 1
     assert "none of the methods greedy can be swept" in capsys.readouterr().err
+    # a tuning chosen for another checkpoint is refused (it was applied to any model)
+    (tmp_path / "other_model").mkdir()
+    other, *_ = tiny_checkpoint(tmp_path / "other_model", lang)
+    other_base = ["decode", "--checkpoint", str(other), "--lang-dir", str(lang), "--methods", "greedy,hlg"]
+    assert main(other_base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "z"), "--tuning-from", str(dev)]) == 1
+    assert f"tuned for the checkpoint {ckpt.resolve()}" in capsys.readouterr().err
+    # decoding dev again without a sweep into the same directory: its old tuning goes (it was reused)
+    assert main(other_base + ["--cuts", str(dev_cuts), "--out-dir", str(dev)]) == 0
+    assert not (dev / "hlg" / "tuning.json").exists() and not (dev / "hlg" / "sweep.txt").exists()
+    assert main(other_base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "z"), "--tuning-from", str(dev)]) == 1
+    assert "no tuning.json for method hlg" in capsys.readouterr().err
 
 
 def test_lattice_best_paths_equal_openfst_shortest_path_per_setting(lang):

@@ -25,7 +25,8 @@ from toolkit.data import read_cuts
 from toolkit.decode.chunking import ChunkOptions
 from toolkit.decode.options import SearchOptions
 from toolkit.decode.search import METHODS, SWEEP_METHODS, decode_cuts, make_searcher
-from toolkit.decode.tuning import TUNING_FILE, choose, parse_grid, read_tuning, score_sweep, sweep_settings, write_sweep
+from toolkit.decode.tuning import (TUNING_FILE, choose, forget_sweep, parse_grid, read_tuning, score_sweep,
+                                   sweep_settings, write_sweep)
 from toolkit.utils import ToolkitError, resolve_device
 
 log = logging.getLogger("toolkit.decode")
@@ -117,7 +118,7 @@ def method_options(methods: list[str], opts: SearchOptions, args: argparse.Names
         o, rec = opts, {}
         if m in SWEEP_METHODS:
             if args.tuning_from:
-                rec = read_tuning(args.tuning_from, m, single)
+                rec = read_tuning(args.tuning_from, m, single, args.checkpoint)
                 o = dataclasses.replace(opts, lm_scale=rec["lm_scale"], word_penalty=rec["word_penalty"])
             else:
                 rec = {"lm_scale": opts.lm_scale, "word_penalty": opts.word_penalty, "tuned_on": None}
@@ -135,6 +136,18 @@ def reference_oov(refs: dict[str, str], lang_dir: Path | None) -> dict | None:
     words = set(read_symbol_table(lang_dir / "words.txt"))
     rate, oov, tokens = oov_rate(refs.values(), words)
     return {"oov_rate": 100.0 * rate, "oov_words": oov, "words": tokens, "lexicon": str(lang_dir / "words.txt")}
+
+
+def check_references(cuts, path: str) -> None:
+    """`toolkit decode` scores: cuts without a reference text would be scored as empty references
+    (a WER of "inf", or insertions only). None at all is an error, some a warning."""
+    empty = [c.id for c in cuts if not " ".join((s.text or "") for s in c.supervisions).strip()]
+    if len(empty) == len(cuts):
+        raise ToolkitError(f"--cuts {path}: no cut has a reference text; decode scores against references: "
+                           "to transcribe audio without them use `toolkit transcribe`")
+    if empty:
+        log.warning("--cuts %s: %d of %d cuts have no reference text (e.g. %s); they are scored as empty "
+                    "references (every word an insertion)", path, len(empty), len(cuts), empty[0])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; fine-tune it first")
     tokenizer = Tokenizer.from_dict(ckpt.get("vocab"))
     cuts = read_cuts(args.cuts)
+    check_references(cuts, args.cuts)
     device = resolve_device(args.device)
     lang_dir = Path(args.lang_dir) if args.lang_dir else None
     with ExitStack() as stack:
@@ -183,11 +197,13 @@ def run(args: argparse.Namespace) -> int:
             best = choose(points)
             k = points.index(best)
             hyps = {c: h[k] for c, h in result.sweeps[m].items()}
-            write_sweep(out_dir, m, points, best, str(args.cuts))
+            write_sweep(out_dir, m, points, best, str(args.cuts), args.checkpoint)
             tuning[m] = {"lm_scale": best.lm_scale, "word_penalty": best.word_penalty,
                          "tuned_on": str(out_dir / TUNING_FILE)}
             log.info("decode: %s sweep over %d settings: best lm_scale %g, word_penalty %g (%%WER %.2f); see %s",
                      m, len(points), best.lm_scale, best.word_penalty, best.wer, out_dir / "sweep.txt")
+        else:
+            forget_sweep(out_dir)
         summary = result.timings[m].summary()
         extra = {**({"lm": tuning[m]} if m in tuning and tuning[m] else {}),
                  **({"oov": oov} if oov and m != "greedy" else {})}

@@ -84,20 +84,34 @@ def score_sweep(refs: dict[str, str], hyps_per_cut: dict[str, list[str]],
     return points
 
 
-def write_sweep(out_dir: Path, method: str, points: list[SweepPoint], best: SweepPoint, cuts: str) -> None:
+def checkpoint_key(path: str | Path) -> str:
+    """What a tuning records of the checkpoint it was chosen for: its resolved path."""
+    return str(Path(path).resolve())
+
+
+def write_sweep(out_dir: Path, method: str, points: list[SweepPoint], best: SweepPoint, cuts: str,
+                checkpoint: str | Path) -> None:
     lines = ["# lm_scale\tword_penalty\t%WER\terrors\twords"]
     lines += [f"{p.lm_scale:g}\t{p.word_penalty:g}\t{p.wer:.2f}\t{p.word_errors}\t{p.words}" for p in points]
     lines.append(f"# chosen: lm_scale {best.lm_scale:g}, word_penalty {best.word_penalty:g} (%WER {best.wer:.2f})")
     atomic_write_text(out_dir / "sweep.txt", "\n".join(lines) + "\n")
     data = {"method": method, "lm_scale": best.lm_scale, "word_penalty": best.word_penalty, "wer": best.wer,
-            "chosen_on": cuts,
+            "chosen_on": cuts, "checkpoint": checkpoint_key(checkpoint),
             "grid": [[p.lm_scale, p.word_penalty, p.wer, p.word_errors] for p in points]}
     atomic_write_text(out_dir / TUNING_FILE, json.dumps(data, indent=1) + "\n")
 
 
-def read_tuning(tuning_dir: str | Path, method: str, single: bool) -> dict:
+def forget_sweep(out_dir: Path) -> None:
+    """A decoding without a sweep into `out_dir`: an earlier decoding's sweep.txt and tuning.json
+    there would be read by `--tuning-from` as this one's."""
+    for name in ("sweep.txt", TUNING_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def read_tuning(tuning_dir: str | Path, method: str, single: bool, checkpoint: str | Path | None = None) -> dict:
     """The setting chosen on dev for `method`: DIR/<method>/tuning.json, or DIR/tuning.json when the
-    dev decoding wrote one method straight into DIR. One-line errors name the file and the fix."""
+    dev decoding wrote one method straight into DIR; a tuning chosen for another checkpoint than
+    `checkpoint` is refused. One-line errors name the file and the fix."""
     d = Path(tuning_dir)
     candidates = [d / method / TUNING_FILE] + ([d / TUNING_FILE] if single or not (d / method).is_dir() else [])
     for path in candidates:
@@ -113,6 +127,10 @@ def read_tuning(tuning_dir: str | Path, method: str, single: bool) -> dict:
             continue
         if scale <= 0:
             raise ToolkitError(f"{path}: lm_scale {scale} is not positive; decode dev again with the sweep options")
+        chosen_for = data.get("checkpoint")
+        if checkpoint is not None and chosen_for and chosen_for != checkpoint_key(checkpoint):
+            raise ToolkitError(f"{path}: tuned for the checkpoint {chosen_for}, not {checkpoint_key(checkpoint)}; "
+                               "decode dev with this checkpoint and the sweep options first")
         return {"lm_scale": scale, "word_penalty": penalty, "tuned_on": str(path)}
     raise ToolkitError(f"--tuning-from {d}: no {TUNING_FILE} for method {method} ({candidates[0]}); decode dev "
                        f"with --sweep-lm-scales/--sweep-word-penalties and --methods {method} first")
