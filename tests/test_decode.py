@@ -473,6 +473,13 @@ def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, l
     assert not (dev / "hlg" / "tuning.json").exists() and not (dev / "hlg" / "sweep.txt").exists()
     assert main(other_base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "z"), "--tuning-from", str(dev)]) == 1
     assert "no tuning.json for method hlg" in capsys.readouterr().err
+    # greedy decoded again with the first model beside the other model's hlg: one table would mix them
+    assert main(base[:-2] + ["--methods", "greedy", "--cuts", str(dev_cuts), "--out-dir", str(dev)]) == 0
+    capsys.readouterr()
+    assert main(["results", "--exp-dir", str(tmp_path), "--out", str(tmp_path / "R2.md")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path.name}/decode/dev: greedy was decoded with {ckpt.resolve()}, hlg with {other.resolve()}" in err
+    assert not (tmp_path / "R2.md").exists()
 
 
 def test_lattice_best_paths_equal_openfst_shortest_path_per_setting(lang):

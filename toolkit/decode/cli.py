@@ -25,7 +25,7 @@ from toolkit.data import read_cuts
 from toolkit.decode.chunking import ChunkOptions
 from toolkit.decode.options import SearchOptions
 from toolkit.decode.search import METHODS, SWEEP_METHODS, decode_cuts, make_searcher
-from toolkit.decode.tuning import (TUNING_FILE, choose, forget_sweep, parse_grid, read_tuning, score_sweep,
+from toolkit.decode.tuning import (TUNING_FILE, checkpoint_key, choose, forget_sweep, parse_grid, read_tuning, score_sweep,
                                    sweep_settings, write_sweep)
 from toolkit.utils import ToolkitError, resolve_device
 
@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             forget_sweep(out_dir)
         summary = result.timings[m].summary()
-        extra = {**({"lm": tuning[m]} if m in tuning and tuning[m] else {}),
+        extra = {"checkpoint": checkpoint_key(args.checkpoint),
+                 **({"lm": tuning[m]} if m in tuning and tuning[m] else {}),
                  **({"oov": oov} if oov and m != "greedy" else {})}
         write_reports(out_dir, result.refs, hyps, args.key or m, languages=languages, timing=summary, extra=extra)
         result.timings[m].write(out_dir / "timing.txt")

@@ -76,6 +76,9 @@ def load_entries(exp_dirs: list[Path]) -> list[Entry]:
         for stale in sorted(exp.glob("decode/*/*/wer-summary.txt")):
             if not (stale.parent / "results.json").exists():
                 log.warning("%s has no results.json (decoded by an older toolkit?); skipped", stale.parent)
+        for loose in sorted(exp.glob("decode/*/results.json")):
+            log.warning("%s: a decoding written straight into the test-set directory (`toolkit decode --method`) is "
+                        "not read; decode with --methods (decode/<test-set>/<method>/)", loose)
         if not found:
             log.warning("--exp-dir %s: no decode/<test-set>/<method>/results.json", exp)
         for path in found:
@@ -86,9 +89,25 @@ def load_entries(exp_dirs: list[Path]) -> list[Entry]:
                 raise ToolkitError(f"{path}: not a results.json written by the toolkit ({e}); "
                                    f"re-run scoring for that directory") from None
             entries.append(Entry(exp.name, path.parent.parent.name, path.parent.name, data))
+    check_one_checkpoint_per_set(entries)
     if not entries:
         raise ToolkitError(f"no results.json under {', '.join(str(e) for e in exp_dirs)}/decode/*/*/; decode first")
     return entries
+
+
+def check_one_checkpoint_per_set(entries: list[Entry]) -> None:
+    """The methods of one experiment's test set must come from one checkpoint (results.json records
+    it): a later decoding of some methods with another model beside older ones was reported as one
+    model's table."""
+    by_set: dict[tuple[str, str], dict[str, str]] = {}
+    for e in entries:
+        if e.data.get("checkpoint"):
+            by_set.setdefault((e.model, e.test_set), {})[e.method] = e.data["checkpoint"]
+    for (model, test_set), ckpts in by_set.items():
+        if len(set(ckpts.values())) > 1:
+            (a, ca), (b, cb) = [next((m, c) for m, c in ckpts.items() if c == x) for x in sorted(set(ckpts.values()))[:2]]
+            raise ToolkitError(f"{model}/decode/{test_set}: {a} was decoded with {ca}, {b} with {cb}; decode every "
+                               "method of a set with one checkpoint (or into another decode directory)")
 
 
 def _rtf(data: dict) -> str:
