@@ -73,6 +73,26 @@ def test_resume_from_the_last_pt_link_keeps_the_link_pointing_at_a_checkpoint(tm
     assert torch.load(exp / "last.pt", weights_only=True)["step"] == 16
 
 
+def test_resuming_from_another_experiments_checkpoint_sets_this_ones_lineage_aside(tmp_path):
+    """best.pt and metrics.jsonl of the target directory belong to its own earlier run: they stayed,
+    and a recipe decoding best.pt decoded that run's model."""
+    a, b = tmp_path / "expA", tmp_path / "expB"
+    Trainer(config(tmp_path, "expA", max_updates=16, save_interval=8, keep_last=3, valid_interval=8),
+            ToyTask(make_batches(12)), resume=False).run()
+    Trainer(config(tmp_path, "expB", max_updates=8, save_interval=8, keep_last=3, valid_interval=8),
+            ToyTask(make_batches(12)), resume=False).run()
+    if not (a / "best.pt").exists():  # the toy task has no WER: the copy a CTC run's best would be
+        (a / "best.pt").write_bytes((a / "checkpoint-16.pt").read_bytes())
+    old_best = (a / "best.pt").read_bytes()
+    Trainer(config(tmp_path, "expA", max_updates=12, save_interval=4, keep_last=3, valid_interval=4),
+            ToyTask(make_batches(12)), resume=str(b / "checkpoint-8.pt"), allow_config_change=True).run()
+    (aside,) = (a / "previous").iterdir()
+    assert (aside / "best.pt").read_bytes() == old_best and (aside / "metrics.jsonl").is_file()
+    # a best.pt here now is this lineage's (its update 12), never the old run's
+    assert not (a / "best.pt").exists() or torch.load(a / "best.pt", weights_only=True)["step"] == 12
+    assert [r["step"] for r in metric_rows(a) if r["split"] == "train"] == list(range(9, 13))
+
+
 def test_resuming_below_a_longer_branch_sets_the_branch_aside(tmp_path):
     exp = tmp_path / "exp"
     Trainer(config(tmp_path, max_updates=40, save_interval=8, keep_last=5, valid_interval=8),

@@ -123,13 +123,16 @@ def set_aside_for_fresh_start(exp_dir: str | os.PathLike) -> Path | None:
 
 def set_aside_other_branch(exp_dir: str | os.PathLike, step: int, resumed: Path) -> Path | None:
     """Resuming at `step` from `resumed`: checkpoints of a branch past it (an abandoned longer run)
-    and, when `resumed` lies outside exp_dir, every checkpoint of exp_dir, go to previous/<time>/."""
+    and, when `resumed` lies outside exp_dir, every checkpoint, best.pt, metrics and decodes of
+    exp_dir, go to previous/<time>/."""
     exp_dir = Path(exp_dir)
     inside = resumed.resolve().parent == exp_dir.resolve()
     other = [p for s, p in list_checkpoints(exp_dir) if s > step or not inside]
     best = exp_dir / "best.pt"
-    if best.is_file() and _step_of(best) > step:
+    if best.is_file() and (_step_of(best) > step or not inside):
         other.append(best)
+    if not inside:  # another experiment's checkpoint: this directory's metrics are of another lineage
+        other += [exp_dir / "metrics.jsonl", exp_dir / "decode"]
     return set_aside(exp_dir, other, f"resuming at update {step} from {resumed}: these belong to another branch")
 
 
