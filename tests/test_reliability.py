@@ -176,8 +176,19 @@ def test_config_changes_are_listed_one_per_line(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="toolkit.train"), pytest.raises(ToolkitError):
         check_resume(Path("ck.pt"), saved, ToyTask([]), cfg2, allow_config_change=False)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["resume from ck.pt: changed optim.lr: 0.01 -> 0.2",
+    # a resumable change is accepted but says what it does; the others are listed and refused
+    assert lines == ["resume from ck.pt: changed train.max_updates: 6 -> 60 (the learning-rate schedule is "
+                     "stretched to the new length from here on)",
+                     "resume from ck.pt: changed optim.lr: 0.01 -> 0.2",
                      "resume from ck.pt: changed schedule.warmup_updates: 3 -> 7"]
+    caplog.clear()
+    cfg3 = config(tmp_path, max_updates=6, valid_interval=100)
+    cfg3.data.dev_cuts = ["other_dev.jsonl.gz"]
+    with caplog.at_level("WARNING", logger="toolkit.train"):
+        check_resume(Path("ck.pt"), saved, ToyTask([]), cfg3, allow_config_change=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "resume from ck.pt: changed data.dev_cuts: [] -> ['other_dev.jsonl.gz'] (best.pt is still chosen against "
+        "the best dev WER so far, measured on the old dev set)"]
 
 
 def test_resume_cuts_metrics_back_to_the_checkpoint(tmp_path):

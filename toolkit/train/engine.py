@@ -212,7 +212,14 @@ def isolated_rng(seed: int) -> Iterator[None]:
 # not what is trained. Anything else changed is listed and refused without --allow-config-change.
 RESUMABLE_CHANGES = ("exp_dir", "train.max_updates", "train.log_interval", "train.save_interval",
                      "train.valid_interval", "train.keep_last", "train.device", "train.max_valid_batches",
-                     "data.num_workers", "data.dev_cuts")
+                     "data.num_workers", "data.dev_cuts", "train.blank_warn_updates")
+# accepted on resume, but what they change is said: the dev WERs that choose best.pt, the schedule
+RESUME_NOTES = {
+    "data.dev_cuts": "best.pt is still chosen against the best dev WER so far, measured on the old dev set",
+    "train.max_valid_batches": "best.pt is still chosen against the best dev WER so far, measured on other batches",
+    "train.max_updates": "the learning-rate schedule is stretched to the new length from here on",
+    "train.init": "the weights continue from the checkpoint; the new init is only recorded",
+}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -252,6 +259,10 @@ def check_resume(path: Path, ckpt: dict, task: Task, cfg: TrainConfig, allow_con
     changes = config_changes(ckpt.get("model_config") or {}, model_cfg.to_dict() if model_cfg is not None else {},
                              "model.")
     train_changes = config_changes(ckpt.get("train_config") or {}, config_to_dict(cfg))
+    for c in train_changes:
+        note = RESUME_NOTES.get(c.split(":")[0])
+        if note:
+            logger.warning("resume from %s: changed %s (%s)", path, c, note)
     changes += [c for c in train_changes if c.split(":")[0] not in RESUMABLE_CHANGES
                 and not c.startswith(("model.preset:", "model.overrides:", "train.init:"))]
     if not changes:
