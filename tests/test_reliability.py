@@ -267,6 +267,23 @@ def test_average_checkpoints_refuses_mixed_runs_and_overwriting_an_input(tmp_pat
     assert main(["average-checkpoints", "--checkpoints", str(a), str(a), "--out", str(a)]) == 1
     assert "is one of the checkpoints to average" in capsys.readouterr().err
     assert a.read_bytes() == before and not (tmp_path / "o.pt").exists()
+    # the same file twice, another run (its settings differ), an average: each was averaged silently
+    assert main(["average-checkpoints", "--checkpoints", str(a), str(tmp_path / "." / "a.pt"), "--out",
+                 str(tmp_path / "o.pt")]) == 1
+    assert "a.pt: given twice" in capsys.readouterr().err
+    r1, r2 = tmp_path / "r1.pt", tmp_path / "r2.pt"
+    save_checkpoint(r1, Wav2Vec2ForCTC(cfg, 5), cfg, "ctc", vocab=vocab,
+                    train_config={"exp_dir": "e1", "train": {"seed": 1, "max_updates": 10}})
+    save_checkpoint(r2, Wav2Vec2ForCTC(cfg, 5), cfg, "ctc", vocab=vocab,
+                    train_config={"exp_dir": "e2", "train": {"seed": 2, "max_updates": 20}})
+    assert main(["average-checkpoints", "--checkpoints", str(r1), str(r2), "--out", str(tmp_path / "o.pt")]) == 1
+    assert "r1.pt: trained with other settings than" in capsys.readouterr().err  # train.seed, not exp_dir
+    save_checkpoint(r2, Wav2Vec2ForCTC(cfg, 5), cfg, "ctc", vocab=vocab,
+                    train_config={"exp_dir": "e1", "train": {"seed": 1, "max_updates": 20}})
+    assert main(["average-checkpoints", "--checkpoints", str(r1), str(r2), "--out", str(tmp_path / "avg.pt")]) == 0
+    assert main(["average-checkpoints", "--checkpoints", str(tmp_path / "avg.pt"), str(r1), "--out",
+                 str(tmp_path / "avg2.pt")]) == 1
+    assert "avg.pt: an average already (of 2 checkpoints)" in capsys.readouterr().err
 
 
 class SpellingModel(torch.nn.Module):

@@ -49,10 +49,25 @@ def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
     naming the first checkpoint that differs from the last one, and how."""
     from toolkit.model.checkpoint import config_of
 
+    from toolkit.train.engine import RESUMABLE_CHANGES, config_changes
+
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if p.resolve() in seen:
+            raise ToolkitError(f"{p}: given twice (also as {seen[p.resolve()]}); each checkpoint counts once")
+        seen[p.resolve()] = p
     last = ckpts[-1]
     arch = config_of(last).architecture()
     tokens = (last.get("vocab") or {}).get("tokens")
     for p, c in zip(paths, ckpts):
+        if c.get("averaged_from"):
+            raise ToolkitError(f"{p}: an average already (of {len(c['averaged_from'])} checkpoints); average the "
+                               "training checkpoints themselves")
+        runs = [d for d in config_changes(c.get("train_config") or {}, last.get("train_config") or {})
+                if d.split(":")[0] not in RESUMABLE_CHANGES and not d.startswith("train.init:")]
+        if runs:
+            raise ToolkitError(f"{p}: trained with other settings than {paths[-1]} ({runs[0]}): another run; "
+                               "average checkpoints of one run only")
         if c["kind"] != last["kind"]:
             raise ToolkitError(f"{p}: a {c['kind']} checkpoint; {paths[-1]} is {last['kind']}: average checkpoints of "
                                "one run only")
