@@ -407,8 +407,9 @@ def test_bad_inputs_are_named_and_the_rest_transcribed(tmp_path, tiny, lang, cap
         (["--max-segment-s", "0.001", one], "--max-segment-s 0.001: segments are cut between words"),  # hung
         (["--chunk-s", "nan", one], "--chunk-s nan: give a finite number of seconds"),  # a traceback
         (["--max-duration", "inf", one], "--max-duration inf: give a finite number of seconds"),
-        (["--batch-windows", "0", one], "--batch-windows 0 / --nj 1: give at least 1"),  # was the default
-        (["--nj", "0", one], "--batch-windows None / --nj 0: give at least 1"),
+        (["--batch-windows", "0", one], "--batch-windows 0: give at least 1"),  # was the default
+        (["--nj", "0", one], "--nj 0: give at least 1"),
+        (["--channel", "-1", one], "--channel -1: channels count from 0"),
     ]
     for extra, message in cases:
         assert run_cli(["--checkpoint", ckpt, *extra]) == 1

@@ -120,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
             raise ToolkitError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a finite number of seconds")
     if args.max_duration <= 0:
         raise ToolkitError("--max-duration must be positive")
-    if args.batch_windows is not None and args.batch_windows < 1 or args.nj < 1:
-        raise ToolkitError(f"--batch-windows {args.batch_windows} / --nj {args.nj}: give at least 1")
+    for name in ("batch_windows", "nj"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ToolkitError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    if args.channel is not None and args.channel < 0:
+        raise ToolkitError(f"--channel {args.channel}: channels count from 0")
     if args.max_segment_s < MIN_SEGMENT_S:
         raise ToolkitError(f"--max-segment-s {args.max_segment_s}: segments are cut between words and need at "
                            f"least {MIN_SEGMENT_S:g} s")
@@ -140,11 +143,8 @@ def run(args: argparse.Namespace) -> int:
                              dtype=args.dtype)
     chunk.check()
     items, failed = collect_inputs(args.inputs)
-    if args.channel is not None:
-        if args.channel < 0:
-            raise ToolkitError(f"--channel {args.channel}: channels count from 0")
-        for it in items:
-            it.default_channel = args.channel
+    for it in items:
+        it.default_channel = args.channel
     if args.out_dir is not None:
         check_file_names(items, [f for f in formats if f in PER_RECORDING])
         warn_stale_outputs(Path(args.out_dir), formats, items)
