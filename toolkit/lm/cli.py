@@ -239,7 +239,6 @@ def run_perplexity(args: argparse.Namespace) -> None:
 
 
 SENTENCE_FILES = ("validated_sentences.tsv", "validated.tsv")  # Common Voice: newest releases first
-CV_EVAL_SPLITS = ("dev.tsv", "test.tsv")  # their sentences never enter an LM text from the same release
 
 
 def commonvoice_sentences(lang_dir: Path) -> tuple[Path | None, list[str]]:
@@ -285,9 +284,11 @@ def run_text(args: argparse.Namespace) -> None:
         sources.append((" ".join(args.cuts), [normalize_text(x, args.language) for x in read_transcripts(args.cuts)]))
     excluded = {normalize_text(x, args.language) for x in read_transcripts(args.exclude_cuts)} if args.exclude_cuts else set()
     if args.commonvoice_dir is not None:  # the release's own evaluation sets, also without --exclude-cuts
-        for split in CV_EVAL_SPLITS:
-            if (args.commonvoice_dir / split).is_file():
-                excluded.update(normalize_text(x, args.language) for x in tsv_sentences(args.commonvoice_dir / split))
+        from toolkit.data.prepare import CV_EVAL_SPLITS
+
+        for tsv in (args.commonvoice_dir / f"{split}.tsv" for split in CV_EVAL_SPLITS):
+            if tsv.is_file():
+                excluded.update(normalize_text(x, args.language) for x in tsv_sentences(tsv))
     if not sources:
         raise ToolkitError("lm text: no source; give --commonvoice-dir, --text or --cuts")
     out: dict[str, None] = {}
