@@ -472,6 +472,14 @@ def test_channels_spans_and_file_names_of_real_inputs(tmp_path, tiny, capsys):
     err = capsys.readouterr().err
     assert "cut_short.wav: the WAV header announces 2.00 s but the file holds 0.50 s" in err
     assert "asks for 3.00 s from 1.50 s, but the audio ends at 2.00 s; transcribing the 0.50 s there are" in err
+    # a padded cut (a lhotse MixedCut: no single recording) beside a plain one: both transcribed
+    padded = rec.to_cut().with_id("plain").pad(duration=3.0)
+    CutSet.from_cuts([rec.to_cut().with_id("plain0"), padded.with_id("padded")]).to_file(tmp_path / "mixed.jsonl.gz")
+    items, failed = collect_inputs([str(tmp_path / "mixed.jsonl.gz")])
+    assert [it.id for it in items] == ["plain0", "padded"] and not failed
+    with AudioReader(items[1]) as reader:
+        got = reader.read(0, reader.num_samples)
+    assert reader.num_samples == 3 * SR and torch.allclose(got[: 2 * SR], torch.from_numpy(want.mean(1)), atol=1e-4)
     CutSet.from_cuts([MonoCut("late", 2.5, 1.0, 0, recording=rec)]).to_file(tmp_path / "late.jsonl.gz")
     capsys.readouterr()
     assert run_cli(["--checkpoint", ckpt, "--out-dir", tmp_path / "o2", tmp_path / "late.jsonl.gz"]) == 1

@@ -159,11 +159,15 @@ def _manifest_items(path: Path) -> list[AudioItem]:
     if isinstance(manifest, CutSet):
         out = []
         for cut in manifest:
-            rec = getattr(cut, "recording", None)
-            if rec is None:
-                raise ToolkitError(f"{path}: cut {cut.id} has no recording (features only); give cuts with audio")
             sups = getattr(cut, "supervisions", None) or []
             lang = sups[0].language if sups else None
+            if getattr(cut, "recording", None) is None:
+                if not getattr(cut, "has_recording", False):
+                    raise ToolkitError(f"{path}: cut {cut.id} has no recording (features only); give cuts with audio")
+                # a mixed or padded cut: audio only lhotse can put together, loaded whole
+                out.append(AudioItem(id=clean_id(cut.id), source=f"{path}: cut {cut.id}", lhotse=cut,
+                                     duration=cut.duration, language=lang))
+                continue
             channel = cut.channel if hasattr(cut, "channel") else None
             out.append(_lhotse_item(cut.id, f"{path}: cut {cut.id}", cut, cut.start, cut.duration, channel, lang))
         return out
