@@ -47,7 +47,7 @@ from toolkit.data.librilight import SPLITS as LIBRILIGHT_PARTS
 from toolkit.data.manifests import (SplitLimits, check_scripts, fail_on_empty, note_kept_whole, remove_stale,
                                      report_overlap, write_cuts)
 from toolkit.model.config import SAMPLE_RATE
-from toolkit.utils import ToolkitError, atomic_path, read_utf8_lines, split_text_lines
+from toolkit.utils import ToolkitError, atomic_path, read_utf8_lines
 
 log = logging.getLogger("toolkit.data.prepare")
 
@@ -205,13 +205,8 @@ def scan_commonvoice(lang_dir: Path, split: str, language: str) -> list[Entry]:
     tsv = lang_dir / f"{split}.tsv"
     if not tsv.is_file():
         raise ToolkitError(f"{tsv}: not found; choose splits that exist with --splits")
-    try:
-        text = tsv.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = tsv.read_bytes()[: e.start].count(b"\n") + 1
-        raise ToolkitError(f"{tsv}:{line}: not UTF-8 (byte {e.start}); Common Voice TSVs are UTF-8: re-download or "
-                           "convert the file (e.g. iconv -t UTF-8)") from None
-    reader = csv.DictReader(split_text_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    lines = read_utf8_lines(tsv, "--corpus-dir", "a Common Voice TSV")
+    reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
     missing = {"path", "client_id", "sentence"} - set(reader.fieldnames or [])
     if missing:
         raise ToolkitError(f"{tsv}: missing column(s) {', '.join(sorted(missing))}; a Common Voice TSV has at least "

@@ -104,8 +104,11 @@ def check_one_checkpoint_per_set(entries: list[Entry]) -> None:
         if e.data.get("checkpoint"):
             by_set.setdefault((e.model, e.test_set), {})[e.method] = e.data["checkpoint"]
     for (model, test_set), ckpts in by_set.items():
-        if len(set(ckpts.values())) > 1:
-            (a, ca), (b, cb) = [next((m, c) for m, c in ckpts.items() if c == x) for x in sorted(set(ckpts.values()))[:2]]
+        first_method: dict[str, str] = {}  # checkpoint -> the first method decoded with it
+        for m, c in ckpts.items():
+            first_method.setdefault(c, m)
+        if len(first_method) > 1:
+            (ca, a), (cb, b) = sorted(first_method.items())[:2]
             raise ToolkitError(f"{model}/decode/{test_set}: {a} was decoded with {ca}, {b} with {cb}; decode every "
                                "method of a set with one checkpoint (or into another decode directory)")
 

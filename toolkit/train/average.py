@@ -49,7 +49,7 @@ def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
     naming the first checkpoint that differs from the last one, and how."""
     from toolkit.model.checkpoint import config_of
 
-    from toolkit.train.engine import RESUMABLE_CHANGES, config_changes
+    from toolkit.train.engine import config_changes, resumable_change
 
     seen: dict[Path, Path] = {}
     for p in paths:
@@ -64,7 +64,7 @@ def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
             raise ToolkitError(f"{p}: an average already (of {len(c['averaged_from'])} checkpoints); average the "
                                "training checkpoints themselves")
         runs = [d for d in config_changes(c.get("train_config") or {}, last.get("train_config") or {})
-                if d.split(":")[0] not in RESUMABLE_CHANGES and not d.startswith("train.init:")]
+                if not resumable_change(d)]
         if runs:
             raise ToolkitError(f"{p}: trained with other settings than {paths[-1]} ({runs[0]}): another run; "
                                "average checkpoints of one run only")

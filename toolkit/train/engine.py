@@ -233,6 +233,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resumable_change(change: str) -> bool:
+    """Whether a `config_changes` line is one a resume of the same run may make."""
+    return (change.split(":")[0] in RESUMABLE_CHANGES
+            or change.startswith(("model.preset:", "model.overrides:", "train.init:")))
+
+
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """`key: old -> new` for every setting that differs (nested dicts flattened with dots)."""
     a, b = _flatten(saved, prefix), _flatten(current, prefix)
@@ -263,8 +269,7 @@ def check_resume(path: Path, ckpt: dict, task: Task, cfg: TrainConfig, allow_con
         note = RESUME_NOTES.get(c.split(":")[0])
         if note:
             logger.warning("resume from %s: changed %s (%s)", path, c, note)
-    changes += [c for c in train_changes if c.split(":")[0] not in RESUMABLE_CHANGES
-                and not c.startswith(("model.preset:", "model.overrides:", "train.init:"))]
+    changes += [c for c in train_changes if not resumable_change(c)]
     if not changes:
         return
     for c in changes:
