@@ -135,3 +135,31 @@ def test_data_normalize_travels_into_the_model_config(tmp_path):
     assert resolve_model_config(cfg, None).normalize is True
     cfg, _ = finetune_cfg(tmp_path, "")
     assert resolve_model_config(cfg, None).normalize is False  # the tiny preset's own value
+
+
+@pytest.mark.parametrize("freeze, updates, logged", [
+    (0, [0, 1, 2], []),               # no frozen phase: nothing to announce
+    (0, [5, 6], []),                  # ... nor when resuming a run without one
+    (3, [0, 1, 2, 3, 4], [3]),        # the frozen phase ends in this run: said once
+    (3, [7, 8], []),                  # a resume past the frozen phase: not said again
+    (3, [2, 3], [3]),                 # a resume inside it: said when it ends
+])
+def test_the_end_of_the_frozen_phase_is_logged_once_and_only_when_it_happens(caplog, freeze, updates, logged):
+    import torch
+
+    from toolkit.train.config import TrainConfig
+    from toolkit.train.tasks import CTCTask
+
+    task = object.__new__(CTCTask)  # on_update needs only the config and the frozen state
+    task.cfg = TrainConfig()
+    task.cfg.train.freeze_finetune_updates = freeze
+    task.model_cfg = type("M", (), {"feature_grad_mult": 1.0})()
+    task._frozen = None
+    model = torch.nn.Module()
+    model.wav2vec2 = torch.nn.Linear(2, 2)
+    caplog.set_level(logging.INFO, logger="toolkit.train")
+    for u in updates:
+        task.on_update(model, u)
+        assert model.wav2vec2.weight.requires_grad == (u >= freeze)
+    said = [r.getMessage() for r in caplog.records if "unfrozen" in r.getMessage()]
+    assert said == [f"update {u}: the Transformer is unfrozen" for u in logged]

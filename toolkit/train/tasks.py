@@ -367,8 +367,8 @@ class CTCTask(Task):
             if name.startswith("wav2vec2."):
                 in_cnn = name.startswith("wav2vec2.feature_extractor.")
                 p.requires_grad_(not frozen and not (in_cnn and cnn_frozen))
-        self._frozen = frozen
-        if not frozen and num_updates > 0:
+        was_frozen, self._frozen = self._frozen, frozen
+        if was_frozen:  # the frozen phase ends in this run (not a resume past it, not a run without one)
             logger.info("update %d: the Transformer is unfrozen", num_updates)
 
     def step(self, model: torch.nn.Module, batch: dict, num_updates: int) -> StepOutput:
