@@ -116,6 +116,10 @@ def make_loader(cuts: Any, dataset: Any, max_duration: float, shuffle: bool = Tr
     inner = DynamicBucketingSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
                                     world_size=world_size, rank=rank, drop_last=drop_last,
                                     buffer_size=buffer_size, **bins)
+    if not inner.duration_bins:
+        # lhotse's estimate finds no edge (two cuts, or all of one length): one open bin, as above,
+        # instead of an empty list that numpy warns about ("Mean of empty slice") on every epoch.
+        inner.duration_bins = [ONE_BUCKET_BIN]
     config = {"max_duration": float(max_duration), "shuffle": shuffle, "seed": seed, "world_size": world_size,
               "rank": rank, "num_buckets": num_buckets, "drop_last": drop_last, "buffer_size": buffer_size}
     sampler = ResumableSampler(inner, config)
