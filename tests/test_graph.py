@@ -238,3 +238,37 @@ def test_rescoring_grammar_is_recorded_for_decode(lang, tmp_path):
                  "--rescore-lm", str(uni)]) == 0
     assert rescore_grammar_path(lang) == lang / "G_1_rescore.fst"
     assert (lang / "G_1.fst").read_bytes() == first_pass
+
+
+def test_a_new_lm_leaves_no_recorded_hlg_of_the_old_one(lang, tmp_path, monkeypatch):
+    """HLG.fst and the k2 HLG.pt stop counting as current once compile-graph starts on another LM:
+    a failure while building (or a run without --k2) must not leave the old LM's HLG looking usable."""
+    import toolkit.lm.graph as graph
+    from toolkit.lm.graph import GraphCache, checked_graph
+
+    compile_graphs(lang, lang / "lm.arpa")
+    (lang / "HLG.pt").write_bytes(b"k2 graph of lm.arpa")  # as `compile-graph --k2` leaves it
+    GraphCache(lang).record("HLG.pt", "key-of-lm.arpa")
+    assert checked_graph(lang, "HLG.fst") and checked_graph(lang, "HLG.pt")
+    assert compile_graphs(lang, lang / "lm.arpa").rebuilt == []  # same LM: both records stay
+    assert checked_graph(lang, "HLG.pt")
+
+    other = tmp_path / "other.arpa"
+    text = (lang / "lm.arpa").read_text()
+    other.write_text(text.replace("-1.5000\tcab", "-0.3000\tcab"))
+    assert other.read_text() != text
+
+    def fail(*a, **k):
+        raise ToolkitError("out of memory while composing")
+
+    monkeypatch.setattr(graph, "build_hlg", fail)
+    with pytest.raises(ToolkitError, match="out of memory"):
+        compile_graphs(lang, other)
+    for name in ("HLG.fst", "HLG.pt"):
+        with pytest.raises(ToolkitError, match=rf"{name}: no current build record .*rebuild it with"):
+            checked_graph(lang, name)
+    monkeypatch.undo()
+    assert compile_graphs(lang, other).rebuilt == ["HLG.fst"]  # G_2.fst of other.arpa was written before the failure
+    assert checked_graph(lang, "HLG.fst")
+    with pytest.raises(ToolkitError, match=r"HLG.pt: no current build record .*--k2"):
+        checked_graph(lang, "HLG.pt")  # still the old LM's until `compile-graph --k2` rebuilds it

@@ -367,6 +367,13 @@ class GraphCache:
         self.graphs[name] = {"key": key, "lang_files": {f: file_hash(self.dir / f) for f in lang_files}}
         self._save()
 
+    def forget(self, *names: str) -> None:
+        """Drop the records of `names` (their files stay): until rebuilt, `checked_graph` refuses them."""
+        if any(n in self.graphs for n in names):
+            for n in names:
+                self.graphs.pop(n, None)
+            self._save()
+
     def set_rescore_grammar(self, name: str) -> None:
         self.rescore_g = name
         self._save()
@@ -417,8 +424,8 @@ def checked_graph(lang_dir: str | os.PathLike, name: str) -> Path:
         raise ToolkitError(f"{path}: not found; build it with {fix}")
     entry = GraphCache(d).graphs.get(name)
     if not entry or "lang_files" not in entry:
-        raise ToolkitError(f"{path}: no build record in {d / 'graphs.json'} (built by another tool or version); "
-                           f"rebuild it with {fix} --force")
+        raise ToolkitError(f"{path}: no current build record in {d / 'graphs.json'} (a later compile-graph with "
+                           f"another LM did not rebuild it, or another tool or version built it); rebuild it with {fix}")
     for f, digest in entry["lang_files"].items():
         if not (d / f).is_file() or file_hash(d / f) != digest:
             raise ToolkitError(f"{path}: built from another {f} than the one in {d} (the lang dir changed since); "
@@ -511,12 +518,17 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
     g_name = f"G_{order}.fst"
     norm = {"language": language, "normalization": NORMALIZATION_VERSION}
     g_key = cache.key([Path(lm), d / "words.txt"], order=order, **norm)
+    hlg_key = cache.key(text_inputs + [Path(lm)], order=order, compact=compact, **norm)
+    rebuild_hlg = force or not cache.fresh("HLG.fst", hlg_key)
+    if rebuild_hlg:
+        # The HLGs in the lang dir are of another LM (or options) from here on: unrecorded, a decoder
+        # refuses them, also when building G or HLG fails below or `--k2` is not given this time.
+        cache.forget("HLG.fst", "HLG.pt")
     if force or not cache.fresh(g_name, g_key):
         write_fst(build_grammar_fst(lm, d / "words.txt", order, language, wmap), d / g_name)
         cache.record(g_name, g_key, ("words.txt",))
         rebuilt.append(g_name)
-    hlg_key = cache.key(text_inputs + [Path(lm)], order=order, compact=compact, **norm)
-    if force or not cache.fresh("HLG.fst", hlg_key):
+    if rebuild_hlg:
         _, first_disambig = build_lexicon_fst(lang)
         HLG = build_hlg(read_fst(d / "H.fst"), read_fst(d / "L_disambig.fst"), read_fst(d / g_name), first_disambig)
         write_fst(HLG, d / "HLG.fst")
