@@ -543,6 +543,26 @@ def test_text_to_stdout_with_only_the_checkpoint(tmp_path, tiny, capsys):
     assert capsys.readouterr().out == f"{k} {want}".rstrip() + "\n"
 
 
+@pytest.mark.parametrize("names", [["a.m4a"], ["a.m4a", "b.wav"], ["b.wav"]])
+def test_the_progress_bar_with_and_without_lengths_known_before_decoding(tmp_path, tiny, capsys, names):
+    """The default run shows a progress bar: an input whose length only decoding tells (m4a) used to
+    crash it (a None total in the bar's format) on the first file."""
+    from toolkit.cli import main
+
+    ckpt, model, tok, cfg = tiny
+    truth = write_sentences(tmp_path, 1, seed=8)
+    (k, _), = truth.items()
+    (tmp_path / f"{k}.wav").rename(tmp_path / "b.wav")
+    r = ffmpeg("-i", tmp_path / "b.wav", "-c:a", "alac", tmp_path / "a.m4a")  # lossless: the same transcript
+    assert r.returncode == 0, r.stderr
+    want = greedy_of(model, tok, sf.read(tmp_path / "b.wav", dtype="float32")[0])
+    capsys.readouterr()
+    assert main(["transcribe", "--checkpoint", str(ckpt), *[str(tmp_path / n) for n in names]]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "".join(f"{Path(n).stem} {want}".rstrip() + "\n" for n in names)
+    assert "transcribe: " in captured.err  # the bar (or count) was drawn
+
+
 def test_finetuning_stores_the_training_language(tmp_path, lang):
     """Checkpoints written by fine-tuning carry the language of their text normalisation."""
     from lhotse import CutSet, Recording, SupervisionSegment

@@ -169,8 +169,11 @@ def run(args: argparse.Namespace) -> int:
     with open_search(args, tokenizer, device) as search, \
             Outputs(formats, args.out_dir) as out, logging_redirect_tqdm(), \
             tqdm(total=total_h or None, unit="h", disable=args.no_progress, dynamic_ncols=True,
-                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
-                            "[{elapsed}<{remaining}{postfix}]", desc="transcribe") as bar:
+                 bar_format=("{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
+                             "[{elapsed}<{remaining}{postfix}]") if total_h else
+                            # no length known before decoding (m4a, opus, ...): a count, no bar
+                            "{desc}: {n:.3f} h audio [{elapsed}{postfix}]",
+                 desc="transcribe") as bar:
 
         def progress(seconds: float) -> None:
             if bar.total is not None and bar.n + seconds / 3600 > bar.total:
