@@ -392,6 +392,17 @@ def test_bad_inputs_are_named_and_the_rest_transcribed(tmp_path, tiny, lang, cap
     # a clean rerun removes the stale failure list
     assert run_cli(["--checkpoint", ckpt, "--out-dir", out, *sorted((tmp_path / "in").glob("s*.wav"))]) == 0
     assert not (out / "failed.txt").exists()
+    # a plain list of paths, as a .txt or as a .scp without ids: named, with the form to use
+    waves = sorted((tmp_path / "in").glob("s*.wav"))
+    (tmp_path / "list.txt").write_text("".join(f"{w}\n" for w in waves))
+    (tmp_path / "list.scp").write_text(f"{waves[0].stem} {waves[0]}\n{waves[1].relative_to(tmp_path)}\n")
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, tmp_path / "list.txt", tmp_path / "list.scp"]) == 1
+    err = capsys.readouterr().err
+    assert "list.txt: a text file listing audio files, not audio; give the files" in err
+    assert f"list.scp:2: expected 'utt-id path', got '{waves[1].relative_to(tmp_path)}' (a bare path: write " \
+           f"'{waves[1].stem} {waves[1].relative_to(tmp_path)}')" in err
+    assert "2 input(s) failed" in err and "the other 1 were transcribed" in err
 
     one = sorted((tmp_path / "in").glob("s*.wav"))[0]
     cases = [

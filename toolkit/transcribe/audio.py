@@ -96,6 +96,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[AudioItem], list[tuple[str, 
                 items += its
                 failed += bad
             else:
+                _refuse_path_list(path)
                 items.append(AudioItem(id=clean_id(path.stem), source=str(path), path=path))
         except ToolkitError as e:
             failed.append((arg, str(e)))
@@ -106,6 +107,23 @@ def collect_inputs(inputs: list[str]) -> tuple[list[AudioItem], list[tuple[str, 
                                "rename one of the files or transcribe them in separate runs")
         seen[it.id] = it.source
     return items, failed
+
+
+def _refuse_path_list(path: Path) -> None:
+    """A text file whose first line names an existing file is a list of paths, not audio: say how
+    to give one (ffmpeg would only answer "Invalid data found when processing input")."""
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return  # binary: audio (or not) is for the decoder to tell
+    first = next((line.strip() for line in head.splitlines() if line.strip()), "")
+    words = first.split()
+    if words and (Path(words[-1]).is_file() or (path.parent / words[-1]).is_file()):
+        raise ToolkitError(f"{path}: a text file listing audio files, not audio; give the files (or their folder) "
+                           "as INPUTs, or write the list as a Kaldi wav.scp ('utt-id path' lines, a name ending in .scp)")
 
 
 def _folder_items(folder: Path) -> list[AudioItem]:
@@ -132,7 +150,9 @@ def _scp_items(path: Path) -> tuple[list[AudioItem], list[tuple[str, str]]]:
         parts = line.strip().split(maxsplit=1)
         where = f"{path}:{n}"
         if len(parts) != 2:
-            failed.append((where, f"{where}: expected 'utt-id path', got {line.strip()!r}"))
+            bare = len(parts) == 1 and (Path(parts[0]).is_file() or (path.parent / parts[0]).is_file())
+            hint = f" (a bare path: write '{clean_id(Path(parts[0]).stem)} {parts[0]}')" if bare else ""
+            failed.append((where, f"{where}: expected 'utt-id path', got {line.strip()!r}{hint}"))
             continue
         utt, target = parts
         if target.endswith("|"):
