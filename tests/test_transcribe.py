@@ -520,6 +520,23 @@ def test_channels_spans_and_file_names_of_real_inputs(tmp_path, tiny, capsys):
     assert "1 file(s) below this folder left out: not audio by their suffix (e.g. " in capsys.readouterr().err
 
 
+def test_a_closed_standard_output_ends_the_run_quietly_with_141(tmp_path, tiny):
+    """`toolkit transcribe DIR | head -1`: the reader goes away; the run stops with the shell's
+    SIGPIPE status and no traceback (Python's own exit flush must not print one either)."""
+    import os
+
+    ckpt, *_ = tiny
+    write_sentences(tmp_path / "in", 20, seed=13)
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "transcribe", "--no-progress", "--checkpoint",
+                             str(ckpt), str(tmp_path / "in")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc.stdout.close()  # the reader is gone before the first line (`| head -0`; `head -1` after one)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "20 recording(s)" in err  # it got as far as transcribing
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
+
+
 def test_sigterm_interrupts_like_ctrl_c_and_leaves_no_temporary_file(tmp_path, tiny):
     """`kill`/`timeout`/a scheduler stop a run with SIGTERM: the temporary file of the text output
     was left behind (SIGTERM ended Python without running its cleanups)."""
