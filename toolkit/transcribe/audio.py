@@ -10,7 +10,8 @@ audio is) and the inputs that failed (one-line reasons):
   (`... |`) are not run (each such line fails with a message);
 - a Lhotse manifest (`.jsonl`, `.jsonl.gz`, `.json`): a CutSet (id = cut id; the cut's offset,
   duration and channel are honoured) or a RecordingSet (id = recording id).
-Whitespace in ids becomes `_` (Kaldi ids have none); two inputs with the same id are an error.
+Whitespace in ids becomes `_` (Kaldi ids have none); two inputs with the same id are an error. A
+text file that lists paths (not a `.scp`), and a `.scp` line with a bare path, fail with the form to use.
 
 `AudioReader(item)` gives random access to the item's audio at 16 kHz mono: `read(start, stop)`
 reads only those samples (plus a few for the resampler), so a long recording is never in memory
@@ -109,6 +110,13 @@ def collect_inputs(inputs: list[str]) -> tuple[list[AudioItem], list[tuple[str, 
     return items, failed
 
 
+def _listed_path(target: str, listing: Path) -> Path:
+    """A path written in a list file: as given, or relative to the list's folder when it is not
+    relative to here."""
+    audio = Path(target)
+    return audio if audio.is_absolute() or audio.exists() else listing.parent / audio
+
+
 def _refuse_path_list(path: Path) -> None:
     """A text file whose first line names an existing file is a list of paths, not audio: say how
     to give one (ffmpeg would only answer "Invalid data found when processing input")."""
@@ -121,7 +129,7 @@ def _refuse_path_list(path: Path) -> None:
         return  # binary: audio (or not) is for the decoder to tell
     first = next((line.strip() for line in head.splitlines() if line.strip()), "")
     words = first.split()
-    if words and (Path(words[-1]).is_file() or (path.parent / words[-1]).is_file()):
+    if words and _listed_path(words[-1], path).is_file():
         raise ToolkitError(f"{path}: a text file listing audio files, not audio; give the files (or their folder) "
                            "as INPUTs, or write the list as a Kaldi wav.scp ('utt-id path' lines, a name ending in .scp)")
 
@@ -150,7 +158,7 @@ def _scp_items(path: Path) -> tuple[list[AudioItem], list[tuple[str, str]]]:
         parts = line.strip().split(maxsplit=1)
         where = f"{path}:{n}"
         if len(parts) != 2:
-            bare = len(parts) == 1 and (Path(parts[0]).is_file() or (path.parent / parts[0]).is_file())
+            bare = len(parts) == 1 and _listed_path(parts[0], path).is_file()
             hint = f" (a bare path: write '{clean_id(Path(parts[0]).stem)} {parts[0]}')" if bare else ""
             failed.append((where, f"{where}: expected 'utt-id path', got {line.strip()!r}{hint}"))
             continue
@@ -159,10 +167,7 @@ def _scp_items(path: Path) -> tuple[list[AudioItem], list[tuple[str, str]]]:
             failed.append((where, f"{where}: {utt}: piped commands are not run; decode the audio to a file "
                                   "and list the file instead"))
             continue
-        audio = Path(target)
-        if not audio.is_absolute() and not audio.exists():
-            audio = path.parent / audio  # relative to the scp's folder when not relative to here
-        items.append(AudioItem(id=clean_id(utt), source=f"{where} ({target})", path=audio))
+        items.append(AudioItem(id=clean_id(utt), source=f"{where} ({target})", path=_listed_path(target, path)))
     return items, failed
 
 
