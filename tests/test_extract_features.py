@@ -149,6 +149,32 @@ def test_bad_input_errors(tmp_path, capsys, hf_ckpt):
     assert not (tmp_path / "o.npy").exists()
 
 
+def test_an_output_over_an_input_or_a_foreign_file_is_refused_and_nothing_changes(tmp_path, capsys, hf_ckpt):
+    """Swapped or repeated arguments: OUT naming the audio, the checkpoint (also through a link)
+    or any file that is not an earlier .npy is refused, byte for byte untouched; an earlier .npy
+    is replaced."""
+    _, ckpt = hf_ckpt
+    d = tmp_path / "d"
+    d.mkdir()
+    model = d / "model.pt"
+    shutil.copy(ckpt, model)
+    (d / "link.pt").symlink_to(model)
+    ok = H.write_wav(d / "ok.wav", 0.1 * np.ones(8000, dtype=np.float32))
+    (d / "notes.txt").write_text("my notes\n")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    for out, words in ((ok, "the audio itself"), (model, "--checkpoint itself"),
+                       (d / "link.pt", "--checkpoint itself"), (d / "notes.txt", "not a .npy")):
+        rc, msg = _extract(capsys, model, ok, out)
+        assert rc == 1 and str(out) in msg and words in msg and len(msg.splitlines()) == 1, msg
+    rc, msg = _extract(capsys, d / "link.pt", ok, model)
+    assert rc == 1 and "--checkpoint itself" in msg
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    np.save(d / "old.npy", np.zeros(3, dtype=np.float32))
+    rc, msg = _extract(capsys, model, ok, d / "old.npy")
+    assert rc == 0, msg
+    assert np.load(d / "old.npy").shape == (24, H.DIM)
+
+
 def test_cli_exit_codes_subprocess(tmp_path, hf_ckpt):
     """The installed entry point: exit 0 with a summary line, exit 1 with one error line."""
     _, ckpt = hf_ckpt

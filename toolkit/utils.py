@@ -51,6 +51,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def refuse_output_over_inputs(out: str | os.PathLike, inputs: dict[str, str | os.PathLike]) -> None:
+    """One-line ToolkitError when writing `out` would destroy one of the command's inputs.
+
+    `inputs` maps how the user named each input ("the audio", "--checkpoint") to its path.
+    Refused: `out` is an input (also through a link), is an existing file inside an input folder
+    (a Hugging Face model folder's weights), or is a folder that holds an input (an output folder
+    is replaced as a whole). A slip or swapped arguments must not turn a recording or a model into the output.
+    """
+    o = Path(os.path.abspath(out))
+    for what, path in inputs.items():
+        p = Path(os.path.abspath(path))
+        if o == p or o.resolve() == p.resolve() or (o.exists() and p.exists() and os.path.samefile(o, p)):
+            raise ToolkitError(f"{out}: is {what} itself; writing it would destroy the input: "
+                               "choose another OUT (are the arguments swapped?)")
+        for a, b in ((o, p), (o.resolve(), p.resolve())):
+            if b in a.parents and o.exists():
+                raise ToolkitError(f"{out}: is a file of {what} {path}; replacing it would damage the "
+                                   "input: choose an OUT outside it")
+            if a in b.parents:
+                raise ToolkitError(f"{out}: holds {what} {path}, which writing OUT would destroy; "
+                                   "choose another OUT")
+
+
 def current_umask() -> int:
     """The process umask (read without changing it)."""
     mask = os.umask(0)

@@ -23,7 +23,7 @@ import torch
 
 from toolkit.model.config import SAMPLE_RATE
 from toolkit.model.wav2vec2 import normalize_waveform
-from toolkit.utils import ToolkitError, atomic_path, resolve_device
+from toolkit.utils import ToolkitError, atomic_path, refuse_output_over_inputs, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
 
+    refuse_output_over_inputs(args.out, {"the audio": args.audio, "--checkpoint": args.checkpoint})
+    _refuse_replacing_other_files(Path(args.out))
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = config_of(ckpt)
@@ -133,6 +135,16 @@ def ffmpeg_to_wav(path: Path, wav: Path, source: str) -> None:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
         raise ToolkitError(f"{source}: cannot decode the audio (corrupt or unsupported file: "
                            f"{reason[-1][:120] if reason else 'no audio stream'})")
+
+
+def _refuse_replacing_other_files(out: Path) -> None:
+    """An existing OUT is replaced only when it is a NumPy file (an earlier extraction): a
+    recording, a model or a transcript given as OUT by mistake is never overwritten."""
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ToolkitError(f"{out}: exists and is not a .npy file; extract-features replaces only "
+                                   "its own output: remove it or choose another OUT")
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:
