@@ -278,6 +278,72 @@ def test_hf_ctc_parity_with_pad_last(tmp_path, capsys):
     assert (log_probs.argmax(-1) == ref.argmax(-1)).all()
 
 
+def test_hf_folder_saved_by_a_transformers_5_processor(tmp_path, capsys):
+    """transformers 5 saves the feature extractor's do_normalize only in processor_config.json,
+    and a Hub fine-tune's <s> </s> in added_tokens.json with head rows for them: both are read,
+    and the imported model gives HF's log-probs through HF's own processor."""
+    import transformers
+
+    letters = ["<pad>", "|", "a", "b", "c", "d", "e", "<unk>"]
+    vocab = {t: i for i, t in enumerate(letters)}
+    hf = _hf_model("Wav2Vec2ForCTC", True, seed=37, vocab_size=len(vocab) + 2, pad_token_id=0)
+    d = tmp_path / "hf"
+    hf.save_pretrained(d)
+    H.write_json(tmp_path / "vocab.json", vocab)
+    tok = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), pad_token="<pad>", unk_token="<unk>")
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True)
+    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tok).save_pretrained(d)
+    assert not (d / "preprocessor_config.json").exists()  # the layout this test is about
+    H.write_json(d / "added_tokens.json", {"<s>": len(vocab), "</s>": len(vocab) + 1})
+    rc, msg = _import(capsys, "hf", d, tmp_path / "ctc.pt")
+    assert rc == 0, msg
+    model, saved = _our_backbone(tmp_path / "ctc.pt")
+    assert config_of(saved).normalize is True
+    tokens = saved["vocab"]["tokens"]
+    assert tokens[:8] == ["<blk>", "|", "a", "b", "c", "d", "e", "<unk>"] and len(tokens) == 10
+    wav = H.waveforms(n=1) * 0.1  # not unit variance: the result depends on normalising it
+    proc = transformers.Wav2Vec2Processor.from_pretrained(d)
+    x = proc(wav[0].numpy(), sampling_rate=16000, return_tensors="pt").input_values
+    hf.eval()
+    from toolkit.model.wav2vec2 import normalize_waveform  # what the toolkit does for normalize=True
+
+    with torch.no_grad():
+        ref = hf(x).logits.log_softmax(-1)
+        log_probs, _ = model(normalize_waveform(wav))
+    # HF's extractor normalises with eps 1e-7, the toolkit (fairseq) with 1e-5; without normalising: 1.7
+    assert (log_probs - ref).abs().max() < 2e-2
+    assert (log_probs.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_an_import_never_writes_over_its_source_or_an_existing_file(tmp_path, capsys):
+    hf = _hf_model("Wav2Vec2ForPreTraining", False, seed=41)
+    d = tmp_path / "hf"
+    hf.save_pretrained(d)
+    weights = d / "model.safetensors"
+    before = weights.read_bytes()
+    rc, msg = _import(capsys, "hf", d, weights, "--force")
+    assert rc == 1 and "model.safetensors" in msg and "SRC" in msg and len(msg.splitlines()) == 1, msg
+    rc, msg = _import(capsys, "hf", d, d, "--force")
+    assert rc == 1 and "SRC itself" in msg
+    assert weights.read_bytes() == before
+    ta = H.tiny_torchaudio("default", seed=43)
+    torch.save(ta.state_dict(), tmp_path / "ta.pt")
+    before = (tmp_path / "ta.pt").read_bytes()
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "ta.pt", "--force",
+                      "--config-json", '{"num_heads": %d}' % H.HEADS)
+    assert rc == 1 and "SRC itself" in msg and len(msg.splitlines()) == 1
+    assert (tmp_path / "ta.pt").read_bytes() == before
+    # an existing OUT needs --force; the object can be given inline to --config-json
+    (tmp_path / "out.pt").write_bytes(b"earlier")
+    inline = ["--config-json", '{"num_heads": %d, "normalize": true}' % H.HEADS]
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "out.pt", *inline)
+    assert rc == 1 and "out.pt" in msg and "--force" in msg and len(msg.splitlines()) == 1
+    assert (tmp_path / "out.pt").read_bytes() == b"earlier"
+    rc, msg = _import(capsys, "torchaudio", tmp_path / "ta.pt", tmp_path / "out.pt", *inline, "--force")
+    assert rc == 0, msg
+    assert config_of(load_checkpoint(tmp_path / "out.pt")).normalize is True
+
+
 def test_hf_bare_backbone_and_bad_folders(tmp_path, capsys):
     import transformers
 

@@ -29,7 +29,7 @@ import torch
 
 from toolkit.model.config import SAMPLE_RATE
 from toolkit.text.symbols import read_token_list
-from toolkit.utils import ToolkitError
+from toolkit.utils import ToolkitError, refuse_output_over_inputs
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="fairseq .pt file, Hugging Face model folder, or torchaudio state-dict file")
     parser.add_argument("out", help="toolkit checkpoint to write (.pt)")
     parser.add_argument("--config-json", default=None,
-                        help="torchaudio only: JSON object with what shapes cannot show, e.g. "
-                             '{"num_heads": 16, "layer_norm_first": true, "conv_strides": [5,2,2,2,2,2,2]}, '
-                             "plus any model config field (dropouts, normalize, ...)")
+                        help="torchaudio only: a JSON file, or the JSON object itself, with what shapes cannot "
+                             'show, e.g. \'{"num_heads": 16, "layer_norm_first": true, "conv_strides": '
+                             "[5,2,2,2,2,2,2]}', plus any model config field (dropouts, normalize, ...)")
     parser.add_argument("--vocab", default=None,
                         help="CTC vocabulary: fairseq dict.ltr.txt, Hugging Face vocab.json (default: SRC/vocab.json), "
                              "or an icefall tokens.txt (torchaudio)")
+    parser.add_argument("--force", action="store_true", help="replace OUT when it exists")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
 def run(args: argparse.Namespace) -> int:
     src, out = Path(args.src), Path(args.out)
+    refuse_output_over_inputs(out, {"SRC": src, **({"--vocab": args.vocab} if args.vocab else {})})
+    if out.exists() and not args.force:
+        raise ToolkitError(f"{out}: exists; remove it, choose another OUT or pass --force")
     if args.source == "fairseq":
         cfg, state, kind, vocab = import_fairseq(src, args.vocab)
     elif args.source == "hf":
@@ -273,6 +277,7 @@ def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict |
         if not path.is_file():
             raise ToolkitError(f"{src}: a CTC model needs its vocabulary: no {path}; pass --vocab vocab.json")
         tokens = _read_vocab_json(path)
+        tokens += _hf_added_tokens(path.parent, len(tokens), int(sd["proj.weight"].shape[0]))
         blank = int(config.get("pad_token_id", 0) if config.get("pad_token_id") is not None else 0)
         unk = next((i for i, t in enumerate(tokens) if t in ("<unk>", "[UNK]")), None)
         if not 0 <= blank < len(tokens):
@@ -282,23 +287,67 @@ def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict |
 
 
 def _hf_preprocessing(src: Path, cfg: Any) -> Any:
-    """Waveform normalisation from the folder's `preprocessor_config.json` (`do_normalize`).
+    """Waveform normalisation from the folder's feature-extractor settings (`do_normalize`).
 
     Hugging Face keeps it with the feature extractor, not the model config; XLSR/LV-60 models
     are trained on normalised audio, so dropping it would silently degrade their features.
+    transformers < 5 writes it to `preprocessor_config.json`; transformers 5's
+    `Wav2Vec2Processor.save_pretrained` writes only `processor_config.json`, with the same
+    settings under "feature_extractor".
     """
-    path = src / "preprocessor_config.json"
-    if not path.is_file():
-        log.warning("%s: no preprocessor_config.json; assuming normalize=%s", src, cfg.normalize)
+    pre = None
+    for path, section in ((src / "preprocessor_config.json", None), (src / "processor_config.json", "feature_extractor")):
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ToolkitError(f"{path}: invalid JSON ({e}); re-save it with save_pretrained") from None
+        pre = data.get(section) if section and isinstance(data, dict) else data
+        if isinstance(pre, dict):
+            break
+        pre = None
+    if pre is None:
+        log.warning("%s: no feature-extractor settings (preprocessor_config.json, or processor_config.json "
+                    "with a feature_extractor section); assuming normalize=%s", src, cfg.normalize)
         return cfg
-    try:
-        pre = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ToolkitError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
     rate = pre.get("sampling_rate", SAMPLE_RATE)
     if rate != SAMPLE_RATE:
         raise ToolkitError(f"{path}: the model expects {rate} Hz audio; the toolkit works at {SAMPLE_RATE} Hz only")
     return cfg.replace(normalize=bool(pre.get("do_normalize", cfg.normalize)))
+
+
+def _hf_added_tokens(folder: Path, first: int, rows: int) -> list[str]:
+    """Tokens with ids `first`.. that the tokenizer added after vocab.json (many Hub XLSR fine-tunes
+    append `<s>` and `</s>` this way, and their CTC head has a row for each).
+
+    Read from `added_tokens.json` ({token: id}, transformers < 5), else from tokenizer_config.json's
+    `added_tokens_decoder` ({id: {"content": token}}); only when the head has more rows than
+    vocab.json has tokens, so a head/vocabulary mismatch is still reported by `vocab_from_tokens`.
+    """
+    if rows <= first:
+        return []
+    found: dict[int, str] = {}
+    for name in ("added_tokens.json", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ToolkitError(f"{path}: invalid JSON ({e}); re-save the tokenizer with save_pretrained") from None
+        if name == "added_tokens.json" and isinstance(data, dict):
+            found.update({i: t for t, i in data.items() if isinstance(i, int) and i >= first})
+        elif isinstance(data, dict) and isinstance(data.get("added_tokens_decoder"), dict):
+            for i, entry in data["added_tokens_decoder"].items():
+                if str(i).isdigit() and int(i) >= first and isinstance(entry, dict) and "content" in entry:
+                    found.setdefault(int(i), str(entry["content"]))
+    added = []
+    for i in range(first, rows):
+        if i not in found:
+            break
+        added.append(found[i])
+    return added
 
 
 def _read_vocab_json(path: Path) -> list[str]:
@@ -336,10 +385,16 @@ def import_torchaudio(src: Path, config_json: str | None, vocab_path: str | None
         raise ToolkitError(f"{src}: expected torch.save(model.state_dict()) of a torchaudio Wav2Vec2Model, "
                            f"found {keys}; use --from fairseq / --from hf for other formats")
     overrides: dict = {}
-    if config_json:
+    if config_json and config_json.lstrip().startswith("{"):  # the object itself on the command line
+        try:
+            overrides = json.loads(config_json)
+        except json.JSONDecodeError as e:
+            raise ToolkitError(f"--config-json {config_json}: invalid JSON ({e}); quote it for the shell, "
+                               """e.g. '{"num_heads": 16}'""") from None
+    elif config_json:
         try:
             overrides = json.loads(Path(config_json).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ToolkitError(f"{config_json}: cannot read the --config-json file ({e})") from None
         if not isinstance(overrides, dict):
             raise ToolkitError(f"{config_json}: expected a JSON object such as "
