@@ -188,6 +188,45 @@ def test_average_checkpoints_and_plot(tmp_path):
     assert main(["average-checkpoints", "--exp-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 1
 
 
+@pytest.mark.parametrize("second_line, problem", [
+    (b'{"loss": 1.0}', b'no "step"'),
+    (b"[1, 2]", b"a JSON list, not an object"),
+    (b'{"step": "abc", "loss": 1.0}', b'"step" is \'abc\''),
+    (b'{"step": 2, "split": ["a"], "loss": 1.0}', b'"split" is [\'a\']'),
+    (b'{"step": 2, "loss": 1.0, "note": "\xff\xfe"}', b"not UTF-8"),
+    (b"garbage", b"not a JSON line"),
+])
+def test_plot_names_the_damaged_line_of_metrics_jsonl(tmp_path, second_line, problem):
+    """A damaged row (not the cut-off last line of a killed run) is one error line naming the
+    file and line, exit 1, no traceback; nothing is plotted."""
+    import subprocess
+    import sys
+
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 2.0}\n' + second_line + b'\n{"step": 3, "loss": 0.5}\n')
+    p = subprocess.run([sys.executable, "-m", "toolkit.cli", "plot", str(tmp_path)], capture_output=True)
+    assert p.returncode == 1 and b"Traceback" not in p.stderr, p.stderr
+    line = p.stderr.decode().strip()
+    assert len(line.splitlines()) == 1 and f"{tmp_path}/metrics.jsonl:2:" in line and problem.decode() in line
+    assert not (tmp_path / "plots").exists()
+
+
+def test_plot_gives_every_metric_its_own_file(tmp_path):
+    """`val/loss` and `val_loss` would share val_loss.png, a metric named `overview` the overview
+    figure: each gets its own file, and each file shows its own metric's curve."""
+    from toolkit.cli import main
+    import matplotlib.image
+
+    rows = [{"step": s, "val/loss": 1.0 * s, "val_loss": 10.0 - s, "overview": 0.0, "loss": 3.0 - s} for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", str(tmp_path)]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["loss.png", "overview-2.png", "overview.png", "val_loss-2.png", "val_loss.png"]
+    images = [matplotlib.image.imread(tmp_path / "plots" / n) for n in pngs]
+    assert all(img.ndim == 3 and img.shape[0] > 100 for img in images)
+    # rising and falling curves, flat line, overview: no two files hold the same picture
+    assert len({img.tobytes() for img in images}) == len(images)
+
+
 def test_ctc_drops_and_counts_utterances_too_short_for_their_labels():
     from toolkit.model.wav2vec2 import ctc_loss, ctc_min_frames
 

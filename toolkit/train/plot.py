@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
 
-from toolkit.utils import ToolkitError
+from toolkit.utils import ToolkitError, read_utf8_lines
 
 logger = logging.getLogger("toolkit.train")
 
@@ -27,9 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_metrics(path: Path) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-    """{split: {metric: (steps, values)}} from a metrics.jsonl (a truncated last line is ignored)."""
+    """{split: {metric: (steps, values)}} from a metrics.jsonl (a truncated last line is ignored).
+
+    Any other damage (a line that is not JSON, not an object, without an integer "step", with a
+    "split" that is not a name; bytes that are not UTF-8) is a one-line error naming the line.
+    """
     series: dict[str, dict[str, tuple[list[int], list[float]]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8_lines(path, "EXP_DIR", "the metrics.jsonl of toolkit pretrain/finetune")
     for i, line in enumerate(lines):
         try:
             row = json.loads(line)
@@ -39,12 +44,30 @@ def read_metrics(path: Path) -> dict[str, dict[str, tuple[list[int], list[float]
                                "rows before it", path, i + 1)
                 break
             raise ToolkitError(f"{path}:{i + 1}: not a JSON line; the file is damaged") from None
+        problem = _row_problem(row)
+        if problem:
+            raise ToolkitError(f"{path}:{i + 1}: {problem}; the file is damaged (each line is one JSON object "
+                               'with an integer "step", as toolkit pretrain/finetune write it)')
         for k, v in row.items():
-            if k not in SKIP and isinstance(v, (int, float)):
+            if k not in SKIP and isinstance(v, (int, float)) and not isinstance(v, bool):
                 steps, values = series[row.get("split", "train")][k]
                 steps.append(int(row["step"]))
                 values.append(float(v))
     return series
+
+
+def _row_problem(row: object) -> str | None:
+    """What makes a parsed metrics row unusable, or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    step = row.get("step")
+    if "step" not in row:
+        return 'no "step"'
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step != int(step):
+        return f'"step" is {step!r}, not an update number'
+    if not isinstance(row.get("split", "train"), str):
+        return f'"split" is {row["split"]!r}, not a name'
+    return None
 
 
 def plot_experiment(exp_dir: Path, out_dir: Path) -> list[Path]:
@@ -62,10 +85,10 @@ def plot_experiment(exp_dir: Path, out_dir: Path) -> list[Path]:
         raise ToolkitError(f"{path}: no metrics logged yet")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in names:
+    for name, stem in _file_stems(names).items():
         fig, ax = plt.subplots(figsize=(6, 4))
         _draw(ax, series, name)
-        written.append(_save(fig, out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"))
+        written.append(_save(fig, out_dir / f"{stem}.png"))
         plt.close(fig)
     shown = [n for n in OVERVIEW if n in names]
     if shown:
@@ -80,6 +103,23 @@ def plot_experiment(exp_dir: Path, out_dir: Path) -> list[Path]:
         written.append(_save(fig, out_dir / "overview.png"))
         plt.close(fig)
     return written
+
+
+def _file_stems(names: list[str]) -> dict[str, str]:
+    """{metric: PNG file stem}, one file per metric: names that differ only in characters a file
+    name cannot hold (`val/loss`, `val_loss`), or only in case (case-insensitive file systems),
+    or that are `overview`, get a numbered stem instead of overwriting another plot."""
+    used, stems = {"overview"}, {}
+    for name in names:
+        base = stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        n = 2
+        while stem.lower() in used:
+            stem, n = f"{base}-{n}", n + 1
+        if stem != base:
+            logger.info("metric %r is plotted as %s.png (%s.png is another plot)", name, stem, base)
+        used.add(stem.lower())
+        stems[name] = stem
+    return stems
 
 
 def _draw(ax, series, name: str) -> None:  # noqa: ANN001
