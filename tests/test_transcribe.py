@@ -11,6 +11,9 @@ directly, with a tiny-preset checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -710,6 +713,56 @@ def test_export_torchscript_and_the_accuracy_check(tmp_path, tiny):
 
     with pytest.raises(ToolkitError, match=r"max abs log-prob difference against PyTorch is 0\.01"):
         compare(module, off, 1e-3, "test")
+
+
+def test_export_force_replaces_only_an_earlier_export(tmp_path, tiny, monkeypatch, capsys):
+    """--force replaces an earlier export folder and nothing else: not the checkpoint's own
+    experiment folder, a folder with other files, a link or the current folder. Whatever is
+    refused is left byte for byte; nothing is left beside OUT; a failed check names OUT."""
+    ckpt, *_ = tiny
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(ckpt, exp / "best.pt")
+    (exp / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("mine\n")
+    (tmp_path / "link").symlink_to(other)
+
+    def snapshot() -> dict:
+        return {str(p.relative_to(tmp_path)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+                for p in sorted(tmp_path.rglob("*"))}
+
+    def export(out, *extra) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = main(["export", "--checkpoint", str(exp / "best.pt"), "--to", "torchscript", str(out), "--force", *extra])
+        return rc, capsys.readouterr().err.strip()
+
+    before = snapshot()
+    for out, words in ((exp, "holds --checkpoint"), (exp / "best.pt", "is --checkpoint itself"),
+                       (other, "holds metrics.jsonl"), (tmp_path / "link", "is a link")):
+        rc, err = export(out)
+        assert rc == 1 and str(out) in err and words in err and len(err.splitlines()) == 1, err
+    monkeypatch.chdir(other)
+    rc, err = export(".")
+    assert rc == 1 and "current folder" in err
+    monkeypatch.chdir(tmp_path)
+    assert snapshot() == before
+    # an earlier export is replaced, with the mode a new folder gets, and no staging folder is left
+    old_mask = os.umask(0o022)
+    try:
+        assert export(tmp_path / "ts")[0] == 0
+        (tmp_path / "ts" / "model.pt").write_bytes(b"stale")
+        assert export(tmp_path / "ts")[0] == 0
+    finally:
+        os.umask(old_mask)
+    assert (tmp_path / "ts" / "model.pt").read_bytes() != b"stale"
+    assert stat.S_IMODE((tmp_path / "ts").stat().st_mode) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "link", "other", "ts"]
+    # a check that fails names OUT, not the hidden staging folder, and keeps nothing
+    rc, err = export(tmp_path / "ts2", "--tolerance", "0")  # TorchScript differs from eager by ~1e-6
+    assert rc == 1 and f"{tmp_path / 'ts2'}/model.pt (torch.jit.load)" in err and "/." not in err, err
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 def test_export_pretraining_checkpoint_to_hf(tmp_path):

@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from toolkit.utils import ToolkitError
+from toolkit.utils import ToolkitError, current_umask, refuse_output_over_inputs
 
 log = logging.getLogger("toolkit.export")
 
@@ -59,8 +59,14 @@ def run(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import build_model, config_of, load_checkpoint
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ToolkitError(f"{out}: exists; remove it, choose another OUT or pass --force")
+    refuse_output_over_inputs(out, {"--checkpoint": args.checkpoint})
+    here = Path.cwd()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ToolkitError(f"{out}: is the current folder (or holds it); choose another OUT")
+    if out.exists() or out.is_symlink():
+        if not args.force:
+            raise ToolkitError(f"{out}: exists; remove it, choose another OUT or pass --force")
+        _check_replaceable(out)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = config_of(ckpt)
     if ckpt["kind"] != "ctc" and args.to != "hf":
@@ -70,21 +76,50 @@ def run(args: argparse.Namespace) -> int:
     vocab = ckpt.get("vocab") if ckpt["kind"] == "ctc" else None
     writer = {"hf": write_hf, "onnx": write_onnx, "torchscript": write_torchscript}[args.to]
     with _staged_dir(out) as tmp:
-        diff = writer(model, cfg, vocab, tmp, args.tolerance)
+        try:
+            diff = writer(model, cfg, vocab, tmp, args.tolerance)
+        except ToolkitError as e:  # name OUT, not the staging folder that is about to go
+            raise ToolkitError(str(e).replace(str(tmp), str(out))) from None
     print(f"{args.checkpoint} -> {out} ({args.to}); check against PyTorch: max abs log-prob difference "
           f"{diff:.3g} (tolerance {args.tolerance:g})")
     return 0
 
 
+# What an export writes (any --to, and what transformers' save_pretrained may add). --force
+# replaces a folder that holds nothing else: an experiment folder, or one with the user's own
+# files, is never taken with it.
+EXPORT_FILES = frozenset({
+    "export.json", "tokens.txt", "bpe.model", "model.pt", "model.onnx", "model.onnx.data",
+    "config.json", "model.safetensors", "pytorch_model.bin", "vocab.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json", "processor_config.json",
+    "generation_config.json"})
+
+
+def _check_replaceable(out: Path) -> None:
+    """One-line ToolkitError unless `out` is a folder that only an earlier export could have written."""
+    if out.is_symlink() or not out.is_dir():
+        kind = "a link" if out.is_symlink() else "a file"
+        raise ToolkitError(f"{out}: is {kind}, not an earlier export folder; --force replaces only those: "
+                           "remove it yourself or choose another OUT")
+    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise ToolkitError(f"{out}: holds {others[0]}{more}, which no export writes; --force replaces only an "
+                           "earlier export folder: choose another OUT")
+
+
 class _staged_dir:
-    """A temporary folder beside `out`, renamed to `out` when the block succeeds (replacing it)."""
+    """A temporary folder beside `out`, renamed to `out` when the block succeeds (replacing it);
+    on any failure, the rename included, the temporary folder is removed and `out` is as it was."""
 
     def __init__(self, out: Path):
-        self.out = out
+        self.out = Path(os.path.abspath(out))
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        # mkdtemp makes the folder private (0700); the export gets the mode any new folder gets here
+        os.chmod(self.tmp, 0o777 & ~current_umask())
         return self.tmp
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -92,12 +127,18 @@ class _staged_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old.{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
+        try:
+            if self.out.exists():
+                old = self.out.parent / f".{self.out.name}.old.{os.getpid()}"
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None and not self.out.exists():
+                os.replace(old, self.out)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+            shutil.rmtree(old)
 
 
 # -------------------------------------------------------------------------------------------------
