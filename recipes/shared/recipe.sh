@@ -5,7 +5,6 @@
 set -euo pipefail
 : "${recipe_dir:?recipes/shared/recipe.sh is sourced by a recipe run.sh that sets recipe_dir}"
 recipe_name=$(basename "$recipe_dir")
-. "$recipe_dir/conf/recipe.conf"
 
 stage=0
 stop_stage=100
@@ -28,6 +27,9 @@ nnodes=1
 rdzv_endpoint=
 pretrain_opts=
 finetune_opts=
+# the recipe's corpus, and any default above it changes (pretrain=false where pretraining on the
+# corpus was measured not to help); the command line overrides both
+. "$recipe_dir/conf/recipe.conf"
 help_message="Usage: $0 [options]
 $recipe_name ($corpus, $language): stages 0 corpus+manifests, 1 lang dir, 2 LM+graph, 3 pretraining,
 4 fine-tuning, 5 decoding, 6 RESULTS.md. Options (default):
