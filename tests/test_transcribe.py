@@ -715,6 +715,32 @@ def test_export_torchscript_and_the_accuracy_check(tmp_path, tiny):
         compare(module, off, 1e-3, "test")
 
 
+def test_export_hf_check_runs_the_folders_own_feature_extractor(tmp_path, tiny, monkeypatch, capsys):
+    """The HF check goes through the saved feature extractor, as Processor and pipeline do: a
+    folder whose preprocessor config lost do_normalize fails the export (before, the check
+    normalised by itself and passed it); the right folder passes and says where HF differs."""
+    import transformers
+
+    from toolkit.model.checkpoint import save_checkpoint
+
+    _, model, tok, cfg = tiny
+    ckpt = tmp_path / "norm.pt"
+    save_checkpoint(ckpt, model, cfg.replace(normalize=True), "ctc", vocab=tok.to_dict())
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(ckpt), "--to", "hf", str(tmp_path / "ok")]) == 0
+    assert "eps 1e-7" in capsys.readouterr().err
+    real_init = transformers.Wav2Vec2FeatureExtractor.__init__
+
+    def forgetful(self, *args, **kw):
+        real_init(self, *args, **{**kw, "do_normalize": False})
+
+    monkeypatch.setattr(transformers.Wav2Vec2FeatureExtractor, "__init__", forgetful)
+    assert main(["export", "--checkpoint", str(ckpt), "--to", "hf", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "bad (transformers Wav2Vec2ForCTC): max abs log-prob difference" in err, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_export_force_replaces_only_an_earlier_export(tmp_path, tiny, monkeypatch, capsys):
     """--force replaces an earlier export folder and nothing else: not the checkpoint's own
     experiment folder, a folder with other files, a link or the current folder. Whatever is
