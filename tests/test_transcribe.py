@@ -652,6 +652,7 @@ def test_export_hf_loads_in_the_pipeline_with_the_same_transcripts(tmp_path, tin
     back = torch.load(tmp_path / "back.pt", weights_only=True)
     orig = torch.load(ckpt, weights_only=True)
     assert back["vocab"]["tokens"] == orig["vocab"]["tokens"]
+    assert back["vocab"]["language"] == orig["vocab"]["language"] == "xx"
     for key, v in orig["model"].items():
         assert torch.equal(back["model"][key], v), key
     assert main(["export", "--checkpoint", str(ckpt), "--to", "hf", str(hf_dir)]) == 1  # exists: --force
@@ -799,7 +800,9 @@ def test_export_pretraining_checkpoint_to_hf(tmp_path):
     from toolkit.model.wav2vec2 import Wav2Vec2ForPretraining
 
     torch.manual_seed(0)
-    cfg = get_preset("tiny")
+    # settings HF's config has no field for, set away from their defaults
+    cfg = get_preset("tiny").replace(latent_temp=(2.0, 0.5, 0.999), feature_grad_mult=0.1, loss_weights=(0.1, 5.0),
+                                     cross_sample_negatives=3, require_same_masks=False)
     model = Wav2Vec2ForPretraining(cfg).eval()
     save_checkpoint(tmp_path / "pre.pt", model, cfg, "pretrain")
     assert main(["export", "--checkpoint", str(tmp_path / "pre.pt"), "--to", "onnx", str(tmp_path / "x")]) == 1
@@ -815,6 +818,12 @@ def test_export_pretraining_checkpoint_to_hf(tmp_path):
     assert back["kind"] == "pretrain"
     for key, v in model.state_dict().items():
         assert torch.equal(back["model"][key], v), key
+    from toolkit.model.checkpoint import config_of
+
+    got = config_of(back)
+    for field in ("latent_temp", "feature_grad_mult", "loss_weights", "cross_sample_negatives", "require_same_masks",
+                  "mask_prob", "logit_temp", "normalize"):
+        assert getattr(got, field) == getattr(cfg, field), field
 
 
 # ---------------------------------------------------------------------------------------------- one hour

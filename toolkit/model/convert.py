@@ -124,6 +124,13 @@ def check_state_dict(cfg: Wav2Vec2Config, state_dict: StateDict, source: str) ->
 # ------------------------------------------------------------------------------------------
 # Hugging Face
 
+# config.json key under which `to_hf` keeps the toolkit settings HF's Wav2Vec2Config has no field
+# for (transformers keeps unknown keys), so export -> import gives the same config back; the
+# feature penalty weight is stored as "feature_penalty", the CTC vocabulary's language beside it.
+TOOLKIT_KEY = "xlsr_toolkit"
+TOOLKIT_ONLY = ("feature_grad_mult", "require_same_masks", "cross_sample_negatives", "latent_temp")
+
+
 def config_from_hf(hf_config: Mapping[str, Any]) -> Wav2Vec2Config:
     """Toolkit config from a Hugging Face `Wav2Vec2Config` (its `to_dict()` / config.json)."""
     c = dict(hf_config)
@@ -160,6 +167,11 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> Wav2Vec2Config:
         # HF has no feature penalty.
         loss_weights=(c.get("diversity_loss_weight", 0.1), 0.0),
     )
+    extra = c.get(TOOLKIT_KEY)
+    if isinstance(extra, dict):  # written by `toolkit export`: what HF's config has no field for
+        fields.update({k: extra[k] for k in TOOLKIT_ONLY if k in extra})
+        if "feature_penalty" in extra:
+            fields["loss_weights"] = (fields["loss_weights"][0], extra["feature_penalty"])
     return Wav2Vec2Config.from_dict(fields, where="Hugging Face config")
 
 
@@ -197,6 +209,8 @@ def to_hf(cfg: Wav2Vec2Config, state_dict: Mapping[str, torch.Tensor]) -> tuple[
         contrastive_logits_temperature=cfg.logit_temp, diversity_loss_weight=cfg.loss_weights[0],
         layer_norm_eps=1e-5, hidden_act="gelu", feat_extract_activation="gelu",
     )
+    hf[TOOLKIT_KEY] = {**{k: getattr(cfg, k) for k in TOOLKIT_ONLY}, "latent_temp": list(cfg.latent_temp),
+                       "feature_penalty": cfg.loss_weights[1]}
     if "lm_head.weight" in sd:
         hf["vocab_size"] = sd["lm_head.weight"].shape[0]
     if cfg.mask_prob == 0 and cfg.mask_channel_prob == 0:

@@ -283,9 +283,11 @@ def write_torchscript(model: nn.Module, cfg, vocab: dict, out: Path, tolerance: 
 
 def hf_config(cfg, state_dict: dict, vocab: dict | None) -> tuple[dict, dict]:
     """(config dict, HF state dict) for Wav2Vec2ForCTC (vocab given) or Wav2Vec2ForPreTraining."""
-    from toolkit.model.convert import to_hf
+    from toolkit.model.convert import TOOLKIT_KEY, to_hf
 
     conf, sd = to_hf(cfg, state_dict)
+    if vocab is not None and vocab.get("language"):
+        conf[TOOLKIT_KEY]["language"] = vocab["language"]
     if vocab is not None:
         conf.update(architectures=["Wav2Vec2ForCTC"], vocab_size=len(vocab["tokens"]), pad_token_id=0,
                     bos_token_id=None, eos_token_id=None, ctc_loss_reduction="sum", ctc_zero_infinity=True)

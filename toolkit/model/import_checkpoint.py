@@ -262,7 +262,7 @@ def _hf_weight_files(src: Path) -> list[Path]:
 
 def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict | None]:
     """(Wav2Vec2Config, toolkit state dict, kind, vocab) of a Hugging Face wav2vec 2.0 folder."""
-    from toolkit.model.convert import from_hf, infer_kind
+    from toolkit.model.convert import TOOLKIT_KEY, from_hf, infer_kind
 
     config, state = read_hf_folder(src)
     if config.get("model_type") not in (None, "wav2vec2"):
@@ -283,6 +283,9 @@ def import_hf(src: Path, vocab_path: str | None) -> tuple[Any, dict, str, dict |
         if not 0 <= blank < len(tokens):
             raise ToolkitError(f"{src}/config.json: pad_token_id {blank} (the CTC blank) is outside the vocabulary")
         sd, vocab = vocab_from_tokens(sd, tokens, blank=blank, unk=unk, where=str(path))
+        extra = config.get(TOOLKIT_KEY)
+        if isinstance(extra, dict) and isinstance(extra.get("language"), str):  # a `toolkit export` folder
+            vocab["language"] = extra["language"]
     return cfg, sd, kind, vocab
 
 
