@@ -222,10 +222,7 @@ def read_hf_folder(src: Path) -> tuple[dict, dict]:
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ToolkitError(f"{src}: no config.json; is it a Hugging Face model folder?")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ToolkitError(f"{cfg_path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    config = read_json(cfg_path)
     files = _hf_weight_files(src)
     state: dict[str, torch.Tensor] = {}
     for f in files:
@@ -302,10 +299,7 @@ def _hf_preprocessing(src: Path, cfg: Any) -> Any:
     for path, section in ((src / "preprocessor_config.json", None), (src / "processor_config.json", "feature_extractor")):
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ToolkitError(f"{path}: invalid JSON ({e}); re-save it with save_pretrained") from None
+        data = read_json(path)
         pre = data.get(section) if section and isinstance(data, dict) else data
         if isinstance(pre, dict):
             break
@@ -335,10 +329,7 @@ def _hf_added_tokens(folder: Path, first: int, rows: int) -> list[str]:
         path = folder / name
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ToolkitError(f"{path}: invalid JSON ({e}); re-save the tokenizer with save_pretrained") from None
+        data = read_json(path)
         if name == "added_tokens.json" and isinstance(data, dict):
             found.update({i: t for t, i in data.items() if isinstance(i, int) and i >= first})
         elif isinstance(data, dict) and isinstance(data.get("added_tokens_decoder"), dict):
@@ -353,12 +344,20 @@ def _hf_added_tokens(folder: Path, first: int, rows: int) -> list[str]:
     return added
 
 
+def read_json(path: Path) -> Any:
+    """The JSON of one file of a model folder; one-line ToolkitError naming it when it is not
+    UTF-8 JSON (a truncated download, a file edited by hand)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise ToolkitError(f"{path}: invalid JSON ({where}); re-save the folder with save_pretrained "
+                           "or download it again") from None
+
+
 def _read_vocab_json(path: Path) -> list[str]:
     """Tokens of a HF `vocab.json` ({token: id}) in id order; multilingual {lang: {...}} not supported."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ToolkitError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
         raise ToolkitError(f"{path}: expected a {{token: id}} mapping (per-language vocabularies are not supported)")
     by_id = sorted((i, t) for t, i in data.items())
