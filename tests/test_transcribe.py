@@ -792,6 +792,30 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path, tiny, monkeypatc
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+def test_export_whose_final_rename_fails_keeps_the_earlier_export_and_no_staging_folder(tmp_path, tiny, monkeypatch):
+    import errno
+
+    from toolkit.model import export
+
+    def files() -> dict:
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    args = ["export", "--checkpoint", str(tiny[0]), "--to", "torchscript", str(tmp_path / "ts")]
+    assert main(args) == 0
+    before = files()
+    real = os.replace
+
+    def busy(src, dst):  # the staged folder cannot be renamed into place (after the old one moved aside)
+        if Path(src).name.startswith(".ts.") and ".old." not in Path(src).name:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", busy)
+    assert main([*args, "--force"]) == 1
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ts"] and files() == before
+
+
 def test_export_pretraining_checkpoint_to_hf(tmp_path):
     import transformers
 
