@@ -141,7 +141,10 @@ class _staged_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         if old is not None:
-            shutil.rmtree(old)
+            try:
+                shutil.rmtree(old)
+            except OSError as e:  # the new export is in place; only the old copy could not go
+                log.warning("%s: the earlier export, moved aside, could not be removed (%s); delete it", old, e)
 
 
 # -------------------------------------------------------------------------------------------------
