@@ -84,7 +84,7 @@ def test_lattice_rescoring_with_a_larger_lm(lang):
     assert hlg_words(lang, [lp]) == ["ab cob"]
     from toolkit.lm.graph import rescore_grammar
 
-    g2 = rescore_grammar(lang, lang / "lm.arpa")
+    g2, _ = rescore_grammar(lang, lang / "lm.arpa")
     assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2) == ["ab cab"]
     # n-best rescoring agrees once the right sentence is among the n best; a 1-best list cannot fix it
     assert hlg_words(lang, [lp], method="hlg-rescore", rescore_g=g2, opts={"num_paths": 10}) == ["ab cab"]

@@ -272,3 +272,50 @@ def test_a_new_lm_leaves_no_recorded_hlg_of_the_old_one(lang, tmp_path, monkeypa
     assert checked_graph(lang, "HLG.fst")
     with pytest.raises(ToolkitError, match=r"HLG.pt: no current build record .*--k2"):
         checked_graph(lang, "HLG.pt")  # still the old LM's until `compile-graph --k2` rebuilds it
+
+
+def test_a_new_rescoring_lm_leaves_no_recorded_k2_form_of_the_old_one(lang, tmp_path, capsys):
+    """compile-graph --rescore-lm NEW without --k2: G_<n>gram.pt (the k2 rescoring G) is of the old
+    LM and stops counting as current, so the k2 rescoring methods refuse it instead of using it;
+    the summary line names the rebuilt rescoring G instead of saying "up to date"."""
+    from toolkit.cli import main
+    from toolkit.lm.graph import GraphCache, checked_graph
+
+    args = ["compile-graph", "--lang-dir", str(lang), "--lm", str(lang / "lm.arpa"), "--rescore-lm"]
+    assert main([*args, str(lang / "lm.arpa")]) == 0
+    (lang / "G_2gram.pt").write_bytes(b"k2 form of lm.arpa")  # as `compile-graph --k2` leaves it
+    GraphCache(lang).record("G_2gram.pt", "key-of-lm.arpa", ("words.txt",))
+    assert checked_graph(lang, "G_2gram.pt")
+    other = tmp_path / "other.arpa"
+    other.write_text((lang / "lm.arpa").read_text().replace("-1.5000\tcab", "-0.3000\tcab"))
+    capsys.readouterr()
+    assert main([*args, str(other)]) == 0
+    log = capsys.readouterr().err
+    assert "built G_2_rescore.fst" in log and "up to date" not in log, log
+    with pytest.raises(ToolkitError, match=r"G_2gram.pt: no current build record .*--k2"):
+        checked_graph(lang, "G_2gram.pt")
+
+
+def test_compile_graph_refuses_a_corrupt_arpa_an_order_above_it_and_an_lm_of_other_words(lang, tmp_path, capsys):
+    """kaldilm ignores an ARPA's header counts: a cut-off section compiled silently before. An
+    --order above the LM's gave a 2-gram G named G_3.fst; an LM sharing no word with the lexicon
+    gave (under --min-coverage 0) a graph that only says <unk>."""
+    from toolkit.cli import main
+
+    def compile_graph(lm, *extra) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = main(["compile-graph", "--lang-dir", str(lang), "--lm", str(lm), *extra])
+        return rc, capsys.readouterr().err.strip().splitlines()[-1]
+
+    text = (lang / "lm.arpa").read_text()
+    header = [ln for ln in text.splitlines() if ln.startswith("ngram 2=")][0]
+    cut = tmp_path / "cut.arpa"
+    cut.write_text(text.replace(header, f"ngram 2={int(header.split('=')[1]) + 1}"))
+    rc, err = compile_graph(cut)
+    assert rc == 1 and err.startswith("toolkit compile-graph: error:") and "cut.arpa:" in err and "the header says" in err
+    rc, err = compile_graph(lang / "lm.arpa", "--order", "3")
+    assert rc == 1 and "--order 3" in err and "2-gram" in err
+    assert not (lang / "G_3.fst").exists()
+    other = write_arpa(tmp_path / "other.arpa", {"<s>": (-99, -0.3), "</s>": (-0.5, None), "zzz": (-0.3, -0.1)})
+    rc, err = compile_graph(other, "--min-coverage", "0")
+    assert rc == 1 and "the LM has 0.0% of the 4 lexicon words" in err and "none of its words" in err, err

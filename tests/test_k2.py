@@ -80,7 +80,7 @@ def test_k2_hlg_equals_kaldi_hlg(lang):
 def rescoring_lang(lang):
     """First pass with the unigram part of lm.arpa; the whole bigram LM as the rescoring LM (k2 form too)."""
     compile_graphs(lang, lang / "lm.arpa", order=1)
-    g2 = rescore_grammar(lang, lang / "lm.arpa")
+    g2, _ = rescore_grammar(lang, lang / "lm.arpa")
     save_k2_graphs(lang, lang / "lm.arpa", order=1)
     pt = save_k2_rescore_grammar(lang)
     assert pt.name == "G_2gram.pt" and pt.name in GraphCache(lang).graphs

@@ -66,11 +66,14 @@ def run(args: argparse.Namespace) -> int:
     dev = dev_sentences(args)
     paths = compile_graphs(args.lang_dir, args.lm, order=args.order, compact=args.compact_topo, force=args.force,
                            language=args.language, min_coverage=args.min_coverage, dev_sentences=dev)
+    rebuilt = list(paths.rebuilt)
     if args.rescore_lm:
-        rescore_grammar(args.lang_dir, args.rescore_lm, force=args.force, language=args.language,
-                        min_coverage=args.min_coverage)
-    if paths.rebuilt:
-        log.info("compile-graph: built %s in %s", ", ".join(paths.rebuilt), args.lang_dir)
+        g, built = rescore_grammar(args.lang_dir, args.rescore_lm, force=args.force, language=args.language,
+                                   min_coverage=args.min_coverage)
+        if built:
+            rebuilt.append(g.name)
+    if rebuilt:
+        log.info("compile-graph: built %s in %s", ", ".join(rebuilt), args.lang_dir)
     else:
         log.info("compile-graph: graphs in %s are up to date with their inputs; skipping", args.lang_dir)
     if dev is not None and paths.coverage is None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import kaldifst
 
-from toolkit.lm.arpa import arpa_order, plain_lf_text
+from toolkit.lm.arpa import arpa_order, plain_lf_text, validate_arpa
 from toolkit.lm.vocab import (NORMALIZATION_VERSION, WordMap, arpa_unigrams, coverage, diagnose, normalize_arpa,
                               oov_rate, word_map)
 from toolkit.text.symbols import is_disambig, read_symbol_table
@@ -217,7 +217,12 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
     wmap = wmap or word_map(arpa_unigrams(arpa), language)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "G.fst"
-        if not wmap.identity or not plain_lf_text(arpa):  # kaldilm reads plain "\n"-ended text only
+        if wmap.identity and plain_lf_text(arpa):
+            # used as it is, so validated here (normalize_arpa validates what it rewrites): kaldilm
+            # ignores the header's counts, and a cut-off section or a repeated n-gram would give a
+            # G without a word of warning
+            validate_arpa(arpa)
+        else:  # kaldilm reads plain "\n"-ended text only
             plain = Path(tmp) / "lm.arpa"
             info = normalize_arpa(arpa, plain, language, wmap)
             if not wmap.identity:
@@ -267,9 +272,10 @@ def check_lm_coverage(lang: Lang, lm: str | os.PathLike, wmap: WordMap, min_cove
     result = LmCoverage(str(lm), cov, n)
     if dev_sentences is not None:
         result.dev_oov_rate, _, result.dev_tokens = oov_rate(dev_sentences, lex_words)
-    if cov < min_coverage:
-        raise ToolkitError(f"{option} {lm}: {result.describe()} of {lang.dir / 'lexicon.txt'}, below --min-coverage "
-                           f"{100 * min_coverage:.0f}%; likely cause: {diagnose(lex_words, wmap.mapping, wmap.words())}")
+    if cov < min_coverage or cov == 0:  # none at all, even under --min-coverage 0: a graph that only says <unk>
+        limit = f"below --min-coverage {100 * min_coverage:.0f}%" if cov < min_coverage else "none of its words"
+        raise ToolkitError(f"{option} {lm}: {result.describe()} of {lang.dir / 'lexicon.txt'}, {limit}; "
+                           f"likely cause: {diagnose(lex_words, wmap.mapping, wmap.words())}")
     logger.info("%s: %s", lm, result.describe())
     return result
 
@@ -514,7 +520,11 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
         return GraphPaths(d / "H.fst", d / "L_disambig.fst", None, None, rebuilt)
 
     language, wmap, cov = _lm_inputs(lang, lm, language, min_coverage, dev_sentences)
-    order = order or arpa_order(lm)
+    lm_order = arpa_order(lm)
+    if order and order > lm_order:
+        raise ToolkitError(f"--order {order}: {lm} is a {lm_order}-gram LM; give --order {lm_order} or less "
+                           "(or leave it out)")
+    order = order or lm_order
     g_name = f"G_{order}.fst"
     norm = {"language": language, "normalization": NORMALIZATION_VERSION}
     g_key = cache.key([Path(lm), d / "words.txt"], order=order, **norm)
@@ -538,9 +548,9 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
 
 
 def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: bool = False,
-                    language: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE) -> Path:
+                    language: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE) -> tuple[Path, bool]:
     """Build (or reuse) G_<order>_rescore.fst of a rescoring LM and record it as the lang dir's
-    rescoring G (where the decoders find it); returns its path. Its words are normalised and its
+    rescoring G (where the decoders find it); returns its path and whether it was built now. Its words are normalised and its
     coverage of the lexicon checked as for the first-pass LM.
 
     Its own name, so that a rescoring LM of the first-pass LM's order never overwrites the G
@@ -552,13 +562,19 @@ def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: b
     name = f"G_{order}_rescore.fst"
     cache = GraphCache(d)
     key = cache.key([Path(lm), d / "words.txt"], order=order, language=language, normalization=NORMALIZATION_VERSION)
-    if force or not cache.fresh(name, key):
+    built = force or not cache.fresh(name, key)
+    if built:
+        from toolkit.lm.k2_graph import k2_rescore_name
+
+        # its k2 form (built by --k2) is of the old LM now: until rebuilt, the k2 rescoring methods
+        # refuse it instead of rescoring with the LM this rebuild replaces
+        cache.forget(name, k2_rescore_name(name))
         logger.info("building %s from %s", name, lm)
         write_fst(build_grammar_fst(lm, d / "words.txt", order, language, wmap), d / name)
         cache.record(name, key, ("words.txt",))
     if cache.rescore_g != name:
         cache.set_rescore_grammar(name)
-    return d / name
+    return d / name, built
 
 
 def rescore_grammar_path(lang_dir: str | os.PathLike) -> Path:
