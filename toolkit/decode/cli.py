@@ -42,10 +42,14 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lattice pruning beam of the lattice methods (k2: output_beam)")
     parser.add_argument("--max-active", type=int, default=d.max_active, help="most active states per frame")
     parser.add_argument("--min-active", type=int, default=d.min_active, help="fewest active states per frame")
-    parser.add_argument("--lm-scale", type=float, default=d.lm_scale,
-                        help="weight of the LM against the acoustics (rescoring LM; first-pass LM of hlg, k2-hlg)")
-    parser.add_argument("--word-penalty", type=float, default=d.word_penalty,
-                        help="cost per hypothesised word after the LM scale (word insertion penalty; methods with words)")
+    # default None (meaning the SearchOptions default) so that a value given together with --tuning-from
+    # can be told from no value
+    parser.add_argument("--lm-scale", type=float, default=None,
+                        help=f"weight of the LM against the acoustics (rescoring LM; first-pass LM of hlg, k2-hlg; "
+                             f"default {d.lm_scale:g})")
+    parser.add_argument("--word-penalty", type=float, default=None,
+                        help=f"cost per hypothesised word after the LM scale (word insertion penalty; methods with "
+                             f"words; default {d.word_penalty:g})")
     parser.add_argument("--num-paths", type=int, default=d.num_paths,
                         help="n-best rescoring with the N best word sequences (default: hlg-rescore the whole "
                              "lattice, k2-nbest-rescore 100; 0 = whole lattice, hlg-rescore only)")
@@ -59,10 +63,12 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def search_options(args: argparse.Namespace) -> SearchOptions:
     """The `SearchOptions` of the flags of `add_search_arguments`, checked (one-line errors)."""
+    d = SearchOptions()
     opts = SearchOptions(acoustic_scale=args.acoustic_scale, beam=args.beam, lattice_beam=args.lattice_beam,
-                         max_active=args.max_active, min_active=args.min_active, lm_scale=args.lm_scale,
-                         word_penalty=args.word_penalty, num_paths=args.num_paths, nbest_scale=args.nbest_scale,
-                         probe_arcs=args.probe_arcs)
+                         max_active=args.max_active, min_active=args.min_active,
+                         lm_scale=d.lm_scale if args.lm_scale is None else args.lm_scale,
+                         word_penalty=d.word_penalty if args.word_penalty is None else args.word_penalty,
+                         num_paths=args.num_paths, nbest_scale=args.nbest_scale, probe_arcs=args.probe_arcs)
     opts.check()
     return opts
 
@@ -140,14 +146,37 @@ def reference_oov(refs: dict[str, str], lang_dir: Path | None) -> dict | None:
 
 def check_references(cuts, path: str) -> None:
     """`toolkit decode` scores: cuts without a reference text would be scored as empty references
-    (a WER of "inf", or insertions only). None at all is an error, some a warning."""
+    (a WER of "inf", or every word of theirs an insertion, which also steers an LM-weight sweep).
+    Any such cut is an error."""
     empty = [c.id for c in cuts if not " ".join((s.text or "") for s in c.supervisions).strip()]
     if len(empty) == len(cuts):
         raise ToolkitError(f"--cuts {path}: no cut has a reference text; decode scores against references: "
                            "to transcribe audio without them use `toolkit transcribe`")
     if empty:
-        log.warning("--cuts %s: %d of %d cuts have no reference text (e.g. %s); they are scored as empty "
-                    "references (every word an insertion)", path, len(empty), len(cuts), empty[0])
+        raise ToolkitError(f"--cuts {path}: {len(empty)} of {len(cuts)} cuts have no reference text (e.g. "
+                           f"{empty[0]}), and would be scored as insertions only: drop them from the manifest "
+                           "(lhotse's CutSet.filter) or transcribe them with `toolkit transcribe`")
+
+
+def normalized_references(refs: dict[str, str], languages: dict[str, str | None], model_language: str | None,
+                          path: str) -> dict[str, str]:
+    """The references in the form the model writes (`normalize_text` of each cut's language, else
+    the model's): a manifest kept as a corpus gives it (lhotse's recipes keep case and
+    punctuation) would otherwise count "Lungo" against "lungo", and "strada." against "strada",
+    as errors. A warning says how many references were normalised."""
+    from toolkit.text.normalize import normalize_text
+
+    out, changed = {}, []
+    for cid, text in refs.items():
+        language = languages.get(cid) or model_language
+        out[cid] = normalize_text(text, language) if language else text
+        if out[cid] != text:
+            changed.append(cid)
+    if changed:
+        log.warning("--cuts %s: %d of %d reference texts were not normalised (e.g. %r -> %r); they are scored "
+                    "normalised, as the model writes its output", path, len(changed), len(refs),
+                    refs[changed[0]], out[changed[0]])
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
     sweep = sweep_settings(lm_scales, penalties, opts.lm_scale, opts.word_penalty) if lm_scales or penalties else None
     if sweep and args.tuning_from:
         raise ToolkitError("give either the --sweep-* options (tune on this set) or --tuning-from (use a tuning), not both")
+    if args.tuning_from and (args.lm_scale is not None or args.word_penalty is not None):
+        raise ToolkitError("give either --lm-scale/--word-penalty or --tuning-from (which sets both from the dev "
+                           "tuning), not both")
     swept = [m for m in methods if m in SWEEP_METHODS] if sweep else []
     if sweep and not swept:
         raise ToolkitError(f"--sweep-*: none of the methods {','.join(methods)} can be swept; use {', '.join(SWEEP_METHODS)}")
@@ -181,11 +213,13 @@ def run(args: argparse.Namespace) -> int:
                      for m in methods}
         model = build_model(ckpt).to(device).eval()
         normalize = bool(config_of(ckpt).normalize)
+        model_language = (ckpt.get("vocab") or {}).get("language")
         del ckpt
         chunk = ChunkOptions(chunk_s=args.chunk_s, context_s=args.context_s)
         chunk.check()
         result = decode_cuts(model, cuts, searchers, normalize, device, args.max_duration, args.chunk_above, chunk)
 
+    result.refs = normalized_references(result.refs, result.languages, model_language, args.cuts)
     out_root = Path(args.out_dir)
     languages = result.languages if any(result.languages.values()) else None
     oov = reference_oov(result.refs, lang_dir)

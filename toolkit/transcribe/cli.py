@@ -72,7 +72,7 @@ def check_greedy_options(args: argparse.Namespace) -> None:
     defaults = SearchOptions()
     given = [f"--lang-dir {args.lang_dir}"] if args.lang_dir else []
     given += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in vars(defaults)
-              if hasattr(args, k) and getattr(args, k) != getattr(defaults, k)]
+              if getattr(args, k, None) is not None and getattr(args, k) != getattr(defaults, k)]
     if given:
         raise ToolkitError(f"{given[0]}: --method greedy uses no graph and no LM; add --method hlg (or another "
                            "graph method), or drop the graph options")
