@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from graph_fixtures import FOUR_WORDS as WORDS
-from graph_fixtures import char_lang, ctc_frames, flat_model_lang, four_word_lang, spell_ids
+from graph_fixtures import char_lang, ctc_frames, flat_model_lang, four_word_lang, spell_ids, write_arpa
 from toolkit.decode.greedy import greedy_decode, greedy_ids
 from toolkit.decode.options import SearchOptions
 from toolkit.decode.wfst import decode_matrices
@@ -94,6 +94,27 @@ def test_lattice_rescoring_with_a_larger_lm(lang):
     assert hlg_words(lang, [clear], method="hlg-rescore", rescore_g=g2) == ["ab cob"]
     with pytest.raises(ToolkitError, match="--rescore-lm"):
         hlg_words(lang, [lp], method="hlg-rescore")
+
+
+@pytest.mark.parametrize("nj", [1, 2])
+def test_rescoring_that_keeps_the_first_pass_says_how_often(lang, tmp_path, caplog, nj):
+    """A rescoring LM without a lexicon word ("cab": 75% coverage passes the check) leaves every
+    utterance whose lattice holds only paths with it at its first pass: one warning with the count."""
+    import logging
+
+    from toolkit.lm.graph import rescore_grammar
+
+    compile_graphs(lang, lang / "lm.arpa")
+    lg = Lang.load(lang)
+    no_cab = write_arpa(tmp_path / "no_cab.arpa", {"<s>": (-99.0, -0.3), "</s>": (-0.8, None), "ab": (-0.5, -0.2),
+                                                   "ba": (-0.7, -0.2), "cob": (-0.6, -0.2)})
+    g2, _ = rescore_grammar(lang, no_cab)
+    sentences = ["cab", "ab ba", "ab cab", "cob"]
+    mats = [ctc_frames(spell_ids(lang, s), lg.num_tokens, peak=12.0, seed=i) for i, s in enumerate(sentences)]
+    caplog.set_level(logging.WARNING, logger="toolkit.decode")
+    assert hlg_words(lang, mats, method="hlg-rescore", rescore_g=g2, nj=nj) == sentences
+    warnings = [r.getMessage() for r in caplog.records if "first-pass" in r.getMessage()]
+    assert len(warnings) == 1 and "hlg-rescore: 2 utterance(s) kept their first-pass result" in warnings[0], warnings
 
 
 def test_parallel_workers_give_the_same_results_in_order(lang):

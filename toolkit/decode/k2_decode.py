@@ -231,6 +231,7 @@ class K2Search:
         self.settings: list[Setting] = list(dict.fromkeys([(opts.lm_scale, opts.word_penalty), *self.sweep]))
         self.lang = None
         self.G = None
+        self.unrescored = 0  # utterances left with their first pass by the rescoring G
         if method == "k2-ctc":
             self.graph = k2_ctc_topo(tokenizer.vocab_size, device=self.device)
             return
@@ -252,6 +253,10 @@ class K2Search:
         return self
 
     def __exit__(self, *exc):
+        if self.unrescored:
+            from toolkit.decode.wfst import warn_unrescored
+
+            warn_unrescored(self.method, self.unrescored)
         return None
 
     def decode_settings(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> dict[Setting, list[list[int]]]:
@@ -271,6 +276,8 @@ class K2Search:
             per = nbest_rescore(lattice, self.G, self.num_paths, self.opts.nbest_scale, self.settings)
         else:
             per = whole_lattice_rescore(lattice, self.G, self.settings)
+        # an FSA with no path through G keeps its first pass: counted, and reported once at the end
+        self.unrescored += sum(1 for j in range(len(order)) if per[self.settings[0]][j] is None)
         return {s: in_batch_order(per[s], order, batch_size, fallback=first) for s in self.settings}
 
     def decode_ids(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:

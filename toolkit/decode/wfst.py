@@ -302,6 +302,7 @@ class LatticeSearch:
         self.settings = list(settings or [(opts.lm_scale, opts.word_penalty)])
         self.graph = read_fst(hlg)
         self.G = remove_backoff_disambig(read_fst(G), backoff_id) if G is not None else None
+        self.unrescored = 0  # utterances left with their first pass (no lattice path survives G)
         self._decoders: dict[tuple[float, float], kaldi_decoder.LatticeSimpleDecoder] = {}
 
     def _decoder(self, beam: float, lattice_beam: float) -> kaldi_decoder.LatticeSimpleDecoder:
@@ -357,7 +358,10 @@ class LatticeSearch:
         else:
             out = self._rescore(arcs, mat.shape[0], lattice_beam)
         if any(o is None for o in out):
-            # No path survives with this LM (e.g. its vocabulary misses a word): keep the first pass.
+            # No path survives with this LM (e.g. its vocabulary misses a word): keep the first pass,
+            # counted so that the run says how many utterances were not rescored
+            if arcs is not None and self.G is not None:
+                self.unrescored += 1
             ok, best = decoder.get_best_path(use_final_probs=True)  # after decode(): no final state, all final
             ok, _, first, _ = kaldifst.get_linear_symbol_sequence(best) if ok else (False, [], [], None)
             out = [o if o is not None else (list(first) if ok else []) for o in out]
@@ -392,6 +396,13 @@ class LatticeSearch:
 # ---------------------------------------------------------------------------------------
 # Parallel decoding over utterances
 
+
+def warn_unrescored(method: str, n: int) -> None:
+    """The one warning of a run whose rescoring left `n` utterances with their first-pass result."""
+    log.warning("%s: %d utterance(s) kept their first-pass result, not rescored: no path of their lattice "
+                "survives the rescoring LM (a lexicon word it lacks; compile-graph logs its coverage of the "
+                "lexicon): rescore with an LM that covers the lexicon", method, n)
+
 _WORKER = None
 
 
@@ -414,9 +425,16 @@ def _init_worker(spec: dict) -> None:
     _WORKER = _make_decoder(spec)
 
 
-def _work(mat: np.ndarray) -> tuple[list[int], float]:
+def _decode_one(decoder, mat: np.ndarray) -> tuple[list[int], float, int]:  # noqa: ANN001
+    """(word ids, seconds, 1 if the rescoring G left it unrescored else 0) of one matrix."""
     t0 = time.perf_counter()
-    return _WORKER.decode(mat), time.perf_counter() - t0
+    before = getattr(decoder, "unrescored", 0)
+    out = decoder.decode(mat)
+    return out, time.perf_counter() - t0, getattr(decoder, "unrescored", 0) - before
+
+
+def _work(mat: np.ndarray) -> tuple[list[int], float, int]:
+    return _decode_one(_WORKER, mat)
 
 
 class WfstRunner:
@@ -437,6 +455,7 @@ class WfstRunner:
                      "rescore_g": str(rescore_g) if method == "hlg-rescore" else None, "backoff_id": backoff_id,
                      "settings": list(settings) if settings else None}
         self.nj = max(1, nj)
+        self.unrescored = 0  # utterances whose lattice no path of survived the rescoring G
         self._local = _make_decoder(self.spec) if self.nj == 1 else None
         self._pool = None
         if self.nj > 1:
@@ -449,14 +468,16 @@ class WfstRunner:
     def decode(self, mats: Sequence[np.ndarray]) -> list[tuple[list[int], float]]:
         """(word ids, seconds) per matrix, in input order."""
         if self._pool is None:
-            out = []
-            for mat in mats:
-                t0 = time.perf_counter()
-                out.append((self._local.decode(mat), time.perf_counter() - t0))
-            return out
-        return self._pool.map(_work, mats, chunksize=max(1, len(mats) // (4 * self.nj)))
+            done = [_decode_one(self._local, mat) for mat in mats]
+        else:
+            done = self._pool.map(_work, mats, chunksize=max(1, len(mats) // (4 * self.nj)))
+        self.unrescored += sum(n for _, _, n in done)
+        return [(ids, secs) for ids, secs, _ in done]
 
     def close(self) -> None:
+        if self.unrescored:
+            warn_unrescored(self.spec["method"], self.unrescored)
+            self.unrescored = 0
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
