@@ -273,6 +273,9 @@ def test_cli_train_toolkit_engine(tmp_path):
     (["--order", "3", "--text", "EMPTY"], "no sentences"),
     (["--order", "3", "--text", "MARKERS"], "MARKERS:2: contains <s>; the LM text holds words only"),
     (["--order", "3", "--text", "UNK"], "UNK:2: contains <UNK>; the LM text holds words only"),  # was a word "unk"
+    # a traceback (math domain error), or an ARPA with positive log-probs left on disk
+    (["--order", "3", "--text", "TEXT", "--discount-fallback", "0", "0", "0"], "need 0 < D1 < 1"),
+    (["--order", "3", "--text", "TEXT", "--discount-fallback", "3", "3", "3"], "--discount-fallback 3 3 3"),
 ])
 def test_cli_train_errors(tmp_path, args, msg):
     files = {"TEXT": "a b\n", "EMPTY": "\n  \n", "MARKERS": "a\n<s> a\n", "UNK": "a b\nthe <UNK> sat\n"}

@@ -186,6 +186,12 @@ def run_train(args: argparse.Namespace) -> None:
     prune_thresholds(args.prune, args.order)  # validate before any work
     if args.order < 1:
         raise ToolkitError(f"--order {args.order}: the n-gram order must be at least 1")
+    # modified Kneser-Ney discounts: D_k takes from n-grams seen k times, so 0 < D_k < k (outside it a
+    # probability is 0 or above 1)
+    if not all(0 < d < k for k, d in enumerate(args.discount_fallback, start=1)):
+        given = " ".join(f"{d:g}" for d in args.discount_fallback)
+        raise ToolkitError(f"--discount-fallback {given}: need 0 < D1 < 1, 0 < D2 < 2 and 0 < D3 < 3 "
+                           "(the default is 0.5 1 1.5)")
     if args.order == 1:
         log.warning("--order 1: a unigram ARPA is valid, but KenLM refuses to load models below order 2")
     if args.engine == "lmplz" and not external.available("lmplz"):
