@@ -524,6 +524,25 @@ def test_decode_command_sweeps_on_dev_and_applies_the_choice_to_test(tmp_path, l
     assert main(base[:-2] + ["--method", "greedy", "--cuts", str(test_cuts), "--out-dir", str(tmp_path / "y"),
                              "--sweep-lm-scales", "1,2"]) == 1
     assert "none of the methods greedy can be swept" in capsys.readouterr().err
+    # a tuning chosen with graphs since rebuilt from another LM, or for a checkpoint trained again into
+    # the same path, is refused (it was applied without a word)
+    import os
+
+    saved = {n: (lang / n).read_bytes() for n in ("graphs.json", "G_2.fst", "HLG.fst")}
+    other_lm = tmp_path / "other_lm.arpa"
+    other_lm.write_text((lang / "lm.arpa").read_text().replace("-1.5000\tcab", "-0.3000\tcab"))
+    compile_graphs(lang, other_lm)
+    assert main(base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "z"), "--tuning-from", str(dev)]) == 1
+    assert "tuned with another HLG.fst" in capsys.readouterr().err
+    for n, data in saved.items():
+        (lang / n).write_bytes(data)
+    st = os.stat(ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the same path, written again
+    assert main(base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "z"), "--tuning-from", str(dev)]) == 1
+    assert "the file has changed since" in capsys.readouterr().err
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert main(base + ["--cuts", str(test_cuts), "--out-dir", str(tmp_path / "z"), "--tuning-from", str(dev)]) == 0
+    capsys.readouterr()
     # a tuning chosen for another checkpoint is refused (it was applied to any model)
     (tmp_path / "other_model").mkdir()
     other, *_ = tiny_checkpoint(tmp_path / "other_model", lang)

@@ -124,7 +124,7 @@ def method_options(methods: list[str], opts: SearchOptions, args: argparse.Names
         o, rec = opts, {}
         if m in SWEEP_METHODS:
             if args.tuning_from:
-                rec = read_tuning(args.tuning_from, m, single, args.checkpoint)
+                rec = read_tuning(args.tuning_from, m, single, args.checkpoint, args.lang_dir)
                 o = dataclasses.replace(opts, lm_scale=rec["lm_scale"], word_penalty=rec["word_penalty"])
             else:
                 rec = {"lm_scale": opts.lm_scale, "word_penalty": opts.word_penalty, "tuned_on": None}
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
             best = choose(points)
             k = points.index(best)
             hyps = {c: h[k] for c, h in result.sweeps[m].items()}
-            write_sweep(out_dir, m, points, best, str(args.cuts), args.checkpoint)
+            write_sweep(out_dir, m, points, best, str(args.cuts), args.checkpoint, lang_dir)
             tuning[m] = {"lm_scale": best.lm_scale, "word_penalty": best.word_penalty,
                          "tuned_on": str(out_dir / TUNING_FILE)}
             log.info("decode: %s sweep over %d settings: best lm_scale %g, word_penalty %g (%%WER %.2f); see %s",

@@ -89,14 +89,36 @@ def checkpoint_key(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
+def checkpoint_version(path: str | Path) -> list[int]:
+    """(size, modification time) of the checkpoint file: a model trained again into the same path
+    (exp/.../best.pt) is another model, whose tuning must be chosen again."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def graph_keys(lang_dir: str | Path | None) -> dict[str, str]:
+    """The build keys (graphs.json) of the lang dir's decoding graphs, first-pass and rescoring,
+    WFST and k2: an LM weight is chosen for these graphs, and one rebuilt from another LM or
+    lexicon has another key."""
+    if lang_dir is None:
+        return {}
+    from toolkit.lm.graph import GraphCache
+    from toolkit.lm.k2_graph import k2_rescore_name
+
+    cache = GraphCache(lang_dir)
+    names = ["HLG.fst", "HLG.pt"] + ([cache.rescore_g, k2_rescore_name(cache.rescore_g)] if cache.rescore_g else [])
+    return {n: cache.graphs[n]["key"] for n in names if isinstance(cache.graphs.get(n), dict) and "key" in cache.graphs[n]}
+
+
 def write_sweep(out_dir: Path, method: str, points: list[SweepPoint], best: SweepPoint, cuts: str,
-                checkpoint: str | Path) -> None:
+                checkpoint: str | Path, lang_dir: str | Path | None = None) -> None:
     lines = ["# lm_scale\tword_penalty\t%WER\terrors\twords"]
     lines += [f"{p.lm_scale:g}\t{p.word_penalty:g}\t{p.wer:.2f}\t{p.word_errors}\t{p.words}" for p in points]
     lines.append(f"# chosen: lm_scale {best.lm_scale:g}, word_penalty {best.word_penalty:g} (%WER {best.wer:.2f})")
     atomic_write_text(out_dir / "sweep.txt", "\n".join(lines) + "\n")
     data = {"method": method, "lm_scale": best.lm_scale, "word_penalty": best.word_penalty, "wer": best.wer,
             "chosen_on": cuts, "checkpoint": checkpoint_key(checkpoint),
+            "checkpoint_version": checkpoint_version(checkpoint), "graphs": graph_keys(lang_dir),
             "grid": [[p.lm_scale, p.word_penalty, p.wer, p.word_errors] for p in points]}
     atomic_write_text(out_dir / TUNING_FILE, json.dumps(data, indent=1) + "\n")
 
@@ -108,10 +130,13 @@ def forget_sweep(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def read_tuning(tuning_dir: str | Path, method: str, single: bool, checkpoint: str | Path | None = None) -> dict:
+def read_tuning(tuning_dir: str | Path, method: str, single: bool, checkpoint: str | Path | None = None,
+                lang_dir: str | Path | None = None) -> dict:
     """The setting chosen on dev for `method`: DIR/<method>/tuning.json, or DIR/tuning.json when the
     dev decoding wrote one method straight into DIR; a tuning chosen for another checkpoint than
-    `checkpoint` is refused. One-line errors name the file and the fix."""
+    `checkpoint` (another path, or the same path trained again), or with graphs of `lang_dir` that
+    have been rebuilt since (another LM or lexicon), is refused. One-line errors name the file and
+    the fix."""
     d = Path(tuning_dir)
     candidates = [d / method / TUNING_FILE] + ([d / TUNING_FILE] if single or not (d / method).is_dir() else [])
     for path in candidates:
@@ -131,6 +156,14 @@ def read_tuning(tuning_dir: str | Path, method: str, single: bool, checkpoint: s
         if checkpoint is not None and chosen_for and chosen_for != checkpoint_key(checkpoint):
             raise ToolkitError(f"{path}: tuned for the checkpoint {chosen_for}, not {checkpoint_key(checkpoint)}; "
                                "decode dev with this checkpoint and the sweep options first")
+        if checkpoint is not None and data.get("checkpoint_version") not in (None, checkpoint_version(checkpoint)):
+            raise ToolkitError(f"{path}: tuned for an earlier {checkpoint_key(checkpoint)} (the file has changed "
+                               "since: trained again?); decode dev with the sweep options again")
+        now = graph_keys(lang_dir)
+        changed = sorted(n for n, k in (data.get("graphs") or {}).items() if n in now and now[n] != k)
+        if changed:
+            raise ToolkitError(f"{path}: tuned with another {changed[0]} than {Path(lang_dir) / changed[0]} "
+                               "(rebuilt since from another LM or lexicon); decode dev with the sweep options again")
         return {"lm_scale": scale, "word_penalty": penalty, "tuned_on": str(path)}
     raise ToolkitError(f"--tuning-from {d}: no {TUNING_FILE} for method {method} ({candidates[0]}); decode dev "
                        f"with --sweep-lm-scales/--sweep-word-penalties and --methods {method} first")
