@@ -149,3 +149,11 @@ def test_lang_dir_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.strip()
     assert "U+007C" in err and "U+0964" in err and "\n" not in err
     assert not (tmp_path / "l" / "tokens.txt").exists()
+    # capitals, as Common Voice's sentence column and lhotse's recipes keep them: both "Lungo" and
+    # "lungo" became words (and the capitals tokens), the former unreachable through a normalised LM
+    cased = write_cuts(tmp_path / "cased.jsonl.gz", [("it", "Lungo la strada"), ("it", "lungo il fiume")],
+                       normalise=False)
+    assert main(["lang-dir", "--type", "char", "--cuts", str(cased), "--out", str(tmp_path / "l")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "1 of 2 transcripts are not normalised for language it" in err and "'lungo la strada'" in err, err
+    assert "\n" not in err and not (tmp_path / "l" / "tokens.txt").exists()

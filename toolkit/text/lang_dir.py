@@ -95,6 +95,21 @@ def read_transcripts(cut_paths: list[str | Path], languages: Counter | None = No
     return texts
 
 
+def check_normalised(texts: list[str], language: str, where: str) -> None:
+    """One-line ToolkitError when transcripts are not in `normalize_text` form: a capitalised
+    "Lungo" would become a lexicon word (and its capitals tokens) that the normalised LM text, the
+    references and the model's other training sentences never use, silently unreachable in HLG."""
+    from toolkit.text.normalize import normalize_text
+
+    for text in texts:
+        norm = normalize_text(text, language)
+        if norm != text:
+            n = sum(normalize_text(t, language) != t for t in texts)
+            raise ToolkitError(f"{where}: {n} of {len(texts)} transcripts are not normalised for language "
+                               f"{language} (e.g. {text!r}, normalised {norm!r}); prepare the cuts with `toolkit "
+                               "prepare` (it normalises) or normalise their text with toolkit.text.normalize_text")
+
+
 def read_external_words(lexicons: list[str | Path], lm_texts: list[str | Path], language: str) -> list[str]:
     """Normalised words of external lexicons / word lists (first field) and LM texts (every word).
 
@@ -232,6 +247,12 @@ def run(args: argparse.Namespace) -> int:
     languages: Counter = Counter()
     texts = read_transcripts(args.cuts, languages)
     language = args.language or (languages.most_common(1)[0][0] if languages else None)
+    if language:
+        from toolkit.text.tokenizer import check_training_text
+
+        # the characters that collide with the vocabulary's own symbols first (their error lists them)
+        check_training_text(texts, args.type, where=f"--cuts {' '.join(args.cuts)}")
+        check_normalised(texts, language, f"--cuts {' '.join(args.cuts)}")
     extra = []
     if args.lexicon or args.lm_text:
         if language is None:
