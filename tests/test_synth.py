@@ -473,7 +473,12 @@ def test_text_option_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     good.write_text("\n".join(_portuguese_sentences(20)) + "\n", encoding="utf-8")
     few = tmp_path / "few.txt"
     few.write_text("Uma frase.\n\nOutra frase.\n", encoding="utf-8")
+    # a paragraph on one line became one utterance of 21 minutes (+4252% of the language's target)
+    paragraph = tmp_path / "paragraph.txt"
+    paragraph.write_text("\n".join(_portuguese_sentences(5)) + "\n" + " ".join(["palavra"] * 101) + "\n",
+                         encoding="utf-8")
     cases = [
+        (["--text", f"pt={paragraph}"], f"{paragraph}:6: a line of 101 words"),
         (["--text", f"qq={good}"], "espeak-ng has no voice for language 'qq'"),
         (["--text", f"pt={tmp_path / 'missing.txt'}"], "file not found"),
         (["--text", f"pt={few}"], "2 distinct sentence(s)"),

@@ -104,14 +104,22 @@ def generated_pool(language: str, seed: int, n: int) -> tuple[list[str], list[st
     return list(seen.values()), list(seen)
 
 
+# A user's sentence becomes one utterance: 100 words is about 35-40 s of espeak-ng speech, the
+# longest LibriSpeech test utterances; a longer line is a paragraph given by mistake.
+MAX_SENTENCE_WORDS = 100
+
+
 def file_pool(language: str, path: Path, seed: int) -> tuple[list[str], list[str]]:
     """The sentences of a user file (UTF-8, one a line), unique after normalisation, shuffled
     (seeded), and their normalised forms."""
     lines = read_utf8_lines(path, "--text", f"the {language} sentences (UTF-8, one sentence a line)")
     seen: dict[str, str] = {}
     normalize = Normalizer(language)
-    for line in lines:
+    for n, line in enumerate(lines, start=1):
         sentence = " ".join(line.split())
+        if len(sentence.split()) > MAX_SENTENCE_WORDS:
+            raise ToolkitError(f"--text {language}={path}:{n}: a line of {len(sentence.split())} words (minutes of "
+                               f"speech as one utterance); give one sentence a line, at most {MAX_SENTENCE_WORDS} words")
         key = normalize(sentence)
         if key:
             seen.setdefault(key, sentence)
