@@ -289,6 +289,18 @@ def test_cli_train_errors(tmp_path, args, msg):
     assert not (tmp_path / "o.arpa").exists()
 
 
+def test_train_names_orders_that_pruning_emptied(tmp_path):
+    """An ARPA whose header announces order 3 with no 2- and 3-grams left was logged as "order 1",
+    and nothing said the LM had become a unigram model."""
+    (tmp_path / "t.txt").write_text("".join(f"a b c d e {i}\n" for i in range(30)), encoding="utf-8")
+    proc = run_cli("lm", "train", "--order", "3", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "p.arpa"),
+                   "--prune", "0", "100000", "100000", env=_env_without_lmplz())
+    assert proc.returncode == 0, proc.stderr
+    assert "order 3, n-grams per order [38, 0, 0]" in proc.stderr
+    assert "no 2/3-grams left" in proc.stderr and "works as order 1" in proc.stderr
+    assert kenlm.Model(str(tmp_path / "p.arpa")).order == 3
+
+
 def test_lm_text_refuses_an_unknown_word_marker(tmp_path):
     (tmp_path / "extra.txt").write_text("the cat sat\na <unk> sat on the mat\n", encoding="utf-8")
     proc = run_cli("lm", "text", "--language", "en", "--text", str(tmp_path / "extra.txt"), "--out", str(tmp_path / "t.txt"))

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from toolkit import external
-from toolkit.lm.arpa import BOS, EOS, read_arpa, validate_arpa, write_arpa
+from toolkit.lm.arpa import BOS, EOS, arpa_order, read_arpa, validate_arpa, write_arpa
 from toolkit.lm.kneser_ney import DEFAULT_FALLBACK, prune_thresholds, train_kneser_ney
 from toolkit.text.normalize import normalize_text
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text, open_text_lines, read_utf8_lines
@@ -215,8 +215,13 @@ def run_train(args: argparse.Namespace) -> None:
                      info.num_sentences, info.num_tokens,
                      ", ".join("(" + ", ".join(f"{d:.3f}" for d in ds) + ")" for ds in info.discounts))
     counts = validate_arpa(args.out)
+    counts += [0] * (arpa_order(args.out) - len(counts))  # the header's order: sections may be empty
     log.info("wrote %s: order %d, n-grams per order %s (%.1f s, %s)", args.out, len(counts), counts,
              time.perf_counter() - start, "lmplz" if engine == "lmplz" else "toolkit estimator")
+    empty = [k for k, c in enumerate(counts, start=1) if c == 0]
+    if empty:
+        log.warning("%s: no %s-grams left (--prune %s on %d words of text): the LM works as order %d",
+                    args.out, "/".join(map(str, empty)), " ".join(map(str, args.prune or [])), n_words, empty[0] - 1)
 
 
 def read_normalized_arpa(path: Path, language: str):
