@@ -102,8 +102,7 @@ def graph_keys(lang_dir: str | Path | None) -> dict[str, str]:
     lexicon has another key."""
     if lang_dir is None:
         return {}
-    from toolkit.lm.graph import GraphCache
-    from toolkit.lm.k2_graph import k2_rescore_name
+    from toolkit.lm.graph import GraphCache, k2_rescore_name
 
     cache = GraphCache(lang_dir)
     names = ["HLG.fst", "HLG.pt"] + ([cache.rescore_g, k2_rescore_name(cache.rescore_g)] if cache.rescore_g else [])

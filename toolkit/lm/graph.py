@@ -564,8 +564,6 @@ def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: b
     key = cache.key([Path(lm), d / "words.txt"], order=order, language=language, normalization=NORMALIZATION_VERSION)
     built = force or not cache.fresh(name, key)
     if built:
-        from toolkit.lm.k2_graph import k2_rescore_name
-
         # its k2 form (built by --k2) is of the old LM now: until rebuilt, the k2 rescoring methods
         # refuse it instead of rescoring with the LM this rebuild replaces
         cache.forget(name, k2_rescore_name(name))
@@ -575,6 +573,12 @@ def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: b
     if cache.rescore_g != name:
         cache.set_rescore_grammar(name)
     return d / name, built
+
+
+def k2_rescore_name(fst_name: str) -> str:
+    """``G_4_rescore.fst`` -> ``G_4gram.pt``: the k2 form of a rescoring G (built by `toolkit.lm.k2_graph`)."""
+    order = fst_name[len("G_"):].split("_", 1)[0]
+    return f"G_{order}gram.pt"
 
 
 def rescore_grammar_path(lang_dir: str | os.PathLike) -> Path:

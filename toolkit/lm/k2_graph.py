@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 
 from toolkit.lm.arpa import arpa_order
-from toolkit.lm.graph import TOKEN_OFFSET, GraphCache, Lang, build_lexicon_fst, checked_graph, read_fst
+from toolkit.lm.graph import (TOKEN_OFFSET, GraphCache, Lang, build_lexicon_fst, checked_graph, k2_rescore_name,
+                              read_fst)
 from toolkit.utils import ToolkitError, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,6 @@ def save_k2_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None, co
         atomic_torch_save(HLG.as_dict(), out)
         cache.record(out.name, key)
     return out
-
-
-def k2_rescore_name(fst_name: str) -> str:
-    """``G_4_rescore.fst`` -> ``G_4gram.pt``: the k2 form of a rescoring G."""
-    order = fst_name[len("G_"):].split("_", 1)[0]
-    return f"G_{order}gram.pt"
 
 
 def k2_word_acceptor(g_path: str | os.PathLike, backoff_id: int):
