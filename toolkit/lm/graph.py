@@ -219,8 +219,8 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
         out = Path(tmp) / "G.fst"
         if wmap.identity and plain_lf_text(arpa):
             # used as it is, so validated here (normalize_arpa validates what it rewrites): kaldilm
-            # ignores the header's counts, and a cut-off section or a repeated n-gram would give a
-            # G without a word of warning
+            # ignores the header's counts, and a cut-off section would give a G without a word of
+            # warning
             validate_arpa(arpa)
         else:  # kaldilm reads plain "\n"-ended text only
             plain = Path(tmp) / "lm.arpa"
@@ -550,8 +550,8 @@ def compile_graphs(lang_dir: str | os.PathLike, lm: str | os.PathLike | None = N
 def rescore_grammar(lang_dir: str | os.PathLike, lm: str | os.PathLike, force: bool = False,
                     language: str | None = None, min_coverage: float = DEFAULT_MIN_COVERAGE) -> tuple[Path, bool]:
     """Build (or reuse) G_<order>_rescore.fst of a rescoring LM and record it as the lang dir's
-    rescoring G (where the decoders find it); returns its path and whether it was built now. Its words are normalised and its
-    coverage of the lexicon checked as for the first-pass LM.
+    rescoring G (where the decoders find it); returns its path and whether it was built now. Its
+    words are normalised and its coverage of the lexicon checked as for the first-pass LM.
 
     Its own name, so that a rescoring LM of the first-pass LM's order never overwrites the G
     that HLG.fst was built from (and is never mistaken for it)."""
