@@ -244,9 +244,9 @@ def _hf_weight_files(src: Path) -> list[Path]:
         index = src / index_name
         if index.is_file():
             try:
-                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ToolkitError(f"{index}: malformed shard index ({e})") from None
+                shards = sorted(set(read_json(index)["weight_map"].values()))
+            except (KeyError, TypeError, AttributeError) as e:
+                raise ToolkitError(f"{index}: malformed shard index ({e!r})") from None
             missing = [s for s in shards if not (src / s).is_file()]
             if missing:
                 raise ToolkitError(f"{src}: shard(s) {', '.join(missing)} listed in {index_name} are missing")

@@ -101,13 +101,11 @@ def check_normalised(texts: list[str], language: str, where: str) -> None:
     references and the model's other training sentences never use, silently unreachable in HLG."""
     from toolkit.text.normalize import normalize_text
 
-    for text in texts:
-        norm = normalize_text(text, language)
-        if norm != text:
-            n = sum(normalize_text(t, language) != t for t in texts)
-            raise ToolkitError(f"{where}: {n} of {len(texts)} transcripts are not normalised for language "
-                               f"{language} (e.g. {text!r}, normalised {norm!r}); prepare the cuts with `toolkit "
-                               "prepare` (it normalises) or normalise their text with toolkit.text.normalize_text")
+    odd = [(text, norm) for text in texts if (norm := normalize_text(text, language)) != text]
+    if odd:
+        raise ToolkitError(f"{where}: {len(odd)} of {len(texts)} transcripts are not normalised for language "
+                           f"{language} (e.g. {odd[0][0]!r}, normalised {odd[0][1]!r}); prepare the cuts with "
+                           "`toolkit prepare` (it normalises) or normalise their text with toolkit.text.normalize_text")
 
 
 def read_external_words(lexicons: list[str | Path], lm_texts: list[str | Path], language: str) -> list[str]:
