@@ -122,7 +122,7 @@ def train_tone_model(tokenizer, vocab: list[str], steps: int = 300, batch: int =
         for i, t in enumerate(targets):
             y[i, : len(t)] = torch.tensor(t)
         log_probs, out_lengths = model(x, lengths)
-        loss = ctc_loss(log_probs, out_lengths, y, t_len) / batch
+        loss = ctc_loss(log_probs, out_lengths, y, t_len).loss / batch
         for i, bounds in enumerate(aligned):
             n = int(out_lengths[i])
             loss = loss + CE_WEIGHT * torch.nn.functional.nll_loss(log_probs[i, :n], frame_labels(tokenizer, bounds, n)) / batch
