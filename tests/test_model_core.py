@@ -305,6 +305,26 @@ def test_bf16_autocast_forward_backward_finite():
     assert lp.dtype == torch.float32 and torch.isfinite(loss)
 
 
+def test_positional_convolution_runs_in_float32_under_autocast():
+    """cuDNN has no fast bf16 kernel for the grouped positional convolution (a 32 ms of 47 ms BASE
+    step on an H200; bench/RESULTS.md): under autocast it gets float32 input and weights, and hands
+    the Transformer back the dtype it was given. Without autocast nothing changes."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPretraining(small_cfg()).train()
+    seen = []
+    pos = model.wav2vec2.encoder.pos_conv
+    pos.conv.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype)))
+    pos.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 16000))
+    out.loss.backward()
+    assert seen == [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)]
+    assert pos.conv.parametrizations.weight.original1.grad is not None
+    seen.clear()
+    x = torch.randn(2, 30, small_cfg().encoder_embed_dim)
+    assert pos(x).dtype == torch.float32 and seen[-1] == (torch.float32, torch.float32)
+
+
 def test_freeze_feature_encoder_and_ctc_masking():
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(small_cfg(mask_prob=0.5, mask_length=4, mask_channel_prob=0.3, mask_channel_length=8), 6)

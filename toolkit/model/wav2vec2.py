@@ -194,10 +194,14 @@ class PositionalConvEmbedding(nn.Module):
         self.trim = 1 if kernel % 2 == 0 else 0  # an even kernel yields one extra frame
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.transpose(1, 2))
+        # Always in float32, autocast or not: cuDNN has no fast bf16 kernel for this grouped
+        # convolution (kernel 128, 16 groups) and ran it as one slow kernel per group, 32 ms of a
+        # 47 ms BASE step on an H200, against 4 ms in float32 (TF32 tensor cores); bench/RESULTS.md.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = self.conv(x.float().transpose(1, 2))
         if self.trim:
             y = y[..., : -self.trim]
-        return F.gelu(y).transpose(1, 2)
+        return F.gelu(y).transpose(1, 2).to(x.dtype)
 
 
 class SelfAttention(nn.Module):
