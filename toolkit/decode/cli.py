@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use the LM scale and word penalty chosen by a sweep (DEV_OUT_DIR/<method>/tuning.json)")
     parser.add_argument("--nj", type=int, default=1, help="worker processes for the CPU WFST search")
     parser.add_argument("--device", default="auto", help="model device: auto, cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="model precision (auto: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per model batch")
     parser.add_argument("--chunk-above", type=float, default=60.0,
                         help="utterances longer than this (seconds) run alone in overlapping windows")
@@ -217,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         del ckpt
         chunk = ChunkOptions(chunk_s=args.chunk_s, context_s=args.context_s)
         chunk.check()
-        result = decode_cuts(model, cuts, searchers, normalize, device, args.max_duration, args.chunk_above, chunk)
+        result = decode_cuts(model, cuts, searchers, normalize, device, args.max_duration, args.chunk_above, chunk,
+                             args.dtype)
 
     result.refs = normalized_references(result.refs, result.languages, model_language, args.cuts)
     out_root = Path(args.out_dir)

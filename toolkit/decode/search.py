@@ -178,20 +178,21 @@ def batches(cuts: Any, max_duration: float) -> Any:
 
 def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher], normalize: bool,
                 device: torch.device, max_duration: float, chunk_above: float = 60.0,
-                chunk: Any = None) -> DecodeResult:
+                chunk: Any = None, dtype: str = "auto") -> DecodeResult:
     """Model forward once per batch of at most `max_duration` seconds; every searcher decodes the
     same log-probs. An utterance longer than `chunk_above` seconds is run alone in overlapping windows
     (`toolkit.decode.chunking.chunked_log_probs` with `chunk`, a ChunkOptions: the code `toolkit
     transcribe` uses), so whole test sets decode whatever their longest utterance.
 
     Every cut is decoded (a cut whose audio cannot be used is a ToolkitError naming it, never a
-    silent omission). Forward time is shared among a batch's utterances by duration.
+    silent omission). Forward time is shared among a batch's utterances by duration. `dtype`: the
+    model's precision as `toolkit transcribe --dtype` takes it (auto: bfloat16 on CUDA, float32 on CPU).
     """
     from lhotse import CutSet
     from tqdm import tqdm
 
     from toolkit.data.dataset import AudioDataset
-    from toolkit.decode.chunking import ChunkOptions, chunked_log_probs
+    from toolkit.decode.chunking import ChunkOptions, chunked_log_probs, inference_context
     from toolkit.score.timing import Timing
 
     chunk = chunk or ChunkOptions()
@@ -199,7 +200,6 @@ def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher
     dataset = AudioDataset(normalize=normalize, drop_unfit=False)
     raw = AudioDataset(normalize=False, drop_unfit=False)
     result = DecodeResult(hyps={m: {} for m in searchers}, timings={m: Timing(m) for m in searchers})
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     short = [c for c in cuts if c.duration <= chunk_above]
     long = [[c] for c in cuts if c.duration > chunk_above]
     if long:
@@ -209,11 +209,11 @@ def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher
             t0 = time.perf_counter()
             if batch[0].duration > chunk_above:
                 data = raw[CutSet.from_cuts(batch)]
-                lp = chunked_log_probs(model, data["audio"][0], chunk, normalize=normalize, device=device)
+                lp = chunked_log_probs(model, data["audio"][0], chunk, normalize=normalize, device=device, dtype=dtype)
                 log_probs, out_lengths = lp[None].to(device), torch.tensor([lp.shape[0]], device=device)
             else:
                 data = dataset[CutSet.from_cuts(batch)]
-                with torch.inference_mode(), autocast:
+                with inference_context(device, dtype):
                     log_probs, out_lengths = model(data["audio"].to(device), data["lengths"].to(device))
             log_probs = log_probs.float()
             if device.type == "cuda":
