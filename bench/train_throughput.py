@@ -7,7 +7,7 @@ A step is forward + backward + AdamW update. The HF pretraining step includes it
 and negative sampling, as in its example training script; ours samples them inside forward.
 Dropouts and LayerDrop are off in both so the work is the same.
 
-    .venv/bin/python bench/train_throughput.py [--presets tiny,base] [--steps 3]
+    .venv/bin/python bench/train_throughput.py [--presets tiny,base] [--steps 3] [--device cuda --amp bf16]
 
 Ends with `RESULT <name>=<value>` lines (audio-s/s and our/HF ratios).
 """
@@ -46,12 +46,21 @@ def quiet(cfg):  # noqa: ANN001, ANN201
                        dropout_features=0.0, encoder_layerdrop=0.0, mask_channel_prob=0.0)
 
 
+AUTOCAST: dict = {"enabled": False}  # set by main: torch.autocast's arguments for every forward
+
+
 def timed(step, n: int) -> float:  # noqa: ANN001
-    step()  # warm-up
+    def run() -> None:
+        with torch.autocast(**AUTOCAST):
+            step()
+
+    run()  # warm-up
     times = []
     for _ in range(n):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         t = time.perf_counter()
-        step()
+        run()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -145,26 +154,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast of both models' steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     np.random.seed(0)
     device = torch.device(args.device)
+    AUTOCAST.update(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
     shapes = {"tiny": (4, 4.0), "base": (2, 4.0)}
+    if device.type == "cuda":  # batches a GPU is used with (16 s and 32 s of audio per step)
+        shapes = {"tiny": (8, 4.0), "base": (8, 4.0), "large": (8, 4.0)}
     results = {}
     for name in args.presets.split(","):
         batch, seconds = shapes.get(name, (2, 4.0))
         r = bench_preset(name, batch, seconds, args.steps, device)
-        print(f"{name} (batch {batch} x {seconds:.0f} s, {device}): "
+        print(f"{name} (batch {batch} x {seconds:.0f} s, {device}{', bf16' if args.amp == 'bf16' else ''}): "
               + ", ".join(f"{k} {v:.1f} audio-s/s" for k, v in r.items()), flush=True)
         for kind in ("pretrain", "ctc"):
             print(f"  {kind}: ours / HF = {r[f'ours_{kind}'] / r[f'hf_{kind}']:.2f}x", flush=True)
         results[name] = r
+    tag = ("_cuda" if device.type == "cuda" else "") + ("_bf16" if args.amp == "bf16" else "")
     for name, r in results.items():
         for kind in ("pretrain", "ctc"):
-            print(f"RESULT {name}_{kind}_ours_audio_s_per_s={r[f'ours_{kind}']:.1f}")
-            print(f"RESULT {name}_{kind}_hf_audio_s_per_s={r[f'hf_{kind}']:.1f}")
-            print(f"RESULT {name}_{kind}_ratio_ours_over_hf={r[f'ours_{kind}'] / r[f'hf_{kind}']:.3f}")
+            print(f"RESULT {name}{tag}_{kind}_ours_audio_s_per_s={r[f'ours_{kind}']:.1f}")
+            print(f"RESULT {name}{tag}_{kind}_hf_audio_s_per_s={r[f'hf_{kind}']:.1f}")
+            print(f"RESULT {name}{tag}_{kind}_ratio_ours_over_hf={r[f'ours_{kind}'] / r[f'hf_{kind}']:.3f}")
 
 
 if __name__ == "__main__":
