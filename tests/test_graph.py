@@ -313,6 +313,13 @@ def test_compile_graph_refuses_a_corrupt_arpa_an_order_above_it_and_an_lm_of_oth
     cut.write_text(text.replace(header, f"ngram 2={int(header.split('=')[1]) + 1}"))
     rc, err = compile_graph(cut)
     assert rc == 1 and err.startswith("toolkit compile-graph: error:") and "cut.arpa:" in err and "the header says" in err
+    bigram = text.split("\\2-grams:")[1].strip().splitlines()[0]
+    dup = tmp_path / "dup.arpa"
+    dup.write_text(text.replace(header, f"ngram 2={int(header.split('=')[1]) + 1}").replace(bigram, f"{bigram}\n{bigram}"))
+    before = {f.name: f.stat().st_mtime_ns for f in lang.iterdir()}
+    rc, err = compile_graph(dup)
+    assert rc == 1 and f"dup.arpa: the 2-gram {' '.join(bigram.split()[1:3])!r} is listed twice" in err, err
+    assert {f.name: f.stat().st_mtime_ns for f in lang.iterdir()} == before  # no graph written
     rc, err = compile_graph(lang / "lm.arpa", "--order", "3")
     assert rc == 1 and "--order 3" in err and "2-gram" in err
     assert not (lang / "G_3.fst").exists()

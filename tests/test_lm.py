@@ -223,6 +223,27 @@ def test_arpa_reader_rejects_corruption(tmp_path, text, line, what):
     assert f"{path}:{line}:" in msg and what in msg and "\n" not in msg
 
 
+def test_an_ngram_listed_twice_is_refused_and_hash_collisions_are_not(tmp_path, monkeypatch):
+    """A copied n-gram whose header count includes it passed every check: the reader kept the
+    last entry, the graph compiler both. validate_arpa keeps hashes only; with every n-gram hashing
+    alike its second pass must still tell a collision from a copy."""
+    import toolkit.lm.arpa as arpa_module
+
+    dup = tmp_path / "dup.arpa"
+    dup.write_text(GOOD.replace("ngram 2=1", "ngram 2=2").replace("-0.1\t<s> a\n", "-0.1\t<s> a\n-0.7\t<s> a\n"))
+    for reader in (read_arpa, validate_arpa):
+        with pytest.raises(ToolkitError) as e:
+            reader(dup)
+        msg = str(e.value)
+        assert msg.startswith(f"{dup}: the 2-gram '<s> a' is listed twice") and "\n" not in msg
+    good = tmp_path / "good.arpa"
+    good.write_text(GOOD)
+    monkeypatch.setattr(arpa_module, "_ngram_hash", lambda ngram: 7)
+    assert validate_arpa(good) == [3, 1]
+    with pytest.raises(ToolkitError, match="listed twice"):
+        validate_arpa(dup)
+
+
 def test_arpa_reader_accepts_external_file(tmp_path):
     path = tmp_path / "ext.arpa"
     path.write_text("some preamble is not allowed\n", encoding="utf-8")

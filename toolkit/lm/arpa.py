@@ -9,7 +9,8 @@ The probability of a word w after history h is found by backing off:
 `ArpaModel.logprob` and `ArpaModel.score` implement exactly that, so they agree with KenLM's
 `kenlm.Model.score` on the same file (tests/test_lm.py checks it). External ARPA files
 (e.g. LibriSpeech's 3-gram) are accepted as they are; `read_arpa` and `validate_arpa`
-check the header and the sections and name the file and line of the first corruption.
+check the header and the sections and name the file and line of the first corruption, and
+refuse an n-gram listed twice.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import gzip
 import io
 import math
 import os
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
@@ -256,13 +258,53 @@ def arpa_order(path: str | os.PathLike) -> int:
 
 
 def validate_arpa(path: str | os.PathLike) -> list[int]:
-    """Check an ARPA file without holding it in memory; return the n-gram counts per order."""
+    """Check an ARPA file without holding its n-grams in memory; return the n-gram counts per order.
+
+    Besides `iter_arpa`'s checks, an n-gram listed twice in its section is an error: which entry
+    counts is up to the reader (the graph compiler keeps both arcs), and the header's count
+    includes the copy, so nothing else would notice. Each section's n-grams are kept as 8-byte
+    hashes only (sorted to find equal ones); hashes that collide are settled by a second pass
+    over those n-grams alone, so a collision is never reported as a duplicate.
+    """
+    import numpy as np
+
     counts: list[int] = []
-    for order, *_ in iter_arpa(path):
+    suspects: dict[int, set[int]] = {}
+    hashes = array("q")
+
+    def close_section(order: int) -> None:
+        if len(hashes) > 1:
+            h = np.sort(np.frombuffer(hashes, dtype=np.int64))
+            same = h[1:][h[1:] == h[:-1]]
+            if same.size:
+                suspects[order] = set(same.tolist())
+
+    for order, ngram, _, _ in iter_arpa(path):
         while order > len(counts):  # a section may be empty
+            close_section(len(counts))
+            hashes = array("q")
             counts.append(0)
         counts[order - 1] += 1
+        hashes.append(_ngram_hash(ngram))
+    close_section(len(counts))
+    if suspects:
+        seen: dict[int, set[Ngram]] = {k: set() for k in suspects}
+        for order, ngram, _, _ in iter_arpa(path):
+            if order in suspects and _ngram_hash(ngram) in suspects[order]:
+                if ngram in seen[order]:
+                    raise _duplicate(path, order, ngram)
+                seen[order].add(ngram)
     return counts
+
+
+def _ngram_hash(ngram: Ngram) -> int:
+    """A 64-bit hash of an n-gram, stable within the process (both passes of validate_arpa)."""
+    return hash(ngram)
+
+
+def _duplicate(path: str | os.PathLike, order: int, ngram: Ngram) -> ToolkitError:
+    return ToolkitError(f"{path}: the {order}-gram {' '.join(ngram)!r} is listed twice; an ARPA file lists each "
+                        "n-gram once (which entry counts would be up to the reader): re-create the LM or remove the copy")
 
 
 def read_arpa(path: str | os.PathLike) -> ArpaModel:
@@ -271,7 +313,10 @@ def read_arpa(path: str | os.PathLike) -> ArpaModel:
     for order, ngram, logp, bow in iter_arpa(path):
         while order > model.order:  # a section may be empty
             model.ngrams.append({})
-        model.ngrams[order - 1][ngram] = (logp, bow)
+        section = model.ngrams[order - 1]
+        if ngram in section:
+            raise _duplicate(path, order, ngram)
+        section[ngram] = (logp, bow)
     if not model.ngrams or not model.ngrams[0]:
         raise ToolkitError(f"{path}: the ARPA file has no unigrams; re-create it")
     return model
