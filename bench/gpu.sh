@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     --fsdd) fsdd=$2; shift 2 ;;
     --fsdd-limit) fsdd_limit=$2; shift 2 ;;
     --budget) budget=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | cut -c3-; exit 0 ;;
     *) echo "$0: unknown option $1 (see --help)" >&2; exit 1 ;;
   esac
 done
