@@ -42,6 +42,18 @@ def test_defaults_and_overrides(tmp_path):
     ("optim: 3\n", "optim"),
     ("train:\n  max_updates: 0\n", "train.max_updates"),
     ("optim:\n  lr: [1\n", "invalid YAML"),
+    # a second section replaced the first without a word (its train.init lost: from scratch)
+    ("train:\n  init: a.pt\nmodel:\n  preset: tiny\ntrain:\n  max_updates: 1\n",
+     "(line 5, column 1): key 'train' appears twice (first on line 1)"),
+    ("optim:\n  lr: 1e-3\n  lr: 2e-3\n", "key 'lr' appears twice"),
+    # anything but true/false was a true flag; counts took strings and bools
+    ("data:\n  speed_perturb: flase\n", "data.speed_perturb: 'flase' is not true or false"),
+    ("data:\n  normalize: 'false'\n", "data.normalize: 'false' is not true or false"),
+    ("train:\n  max_restarts: two\n", "train.max_restarts: 'two' is not an integer"),
+    ("train:\n  keep_last: true\n", "train.keep_last: True is not an integer"),
+    ("train:\n  skip_nonfinite_window: abc\n", "train.skip_nonfinite_window: 'abc' is not an integer"),
+    ("optim:\n  clip_norm: five\n", "optim.clip_norm: 'five' is not a number"),
+    ("train:\n  amp: 16\n", "train.amp: 16 is not a string"),
 ])
 def test_bad_config_one_line_error(tmp_path, text, needle):
     with pytest.raises(ToolkitError) as e:

@@ -222,7 +222,7 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
         if not dataclasses.is_dataclass(getattr(cfg, name)):
             raise bad(name, "must be a mapping (section), not a scalar")
     for name in ("model", "data", "optim", "schedule", "train"):
-        _coerce_floats(getattr(cfg, name), f"{where}: {name}")
+        _check_types(getattr(cfg, name), f"{where}: {name}")
     t, o, s, d = cfg.train, cfg.optim, cfg.schedule, cfg.data
     if t.amp not in AMP_MODES:
         raise bad("train.amp", f"{t.amp!r} is not one of {', '.join(AMP_MODES)}")
@@ -277,22 +277,36 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
                   f"got {d.speed_factors!r}")
 
 
-def _coerce_floats(section: Any, where: str) -> None:
-    """YAML 1.1 reads `2e-3` (no dot) as a string; accept it for float options, refuse other strings."""
+def _check_types(section: Any, where: str) -> None:
+    """Each option against its declared type, one line naming it: YAML 1.1 reads `2e-3` (no dot) as
+    a string, which float options accept; any other string, and a bool where a number is meant,
+    are refused, and so is anything but true/false for a flag (`speed_perturb: flase` or a quoted
+    "false" was taken as true) and anything but an integer for a count (`max_restarts: two`)."""
     import typing
 
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
         hint = hints[f.name]
-        is_float = hint is float or (typing.get_origin(hint) is typing.Union and float in typing.get_args(hint))
+        args = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        kinds = [a for a in args if a is not type(None)]
         value = getattr(section, f.name)
-        if is_float and isinstance(value, str):
-            try:
-                setattr(section, f.name, float(value))
-            except ValueError:
-                raise ToolkitError(f"{where}.{f.name}: {value!r} is not a number") from None
-        elif is_float and isinstance(value, bool):
-            raise ToolkitError(f"{where}.{f.name}: {value!r} is not a number")
+        if len(kinds) != 1 or (value is None and len(args) > 1):
+            continue
+        kind, key = kinds[0], f"{where}.{f.name}"
+        if kind is float:
+            if isinstance(value, str):
+                try:
+                    setattr(section, f.name, float(value))
+                except ValueError:
+                    raise ToolkitError(f"{key}: {value!r} is not a number") from None
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ToolkitError(f"{key}: {value!r} is not a number")
+        elif kind is bool and not isinstance(value, bool):
+            raise ToolkitError(f"{key}: {value!r} is not true or false")
+        elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ToolkitError(f"{key}: {value!r} is not an integer")
+        elif kind is str and not isinstance(value, str):
+            raise ToolkitError(f"{key}: {value!r} is not a string")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
