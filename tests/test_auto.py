@@ -163,3 +163,61 @@ def test_the_end_of_the_frozen_phase_is_logged_once_and_only_when_it_happens(cap
         assert model.wav2vec2.weight.requires_grad == (u >= freeze)
     said = [r.getMessage() for r in caplog.records if "unfrozen" in r.getMessage()]
     assert said == [f"update {u}: the Transformer is unfrozen" for u in logged]
+
+
+def labelled_manifest(path, rows):
+    """Cuts (no audio is read) with (text, language) each: the fine-tuning task's checks only read the text."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+    from lhotse.audio import AudioSource
+
+    cuts = []
+    for i, (text, lang) in enumerate(rows):
+        rec = Recording(id=f"r{i}", sources=[AudioSource(type="file", channels=[0], source=f"r{i}.wav")],
+                        sampling_rate=16000, num_samples=16000, duration=1.0)
+        cut = rec.to_cut()
+        cut.supervisions = [] if text is None else [SupervisionSegment(id=f"r{i}", recording_id=rec.id, start=0,
+                                                                         duration=1.0, text=text, language=lang)]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("texts", [[None, None], ["", "ab"], ["ab ba", None]], ids=["none", "one-empty", "one-bare"])
+def test_finetuning_refuses_training_cuts_without_a_transcript(tmp_path, texts):
+    """CTC takes an empty target: cuts without text trained blank-only output, exit 0 ("every training
+    target is in the vocabulary (0 tokens)")."""
+    from graph_fixtures import char_lang
+    from toolkit.train.tasks import CTCTask
+    from toolkit.utils import ToolkitError
+
+    lang = char_lang(tmp_path / "lang", ["ab", "ba"])
+    train = labelled_manifest(tmp_path / "t.jsonl.gz", [(t, "xx") for t in texts] + [("ab", "xx")])
+    cfg, _ = finetune_cfg(tmp_path, "", [f"data.train_cuts=[{train}]", f"data.lang_dir={lang}", "train.init=none",
+                                         f"exp_dir={tmp_path / 'e'}"])
+    with pytest.raises(ToolkitError) as e:
+        CTCTask(cfg)
+    n = sum(1 for t in texts if not t)
+    assert f"{n} of 3 training cuts have no transcript (e.g. r{texts.index(next(t for t in texts if not t))})" \
+        in str(e.value) and "\n" not in str(e.value)
+
+
+def test_data_languages_picks_the_dev_cuts_and_the_checked_text_too(tmp_path):
+    """data.languages filtered the training cuts only: dev WER (and best.pt) came from other languages'
+    cuts, and their letters failed the <unk> check of an Italian-only run."""
+    from graph_fixtures import char_lang
+    from toolkit.train.tasks import CTCTask, in_languages, load_cuts
+    from toolkit.utils import ToolkitError
+
+    lang = char_lang(tmp_path / "lang", ["ab", "ba"])
+    train = labelled_manifest(tmp_path / "t.jsonl.gz", [("ab ba", "it"), ("ßüö ab", "de"), ("ba", "it")])
+    dev = labelled_manifest(tmp_path / "d.jsonl.gz", [("ab", "it"), ("üß", "de"), ("ü", "de")])
+    sets = [f"data.train_cuts=[{train}]", f"data.dev_cuts=[{dev}]", f"data.lang_dir={lang}", "train.init=none",
+            f"exp_dir={tmp_path / 'e'}"]
+    cfg, _ = finetune_cfg(tmp_path, "", sets + ["data.languages=[it]"])
+    CTCTask(cfg)  # the German letters are outside the Italian run's data: no <unk> error
+    assert [c.id for c in in_languages(cfg, load_cuts(cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")] == ["r0"]
+    with pytest.raises(ToolkitError, match="<unk>"):
+        CTCTask(finetune_cfg(tmp_path, "", sets)[0])  # all languages: the German letters count
+    cfg.data.languages = ["fr"]
+    with pytest.raises(ToolkitError, match=r"data.languages: no cut of data.dev_cuts has language fr"):
+        in_languages(cfg, load_cuts(cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")

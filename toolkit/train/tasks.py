@@ -102,22 +102,34 @@ def make_stream(cfg: TrainConfig, cuts, dataset, dist: ddp.DistInfo, seed: int, 
 
 
 class HasLanguage:
-    """Cut filter by supervision language (a class, not a lambda: DataLoader workers pickle it)."""
+    """Cut filter by supervision language, one of `languages` (a class, not a lambda: DataLoader
+    workers pickle it)."""
 
-    def __init__(self, language: str):
-        self.language = language
+    def __init__(self, *languages: str):
+        self.languages = frozenset(languages)
 
     def __call__(self, cut) -> bool:  # noqa: ANN001
-        return bool(cut.supervisions) and cut.supervisions[0].language == self.language
+        return bool(cut.supervisions) and cut.supervisions[0].language in self.languages
+
+
+def in_languages(cfg: TrainConfig, cuts, option: str):  # noqa: ANN001, ANN201
+    """`cuts` of `data.languages` only (all of them when it is empty; lazy stays lazy); an error
+    naming `option` when none is left. Training, the <unk> check and validation see the same cuts."""
+    langs = [str(lang) for lang in cfg.data.languages]
+    if not langs:
+        return cuts
+    kept = cuts.filter(HasLanguage(*langs))
+    if next(iter(kept), None) is None:
+        raise ToolkitError(f"data.languages: no cut of {option} has language {', '.join(langs)}; "
+                           "check the list against the manifests' supervision languages")
+    return kept
 
 
 def _training_cuts(cfg: TrainConfig, seed: int):  # noqa: ANN201
     cuts = load_cuts(cfg.data.train_cuts, "data.train_cuts")
     langs = list(cfg.data.languages)
     if len(langs) <= 1:
-        if langs:
-            cuts = cuts.filter(HasLanguage(langs[0]))
-        return cuts
+        return in_languages(cfg, cuts, "data.train_cuts") if langs else cuts
     from toolkit.data.mix import mix_languages
 
     by_lang = {lang: cuts.filter(HasLanguage(lang)).to_eager()
@@ -194,7 +206,7 @@ class PretrainTask(Task):
             return {}
         from toolkit.data.dataset import AudioDataset
 
-        cuts = load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts")
+        cuts = in_languages(self.cfg, load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")
         ds = AudioDataset(normalize=self.normalize, crop_to_shortest=True,
                           max_sample_size=self.cfg.data.max_sample_size, seed=0)
         stream = make_stream(self.cfg, cuts, ds, ddp.DistInfo(), seed=0, shuffle=False)
@@ -259,15 +271,24 @@ def check_unk_share(cuts, tokenizer, max_share: float, where: str) -> float:  # 
     from collections import Counter
 
     tokenizer.reset_oov()
-    total = 0
+    total = cuts_seen = 0
+    unlabelled: list[str] = []
     unknown: Counter = Counter()
     for cut in cuts:
+        cuts_seen += 1
         text = " ".join(s.text or "" for s in cut.supervisions)
+        if not text.strip():
+            unlabelled.append(cut.id)
+            continue
         ids = tokenizer.encode(text)
         total += len(ids)
         if tokenizer.type == "char" and tokenizer.oov_count:
             unknown.update(c for c in text if not c.isspace() and c not in tokenizer.token_to_id)
     n = tokenizer.reset_oov()
+    if unlabelled:  # CTC would learn blank-only output from them (an empty target is valid for CTC)
+        raise ToolkitError(f"{where}: {len(unlabelled)} of {cuts_seen} training cuts have no transcript (e.g. "
+                           f"{unlabelled[0]}); fine-tuning needs text for every cut: label them or leave them out "
+                           "of the manifest (they can go into pretraining)")
     share = n / max(total, 1)
     if n:
         seen = ", ".join(f"{c!r} x{k}" for c, k in unknown.most_common(5))
@@ -304,7 +325,8 @@ class CTCTask(Task):
         self.language = training_language(cfg)
         self._frozen: Optional[bool] = None
         self.ctc_loss = make_ctc_loss(cfg.train.ctc_loss, cfg.train.ctc_topo)  # train.ctc_loss: torch | k2
-        check_unk_share(load_cuts(cfg.data.train_cuts, "data.train_cuts"), self.tokenizer, cfg.data.max_unk_share,
+        check_unk_share(in_languages(cfg, load_cuts(cfg.data.train_cuts, "data.train_cuts"), "data.train_cuts"),
+                        self.tokenizer, cfg.data.max_unk_share,
                         f"data.train_cuts {' '.join(map(str, cfg.data.train_cuts))}")
 
     def model_config(self):  # noqa: ANN201
@@ -393,7 +415,7 @@ class CTCTask(Task):
         from toolkit.decode.greedy import greedy_ids
         from toolkit.score import score_pairs
 
-        cuts = load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts")
+        cuts = in_languages(self.cfg, load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")
         stream = make_stream(self.cfg, cuts, self._dataset(0, train=False), ddp.DistInfo(), seed=0, shuffle=False)
         device = next(model.parameters()).device
         refs: dict[str, str] = {}
