@@ -284,6 +284,31 @@ def test_average_checkpoints_refuses_mixed_runs_and_overwriting_an_input(tmp_pat
     assert main(["average-checkpoints", "--checkpoints", str(tmp_path / "avg.pt"), str(r1), "--out",
                  str(tmp_path / "avg2.pt")]) == 1
     assert "avg.pt: an average already (of 2 checkpoints)" in capsys.readouterr().err
+    # another init or other model overrides (a resume may change them, an average may not), the same
+    # update twice (best.pt is a copy of one), and --out onto a run's checkpoint: all exit 0 before
+    tc = {"exp_dir": "e1", "train": {"seed": 1, "max_updates": 20, "init": "none"}, "model": {"overrides": {}}}
+    runs = {}
+    for name, change, step in (("s10", {}, 10), ("s20", {}, 20), ("init", {"train": {"init": "pt/last.pt"}}, 30),
+                               ("mask", {"model": {"overrides": {"mask_prob": 0.6}}}, 30), ("best", {}, 10)):
+        conf = {k: {**v, **change.get(k, {})} if isinstance(v, dict) else v for k, v in tc.items()}
+        runs[name] = tmp_path / f"{name}.pt"
+        save_checkpoint(runs[name], Wav2Vec2ForCTC(cfg, 5), cfg, "ctc", vocab=vocab, train_config=conf, step=step,
+                        optimizer={"state": {}})
+    for name, want in (("init", "(train.init: 'pt/last.pt' -> 'none')"), ("mask", "(model.overrides: {'mask_prob': 0.6}"),
+                       ("best", "the same update (10) as")):
+        assert main(["average-checkpoints", "--checkpoints", str(runs[name]), str(runs["s10"]), str(runs["s20"]),
+                     "--out", str(tmp_path / "o.pt")]) == 1
+        assert want in capsys.readouterr().err, name
+    keep = runs["s20"].read_bytes()
+    best = tmp_path / "best.pt"
+    best.write_bytes(keep)
+    for out in (best, runs["s20"]):  # --out onto a run's best.pt or one of its checkpoints
+        assert main(["average-checkpoints", "--checkpoints", str(runs["s10"]), "--out", str(out)]) == 1
+        assert f"--out {out}: exists and is not an earlier average" in capsys.readouterr().err
+        assert out.read_bytes() == keep
+    assert not (tmp_path / "o.pt").exists()
+    assert main(["average-checkpoints", "--checkpoints", str(runs["s10"]), str(runs["s20"]), "--out",
+                 str(tmp_path / "avg.pt")]) == 0  # an earlier average is replaced
 
 
 class SpellingModel(torch.nn.Module):

@@ -44,6 +44,9 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return out
 
 
+OTHER_RUN = ("model.preset:", "model.overrides:", "train.init:")
+
+
 def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
     """Only checkpoints of one network with one vocabulary can be averaged: else a one-line error
     naming the first checkpoint that differs from the last one, and how."""
@@ -59,12 +62,20 @@ def check_compatible(paths: list[Path], ckpts: list[dict]) -> None:
     last = ckpts[-1]
     arch = config_of(last).architecture()
     tokens = (last.get("vocab") or {}).get("tokens")
+    steps: dict[int, Path] = {}
     for p, c in zip(paths, ckpts):
         if c.get("averaged_from"):
             raise ToolkitError(f"{p}: an average already (of {len(c['averaged_from'])} checkpoints); average the "
                                "training checkpoints themselves")
+        # a resume may change these, but weights that started elsewhere (another init, other
+        # masking or dropout) are another run
         runs = [d for d in config_changes(c.get("train_config") or {}, last.get("train_config") or {})
-                if not resumable_change(d)]
+                if not resumable_change(d) or d.startswith(OTHER_RUN)]
+        step = c.get("step")
+        if isinstance(step, int) and step in steps:  # best.pt is a copy of one of them
+            raise ToolkitError(f"{p}: the same update ({step}) as {steps[step]}; each checkpoint counts once")
+        if isinstance(step, int):
+            steps[step] = p
         if runs:
             raise ToolkitError(f"{p}: trained with other settings than {paths[-1]} ({runs[0]}): another run; "
                                "average checkpoints of one run only")
@@ -91,6 +102,14 @@ def average_checkpoints(paths: list[Path], out: Path) -> None:
                            "(e.g. avg-N.pt)")
     if out.is_dir():
         raise ToolkitError(f"--out {out}: is a directory; give a file name such as {out / 'avg.pt'}")
+    if out.exists() or out.is_symlink():  # only an earlier average is replaced, never a run's own checkpoint
+        try:
+            earlier = load_checkpoint(out)
+        except ToolkitError:
+            earlier = {}
+        if not earlier.get("averaged_from"):
+            raise ToolkitError(f"--out {out}: exists and is not an earlier average (a run's checkpoint, best.pt, or "
+                               "another file); write the average to a new file (e.g. avg-N.pt)")
     ckpts = [load_checkpoint(p) for p in paths]
     check_compatible(paths, ckpts)
     last = ckpts[-1]
