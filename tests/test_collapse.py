@@ -126,3 +126,25 @@ def test_bad_on_collapse_is_a_one_line_error():
         load_config(None, "finetune", ["exp_dir=exp/x", "train.on_collapse=retry"])
     with pytest.raises(ToolkitError, match="restart_lr_scale must be in"):
         load_config(None, "finetune", ["exp_dir=exp/x", "train.restart_lr_scale=2"])
+
+
+def test_a_fresh_run_sets_the_old_runs_collapsed_attempts_aside_and_never_overwrites_them(tmp_path):
+    """A fresh start left collapsed-1/ in place, and the new run's own restart then moved its files
+    onto the old run's (best.pt and metrics.jsonl replaced, the old run's lost)."""
+    cfg = blank_config(tmp_path, max_updates=20, on_collapse="restart")
+    Trainer(cfg, BlankTask(make_batches(12), blank_validations=1), resume=False).run()
+    exp = tmp_path / "exp"
+    first = {p.name: p.read_bytes() for p in (exp / "collapsed-1").iterdir() if p.is_file()}
+    (exp / "plots").mkdir()
+    (exp / "plots" / "loss.png").write_bytes(b"old")
+    cfg = blank_config(tmp_path, max_updates=20, on_collapse="restart", seed=2)
+    Trainer(cfg, BlankTask(make_batches(12), blank_validations=1), resume=False).run()
+    previous = [p for p in (exp / "previous").iterdir()]
+    assert len(previous) == 1 and {p.name for p in previous[0].iterdir()} >= {"collapsed-1", "plots", "metrics.jsonl"}
+    assert {p.name: p.read_bytes() for p in (previous[0] / "collapsed-1").iterdir() if p.is_file()} == first
+    assert (exp / "collapsed-1").is_dir() and not (exp / "plots").exists()  # the new run's own restart
+    from toolkit.train.expdir import set_aside
+
+    (exp / "x.txt").write_text("new")
+    assert set_aside(exp, [exp / "x.txt"], "test", dest=exp / "collapsed-1") == exp / "collapsed-1-1"
+    assert (exp / "collapsed-1-1" / "x.txt").read_text() == "new"

@@ -3,9 +3,10 @@
 - `ExperimentLock`: `exp_dir/.lock`, held (an OS file lock, released when the process dies, so a
   killed run never leaves a stale lock behind) by the run that trains there; a second run in the
   same directory is a one-line error naming the holder (pid and host, from the lock file).
-- `set_aside`: moves files of another lineage into `exp_dir/previous/<time>/`, never deleting:
+- `set_aside`: moves files of another lineage into `exp_dir/previous/<time>/` (or a folder of its
+  own, never one that exists), never deleting:
   everything on a fresh start (checkpoints, last.pt, best.pt, averaged models, metrics, TensorBoard
-  events, decode/), and on
+  events, decode/, collapsed-<k>/, plots/), and on
   a resume the checkpoints of a branch that went further than the resumed step. So pruning to
   the newest `keep_last` checkpoints, `average-checkpoints --last N` and the next default resume
   only ever see the current run's checkpoints.
@@ -89,9 +90,13 @@ def _read_holder(fd: int) -> str:
 
 
 def _previous_dir(exp_dir: Path) -> Path:
-    base = exp_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    return _unused(exp_dir / "previous" / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _unused(base: Path) -> Path:
+    """`base`, or `base-1`, `base-2`, ... : the first that does not exist."""
     out, n = base, 1
-    while out.exists():
+    while out.exists() or out.is_symlink():
         out, n = base.with_name(f"{base.name}-{n}"), n + 1
     return out
 
@@ -103,8 +108,9 @@ def set_aside(exp_dir: str | os.PathLike, paths: list[Path], why: str, dest: Pat
     existing = [p for p in paths if p.exists() or p.is_symlink()]
     if not existing:
         return None
-    dest = _previous_dir(exp_dir) if dest is None else Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    # never onto files set aside before (a collapsed-1/ of an earlier run): a folder of its own
+    dest = _previous_dir(exp_dir) if dest is None else _unused(Path(dest))
+    dest.mkdir(parents=True)
     for p in existing:
         shutil.move(str(p), str(dest / p.name))
     log.warning("%s: %s; moved %s to %s", exp_dir, why, ", ".join(p.name for p in existing), dest)
@@ -118,6 +124,8 @@ def set_aside_for_fresh_start(exp_dir: str | os.PathLike) -> Path | None:
     # what was made from that run: averaged models (any other *.pt) and its decodes, which
     # `toolkit results` would otherwise report as the new run's
     paths += [p for p in sorted(exp_dir.glob("*.pt")) if p not in paths] + [exp_dir / "decode"]
+    # its collapsed attempts and its plots
+    paths += sorted(p for p in exp_dir.glob("collapsed-*") if p.is_dir()) + [exp_dir / "plots"]
     return set_aside(exp_dir, paths, "a fresh run starts here")
 
 
