@@ -297,3 +297,25 @@ def test_bf16_autocast_training_on_cpu_and_fp16_fallback(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="toolkit.train"):
         fp16 = Trainer(config(tmp_path, "fp16", max_updates=2, amp="fp16"), ToyTask(make_batches(2)), resume=False)
     assert fp16.amp_dtype is None and any("fp16 needs a GPU" in r.getMessage() for r in caplog.records)
+
+
+def test_a_resume_with_another_init_keeps_the_runs_init_and_a_refused_one_leaves_config_yaml(tmp_path, caplog):
+    """A resume given another train.init continued from the checkpoint but wrote the new init into
+    config.yaml and every later checkpoint: the record named weights the run never started from."""
+    from toolkit.model.checkpoint import load_checkpoint
+
+    batches = make_batches(7)
+    Trainer(config(tmp_path, "r", max_updates=6, save_interval=3, init="a.pt"), ToyTask(batches), resume=False).run()
+    exp = tmp_path / "r"
+    with caplog.at_level("WARNING", logger="toolkit.train"):
+        Trainer(config(tmp_path, "r", max_updates=9, save_interval=3, init="b.pt"), ToyTask(batches), resume=True).run()
+    assert any("changed train.init: 'a.pt' -> 'b.pt'" in r.getMessage() and "new one is ignored" in r.getMessage()
+               for r in caplog.records)
+    assert "init: a.pt" in (exp / "config.yaml").read_text()
+    assert load_checkpoint(exp / "checkpoint-9.pt")["train_config"]["train"]["init"] == "a.pt"
+    before = (exp / "config.yaml").read_bytes()
+    bad = config(tmp_path, "r", max_updates=12, save_interval=3, init="a.pt")
+    bad.optim.lr = 0.5
+    with pytest.raises(ToolkitError, match="the config differs"):
+        Trainer(bad, ToyTask(batches), resume=True).run()
+    assert (exp / "config.yaml").read_bytes() == before

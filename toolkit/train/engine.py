@@ -218,7 +218,7 @@ RESUME_NOTES = {
     "data.dev_cuts": "best.pt is still chosen against the best dev WER so far, measured on the old dev set",
     "train.max_valid_batches": "best.pt is still chosen against the best dev WER so far, measured on other batches",
     "train.max_updates": "the learning-rate schedule is stretched to the new length from here on",
-    "train.init": "the weights continue from the checkpoint; the new init is only recorded",
+    "train.init": "the weights continue from the checkpoint; the run keeps its recorded init, the new one is ignored",
 }
 
 
@@ -316,8 +316,8 @@ class Trainer:
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
     def _setup_output(self) -> None:
-        """Log file, config.yaml and TensorBoard writer; on a resume TensorBoard events logged after
-        the resumed update (by the interrupted run) are purged."""
+        """Log file and TensorBoard writer (config.yaml is written once the resume checks pass); on a
+        resume TensorBoard events logged after the resumed update (by the interrupted run) are purged."""
         if not self.dist.is_main:
             return
         (self.exp_dir / "log").mkdir(parents=True, exist_ok=True)
@@ -328,7 +328,6 @@ class Trainer:
         if root.getEffectiveLevel() > logging.INFO:  # the file log is INFO even when the console is quieter
             root.setLevel(logging.INFO)
         self._log_handler = handler
-        atomic_write_text(self.exp_dir / "config.yaml", config_to_yaml(self.cfg))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -417,6 +416,9 @@ class Trainer:
             raise ToolkitError(f"{path}: a {ckpt.get('kind')!r} checkpoint cannot resume {self.task.kind!r} training; "
                                "use another exp_dir or train.init")
         check_resume(path, ckpt, self.task, self.cfg, self.allow_config_change)
+        saved_init = ((ckpt.get("train_config") or {}).get("train") or {}).get("init")
+        if isinstance(saved_init, str) and saved_init != self.cfg.train.init:
+            self.cfg.train.init = saved_init  # the run's weights came from there: config.yaml keeps saying so
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -639,6 +641,8 @@ class Trainer:
         self._own_exp_dir(resumed_from)
         self._setup_output()
         self.batches.prime()
+        if self.dist.is_main:  # after every resume check: a refused resume leaves the run's config as it was
+            atomic_write_text(self.exp_dir / "config.yaml", config_to_yaml(self.cfg))
         if self._resume_rng is not None:
             # Restored last: building the model and the batch stream consumed random numbers.
             set_rng_state(self._resume_rng)
