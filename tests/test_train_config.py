@@ -154,3 +154,29 @@ def test_an_experiments_saved_config_is_a_config_of_the_same_command(tmp_path):
     assert (again.optim.lr, again.train.max_updates, again.exp_dir) == (3e-4, 7, "exp/b")
     with pytest.raises(ToolkitError, match=r"config.yaml: a config of another task"):
         load_config(saved, "pretrain", ["exp_dir=exp/c"])
+
+
+def test_schedule_settings_without_effect_are_warned_about(tmp_path, caplog):
+    """tri_stage took its warm-up from phase_ratio and ignored schedule.warmup_updates without a word
+    (config.yaml still said 100); a pretraining config that set no warm-up got the BASE default of
+    32000 updates and, with 400 updates, peaked at 1.2% of optim.lr."""
+    import logging
+
+    from test_train_engine import ToyTask, config, make_batches
+    from toolkit.train.engine import Trainer
+    from toolkit.train.optim import lr_at, schedule_warnings
+
+    tri = load_config(None, "finetune", ["exp_dir=e", "schedule.name=tri_stage", "schedule.warmup_updates=100",
+                                         "train.max_updates=1000"])
+    assert schedule_warnings(tri.schedule, 1000) == [
+        "schedule.warmup_updates=100 has no effect with schedule.name=tri_stage: its warm-up is "
+        "schedule.phase_ratio[0] x train.max_updates = 100 updates"]
+    pre = load_config(None, "pretrain", ["exp_dir=e", "train.max_updates=400"])
+    (msg,) = schedule_warnings(pre.schedule, 400)
+    peak = max(lr_at(n, 1.0, 400, pre.schedule) for n in range(400))
+    assert "32000 >= train.max_updates=400" in msg and f"peaks at {100 * peak:.1f}% of optim.lr" in msg
+    assert schedule_warnings(load_config(None, "pretrain", ["exp_dir=e", "train.max_updates=40000"]).schedule, 40000) == []
+    cfg = config(tmp_path, "w", max_updates=2)  # warm-up 3 updates
+    with caplog.at_level(logging.WARNING, logger="toolkit.train"):
+        Trainer(cfg, ToyTask(make_batches(2)), resume=False).run()
+    assert any("schedule.warmup_updates=3 >= train.max_updates=2" in r.getMessage() for r in caplog.records)

@@ -35,7 +35,7 @@ from toolkit.train import ddp, expdir
 from toolkit.train.collapse import CollapseGuard
 from toolkit.train.expdir import list_checkpoints
 from toolkit.train.config import TrainConfig, config_to_dict, config_to_yaml
-from toolkit.train.optim import Scheduler, build_optimizer, grad_norm
+from toolkit.train.optim import Scheduler, build_optimizer, grad_norm, schedule_warnings
 from toolkit.utils import ToolkitError, atomic_write_text, resolve_device
 
 logger = logging.getLogger("toolkit.train")
@@ -343,6 +343,9 @@ class Trainer:
         self.params = [p for p in self.model.parameters()]
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         self.scheduler = Scheduler(self.optimizer, self.cfg.optim.lr, self.cfg.train.max_updates, self.cfg.schedule)
+        if self.dist.is_main:
+            for msg in schedule_warnings(self.cfg.schedule, self.cfg.train.max_updates):
+                logger.warning("%s", msg)
         self.scaler = None
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda", init_scale=128.0)

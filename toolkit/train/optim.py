@@ -75,6 +75,21 @@ def _tri_stage(n: int, peak_lr: float, total: int, cfg: ScheduleSection) -> floa
     return final_lr
 
 
+def schedule_warnings(cfg: ScheduleSection, max_updates: int) -> list[str]:
+    """Settings of the schedule that do not do what they say: a warm-up tri_stage ignores (its
+    phases come from phase_ratio), and a warm-up as long as the run (the rate never reaches its peak)."""
+    warm = cfg.warmup_updates
+    if cfg.name == "tri_stage":
+        if warm > 0:
+            return [f"schedule.warmup_updates={warm} has no effect with schedule.name=tri_stage: its warm-up is "
+                    f"schedule.phase_ratio[0] x train.max_updates = {int(max_updates * cfg.phase_ratio[0])} updates"]
+        return []
+    if warm >= max_updates:
+        return [f"schedule.warmup_updates={warm} >= train.max_updates={max_updates}: the learning rate never leaves "
+                f"the warm-up and peaks at {100 * max_updates / warm:.1f}% of optim.lr; shorten the warm-up"]
+    return []
+
+
 class Scheduler:
     """Sets every param group's lr from `lr_at(num_updates)`; state is just the update count."""
 
