@@ -221,3 +221,27 @@ def test_data_languages_picks_the_dev_cuts_and_the_checked_text_too(tmp_path):
     cfg.data.languages = ["fr"]
     with pytest.raises(ToolkitError, match=r"data.languages: no cut of data.dev_cuts has language fr"):
         in_languages(cfg, load_cuts(cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")
+
+
+@pytest.mark.parametrize("which", ["train_cuts", "dev_cuts"])
+def test_a_truncated_manifest_is_a_one_line_error_before_training(tmp_path, which):
+    """A cut-off .jsonl.gz was an EOFError traceback: from the labelled-hours pass for training cuts,
+    and for dev cuts only at the first validation, after training had run."""
+    from graph_fixtures import char_lang
+    from toolkit.train.tasks import CTCTask
+    from toolkit.utils import ToolkitError
+
+    lang = char_lang(tmp_path / "lang", ["ab", "ba"])
+    good = labelled_manifest(tmp_path / "good.jsonl.gz", [("ab", "xx")] * 200)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(open(good, "rb").read()[:-40])
+    paths = {"train_cuts": good, "dev_cuts": good, which: str(cut)}
+    cfg, _ = finetune_cfg(tmp_path, "", [f"data.train_cuts=[{paths['train_cuts']}]",
+                                         f"data.dev_cuts=[{paths['dev_cuts']}]", f"data.lang_dir={lang}",
+                                         "train.init=none", f"exp_dir={tmp_path / 'e'}"])
+    with pytest.raises(ToolkitError) as e:
+        from toolkit.train.auto import labelled_hours
+
+        labelled_hours(cfg)
+        CTCTask(cfg)  # the dev cuts too, before any training
+    assert str(e.value).startswith(f"data.{which}: {cut}: truncated or corrupt") and "\n" not in str(e.value)

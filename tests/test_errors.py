@@ -211,7 +211,7 @@ def test_files_that_are_not_checkpoints(tmp_path, decode_inputs):
 
 
 @pytest.mark.parametrize("setting,message", [
-    ("train.seed=abc", "train.seed: must be an integer >= 0, got 'abc'"),
+    ("train.seed=abc", "train.seed: 'abc' is not an integer"),
     ("data.num_workers=-3", "data.num_workers: must be an integer >= 0, got -3"),
     ("data.channel_augment=1.5", "data.channel_augment: must be a probability between 0 and 1, got 1.5"),
     ("data.speed_factors=[0.9,3]", "data.speed_factors: must be a list of speeds between 0.5 and 2.0, "

@@ -25,8 +25,29 @@ logger = logging.getLogger("toolkit.train")
 # ---------------------------------------------------------------------------------------
 # Shared helpers
 
+_INTACT: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of manifests read to the end once
+
+
+def _check_intact(path: str, key: str) -> None:
+    """A gzipped manifest cut short (an interrupted copy) read as a traceback at the first pass over
+    its cuts, for dev cuts only at the first validation: decompress it to the end once, up front."""
+    import gzip
+
+    st = Path(path).stat()
+    stamp = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if stamp in _INTACT or not str(path).endswith(".gz"):
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (EOFError, OSError) as e:
+        raise ToolkitError(f"{key}: {path}: truncated or corrupt ({e}); re-create it (toolkit prepare)") from None
+    _INTACT.add(stamp)
+
+
 def load_cuts(paths: list[str], key: str):  # noqa: ANN201 - lhotse CutSet
-    """Lazily open and concatenate cut manifests; one-line error naming the missing file."""
+    """Lazily open and concatenate cut manifests; one-line errors naming a missing or truncated file."""
     from lhotse import CutSet, combine
 
     if not paths:
@@ -35,6 +56,7 @@ def load_cuts(paths: list[str], key: str):  # noqa: ANN201 - lhotse CutSet
     for p in paths:
         if not Path(p).is_file():
             raise ToolkitError(f"{key}: {p} not found; run the data preparation stage (toolkit prepare) first")
+        _check_intact(str(p), key)
         sets.append(CutSet.from_jsonl_lazy(p) if str(p).endswith((".jsonl", ".jsonl.gz")) else CutSet.from_file(p))
     return sets[0] if len(sets) == 1 else combine(*sets)
 
@@ -125,6 +147,13 @@ def in_languages(cfg: TrainConfig, cuts, option: str):  # noqa: ANN001, ANN201
     return kept
 
 
+def check_dev_cuts(cfg: TrainConfig) -> None:
+    """The dev manifests are first read at the first validation: check them before training instead
+    (found, intact, holding cuts of data.languages)."""
+    if cfg.data.dev_cuts:
+        in_languages(cfg, load_cuts(cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")
+
+
 def _training_cuts(cfg: TrainConfig, seed: int):  # noqa: ANN201
     cuts = load_cuts(cfg.data.train_cuts, "data.train_cuts")
     langs = list(cfg.data.languages)
@@ -158,6 +187,8 @@ class PretrainTask(Task):
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
         self.num_codes = self.model_cfg.latent_vars * self.model_cfg.latent_groups
         self.normalize = self.model_cfg.normalize  # data.normalize, when set, is merged into it
+        load_cuts(cfg.data.train_cuts, "data.train_cuts")  # found and intact, before the dev cuts
+        check_dev_cuts(cfg)
 
     def model_config(self):  # noqa: ANN201
         return self.model_cfg
@@ -328,6 +359,7 @@ class CTCTask(Task):
         check_unk_share(in_languages(cfg, load_cuts(cfg.data.train_cuts, "data.train_cuts"), "data.train_cuts"),
                         self.tokenizer, cfg.data.max_unk_share,
                         f"data.train_cuts {' '.join(map(str, cfg.data.train_cuts))}")
+        check_dev_cuts(cfg)
 
     def model_config(self):  # noqa: ANN201
         return self.model_cfg
