@@ -148,3 +148,36 @@ def test_a_fresh_run_sets_the_old_runs_collapsed_attempts_aside_and_never_overwr
     (exp / "x.txt").write_text("new")
     assert set_aside(exp, [exp / "x.txt"], "test", dest=exp / "collapsed-1") == exp / "collapsed-1-1"
     assert (exp / "collapsed-1-1" / "x.txt").read_text() == "new"
+
+
+class InitTask(BlankTask):
+    """BlankTask whose initial weights come from a file, as train.init's do."""
+
+    def __init__(self, batches, blank_validations, init):
+        super().__init__(batches, blank_validations)
+        self.init = init
+
+    def build_model(self):
+        model = super().build_model()
+        model.load_state_dict(torch.load(self.init))
+        return model
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_restart_after_a_resume_starts_from_the_runs_own_initial_weights(tmp_path, moved):
+    """A resume re-reads train.init: with the file re-pointed since the start, a collapse restart
+    started from other weights than the run's, exit 0."""
+    init = tmp_path / "init.pt"
+    torch.save(ToyTask([]).build_model().state_dict(), init)
+    cfg = blank_config(tmp_path, max_updates=10, on_collapse="restart")
+    Trainer(cfg, InitTask(make_batches(12), 0, init), resume=False).run()
+    if moved:
+        torch.save({k: v + 1 for k, v in torch.load(init).items()}, init)
+    cfg = blank_config(tmp_path, max_updates=30, on_collapse="restart")
+    task = InitTask(make_batches(12), 1, init)
+    if moved:
+        with pytest.raises(ToolkitError, match="holds other weights than when this run started"):
+            Trainer(cfg, task, resume=True).run()
+    else:
+        Trainer(cfg, task, resume=True).run()
+        assert len(task.starts) == 1 and len(restart_rows(tmp_path / "exp")) == 1

@@ -33,6 +33,7 @@ import torch
 
 from toolkit.train import ddp
 from toolkit.train.config import ON_COLLAPSE, ScheduleSection  # noqa: F401 - ON_COLLAPSE re-exported
+from toolkit.utils import ToolkitError
 
 
 logger = logging.getLogger("toolkit.train")
@@ -62,6 +63,17 @@ def longer_warmup(schedule: ScheduleSection, max_updates: int, scale: float) -> 
     return out
 
 
+def fingerprint(state: dict[str, torch.Tensor]) -> list[float]:
+    """Sum and sum of squares (float64) of a model's floating weights: tells two weight sets apart."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for k in sorted(state):
+        v = state[k]
+        if v.is_floating_point():
+            x = v.detach().to(torch.float64)
+            total += torch.stack([x.sum(), x.square().sum()]).cpu()
+    return [float(a) for a in total]
+
+
 class CollapseGuard:
     """Watches validation rows; with `train.on_collapse: restart`, restarts a collapsed run."""
 
@@ -70,6 +82,7 @@ class CollapseGuard:
         t = trainer.cfg.train
         self.restarts: list[dict[str, Any]] = []  # {"collapsed_at", "lr", "warmup"} per restart
         self.initial_state: Optional[dict[str, torch.Tensor]] = None
+        self.initial_moved = False  # a resume found other initial weights than the run started from
         if t.on_collapse == "restart":
             self.initial_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
@@ -115,6 +128,10 @@ class CollapseGuard:
 
         tr = self.trainer
         cfg = tr.cfg
+        if self.initial_moved:
+            raise ToolkitError(f"train.init {cfg.train.init}: holds other weights than when this run started, and "
+                               f"greedy dev output is all blank at update {tr.num_updates}: a restart would start "
+                               "from other weights; restore the file and resume, or set train.on_collapse=warn")
         collapsed_at = tr.num_updates
         k = len(self.restarts) + 1
         self.restarts.append({"collapsed_at": collapsed_at})
@@ -149,10 +166,24 @@ class CollapseGuard:
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"restarts": [dict(r) for r in self.restarts]}
+        state: dict[str, Any] = {"restarts": [dict(r) for r in self.restarts]}
+        if self.initial_state is not None:
+            state["initial_fingerprint"] = fingerprint(self.initial_state)
+        return state
 
     def load_state_dict(self, state: Optional[dict]) -> None:
-        """Re-apply the restarts recorded in a checkpoint (call after the scheduler's state is loaded)."""
+        """Re-apply the restarts recorded in a checkpoint (call after the scheduler's state is loaded).
+
+        A resume builds the initial weights again from train.init: when that file now holds other
+        weights (a re-pointed last.pt link), a restart would start from them, so it is refused."""
+        saved = (state or {}).get("initial_fingerprint")
+        if saved is not None and self.initial_state is not None:
+            now = fingerprint(self.initial_state)
+            if any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
+                self.initial_moved = True
+                logger.warning("train.init %s holds other weights than when this run started; a collapse restart "
+                               "would start from them and is refused: restore the file, or set train.on_collapse=warn",
+                               self.trainer.cfg.train.init)
         self.restarts = [dict(r) for r in (state or {}).get("restarts", [])]
         if not self.restarts:
             return
