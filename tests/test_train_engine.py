@@ -319,3 +319,17 @@ def test_a_resume_with_another_init_keeps_the_runs_init_and_a_refused_one_leaves
     with pytest.raises(ToolkitError, match="the config differs"):
         Trainer(bad, ToyTask(batches), resume=True).run()
     assert (exp / "config.yaml").read_bytes() == before
+
+
+def test_plot_into_a_file_names_it(tmp_path, capsys):
+    """`--out-dir` (or the experiment) naming a file said only "File exists; check the path and the disk"."""
+    from toolkit.cli import main
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 2.0}\n')
+    for args, what in ((["--out-dir", str(tmp_path / "metrics.jsonl")], "--out-dir"), ([], "EXP_DIR")):
+        target = str(tmp_path / "metrics.jsonl") if what == "EXP_DIR" else str(tmp_path)
+        capsys.readouterr()
+        assert main(["plot", target, *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{what} {tmp_path / 'metrics.jsonl'}: a file, not a folder; give a folder"), err
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1

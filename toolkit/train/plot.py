@@ -145,6 +145,9 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
 def run(args: argparse.Namespace) -> int:
     exp_dir = Path(args.exp_dir)
     out_dir = Path(args.out_dir) if args.out_dir else exp_dir / "plots"
+    for what, path in (("EXP_DIR", exp_dir), ("--out-dir", out_dir)):
+        if path.exists() and not path.is_dir():
+            raise ToolkitError(f"{what} {path}: a file, not a folder; give a folder")
     written = plot_experiment(exp_dir, out_dir)
     logger.info("wrote %d plots to %s", len(written), out_dir)
     return 0
