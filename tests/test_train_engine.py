@@ -333,3 +333,18 @@ def test_plot_into_a_file_names_it(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.endswith(f"{what} {tmp_path / 'metrics.jsonl'}: a file, not a folder; give a folder"), err
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_a_resume_with_another_batch_size_is_refused_without_suggesting_a_flag(tmp_path):
+    """The refusal suggested --allow-config-change, which then failed on the sampler's saved state
+    (after config.yaml had been rewritten)."""
+    batches = make_batches(7)
+    Trainer(config(tmp_path, "r", max_updates=3, save_interval=3), ToyTask(batches), resume=False).run()
+    for key, value in (("max_duration", 4.0), ("num_buckets", 3)):
+        cfg = config(tmp_path, "r", max_updates=6, save_interval=3)
+        setattr(cfg.data, key, value)
+        for allow in (False, True):
+            with pytest.raises(ToolkitError) as e:
+                Trainer(cfg, ToyTask(batches), resume=True, allow_config_change=allow).run()
+            msg = str(e.value)
+            assert f"data.{key}:" in msg and "a resume continues them" in msg and "--allow-config-change" not in msg

@@ -213,6 +213,8 @@ def isolated_rng(seed: int) -> Iterator[None]:
 RESUMABLE_CHANGES = ("exp_dir", "train.max_updates", "train.log_interval", "train.save_interval",
                      "train.valid_interval", "train.keep_last", "train.device", "train.max_valid_batches",
                      "data.num_workers", "data.dev_cuts", "train.blank_warn_updates")
+# fixed by the sampler's saved state (toolkit.data.loader): --allow-config-change cannot accept them
+SAMPLER_BOUND = ("data.max_duration", "data.num_buckets", "train.seed")
 # accepted on resume, but what they change is said: the dev WERs that choose best.pt, the schedule
 RESUME_NOTES = {
     "data.dev_cuts": "best.pt is still chosen against the best dev WER so far, measured on the old dev set",
@@ -272,6 +274,10 @@ def check_resume(path: Path, ckpt: dict, task: Task, cfg: TrainConfig, allow_con
     changes += [c for c in train_changes if not resumable_change(c)]
     if not changes:
         return
+    bound = [c for c in changes if c.split(":")[0] in SAMPLER_BOUND]
+    if bound:  # no flag can change these: the resumed batches continue the saved batch order
+        raise ToolkitError(f"{path}: {bound[0]}: the run's batches were drawn with the old value and a resume "
+                           "continues them; resume with the old value, or start a new exp_dir")
     for c in changes:
         logger.warning("resume from %s: changed %s", path, c)
     if not allow_config_change:
