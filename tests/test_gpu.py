@@ -22,7 +22,7 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device: the GPU paths run on a GPU machine (bench/gpu.sh)", allow_module_level=True)
 
-from test_model_parity import (assert_logits_close, build_hf_pair, hf_inputs, hf_reference_logits,  # noqa: E402
+from test_model_parity import (assert_logits_close, eval_pair_with_inputs, hf_reference_logits,  # noqa: E402
                                perturb_, rel_err)
 from test_train_engine import ToyTask, _run_until, config, losses, make_batches  # noqa: E402
 
@@ -45,9 +45,7 @@ def exact_float32():
 
 @pytest.mark.parametrize("stable", [False, True], ids=["group-postLN", "layer-preLN"])
 def test_pretraining_forward_on_cuda_matches_cpu_and_hugging_face(stable):
-    cfg_hf, hf, ours = build_hf_pair(stable)
-    hf.eval(), ours.eval()
-    wav, mask, neg = hf_inputs(cfg_hf)
+    hf, ours, wav, mask, neg = eval_pair_with_inputs(stable)
     with torch.no_grad():
         cpu = ours(wav, mask_time_indices=mask, sampled_negative_indices=neg)
         ours, hf = ours.cuda(), hf.cuda()

@@ -217,11 +217,15 @@ def build_hf_pair(stable: bool, **kw):
     return cfg_hf, hf, ours
 
 
+def eval_pair_with_inputs(stable: bool):
+    """(HF model, ours, wav, mask, negatives): the pair of `build_hf_pair` in eval mode, HF's inputs."""
+    cfg_hf, hf, ours = build_hf_pair(stable)
+    return hf.eval(), ours.eval(), *hf_inputs(cfg_hf)
+
+
 @pytest.mark.parametrize("stable", [False, True], ids=["group-postLN", "layer-preLN"])
 def test_hf_pretraining_parity_eval(stable):
-    cfg_hf, hf, ours = build_hf_pair(stable)
-    hf.eval(), ours.eval()
-    wav, mask, neg = hf_inputs(cfg_hf)
+    hf, ours, wav, mask, neg = eval_pair_with_inputs(stable)
     with torch.no_grad():
         ref = hf(wav, mask_time_indices=mask, sampled_negative_indices=neg)
         out = ours(wav, mask_time_indices=mask, sampled_negative_indices=neg)
