@@ -320,6 +320,13 @@ def test_compile_graph_refuses_a_corrupt_arpa_an_order_above_it_and_an_lm_of_oth
     rc, err = compile_graph(dup)
     assert rc == 1 and f"dup.arpa: the 2-gram {' '.join(bigram.split()[1:3])!r} is listed twice" in err, err
     assert {f.name: f.stat().st_mtime_ns for f in lang.iterdir()} == before  # no graph written
+    upper = tmp_path / "upper.arpa"  # the normalising path (openslr's case) carried the copy over too
+    upper.write_text(dup.read_text().upper().replace("\\DATA\\", "\\data\\").replace("NGRAM", "ngram")
+                     .replace("-GRAMS:", "-grams:").replace("\\END\\", "\\end\\").replace("<S>", "<s>")
+                     .replace("</S>", "</s>"))
+    rc, err = compile_graph(upper)
+    assert rc == 1 and "upper.arpa: the 2-gram" in err and "listed twice" in err, err
+    assert {f.name: f.stat().st_mtime_ns for f in lang.iterdir()} == before
     rc, err = compile_graph(lang / "lm.arpa", "--order", "3")
     assert rc == 1 and "--order 3" in err and "2-gram" in err
     assert not (lang / "G_3.fst").exists()

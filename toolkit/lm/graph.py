@@ -214,15 +214,14 @@ def build_grammar_fst(arpa: str | os.PathLike, words_txt: str | os.PathLike, max
     n-grams with words missing from words.txt are skipped (`compile_graphs` checks the coverage first).
     """
     arpa_order(arpa)  # clear error for a missing or non-ARPA file
+    # Validated as given, whichever way it is used: kaldilm ignores the header's counts (a cut-off
+    # section would give a G without a word of warning) and keeps both copies of an n-gram listed
+    # twice, which normalize_arpa would carry over too.
+    validate_arpa(arpa)
     wmap = wmap or word_map(arpa_unigrams(arpa), language)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "G.fst"
-        if wmap.identity and plain_lf_text(arpa):
-            # used as it is, so validated here (normalize_arpa validates what it rewrites): kaldilm
-            # ignores the header's counts, and a cut-off section would give a G without a word of
-            # warning
-            validate_arpa(arpa)
-        else:  # kaldilm reads plain "\n"-ended text only
+        if not (wmap.identity and plain_lf_text(arpa)):  # kaldilm reads plain "\n"-ended text only
             plain = Path(tmp) / "lm.arpa"
             info = normalize_arpa(arpa, plain, language, wmap)
             if not wmap.identity:
