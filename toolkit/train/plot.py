@@ -71,11 +71,6 @@ def _row_problem(row: object) -> str | None:
 
 
 def plot_experiment(exp_dir: Path, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = exp_dir / "metrics.jsonl"
     if not path.is_file():
         raise ToolkitError(f"{path}: not found; is {exp_dir} an experiment directory of toolkit pretrain/finetune?")
@@ -83,6 +78,13 @@ def plot_experiment(exp_dir: Path, out_dir: Path) -> list[Path]:
     names = sorted({k for split in series.values() for k in split})
     if not names:
         raise ToolkitError(f"{path}: no metrics logged yet")
+    # Imported once the file has been read: an error stays one line (matplotlib's first import on a
+    # machine prints "building the font cache" to stderr) and comes without the import's cost.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, stem in _file_stems(names).items():
