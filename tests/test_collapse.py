@@ -181,3 +181,18 @@ def test_a_restart_after_a_resume_starts_from_the_runs_own_initial_weights(tmp_p
     else:
         Trainer(cfg, task, resume=True).run()
         assert len(task.starts) == 1 and len(restart_rows(tmp_path / "exp")) == 1
+
+
+def test_a_restart_is_refused_when_the_initial_weights_are_gone(tmp_path):
+    """A resume whose train.init file was deleted takes its architecture from the checkpoint
+    (tasks.load_init); a collapse restart would then start from random weights, so it is refused."""
+    cfg = blank_config(tmp_path, max_updates=10, on_collapse="restart")
+    Trainer(cfg, BlankTask(make_batches(12), 0), resume=False).run()
+    cfg = blank_config(tmp_path, max_updates=30, on_collapse="restart")
+    task = BlankTask(make_batches(12), 1)
+    task.init_missing = True
+    with pytest.raises(ToolkitError, match=r"not found, and greedy dev output is all blank at update 20: a restart "
+                                           "starts from the initial weights"):
+        Trainer(cfg, task, resume=True).run()
+    # with the fingerprint of the run's initial weights kept in the checkpoints written meanwhile
+    assert "initial_fingerprint" in torch.load(list_checkpoints(tmp_path / "exp")[-1][1], weights_only=False)["collapse"]

@@ -458,3 +458,68 @@ def test_training_text_outside_the_vocabulary_is_counted_and_refused_above_the_s
         assert check_unk_share(cuts, tok, 0.5, "data.train_cuts x") == pytest.approx(2 / 12)
     assert "2 of 12 training targets" in caplog.text
     assert tok.oov_count == 0  # the count does not leak into training's own
+
+
+def tone_corpus(d: Path, n: int = 6) -> tuple[str, Path]:
+    """A few tone-speech utterances (tests/tone_speech.py) as WAV files and a cut manifest, and a lang dir."""
+    import numpy as np
+    import soundfile as sf
+    from graph_fixtures import char_lang
+    from lhotse import CutSet, Recording, SupervisionSegment
+    from tone_speech import SR, random_sentence, say
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    vocab = ["ab", "ba", "cab", "cob"]
+    cuts = []
+    for i in range(n):
+        words = random_sentence(rng, vocab)
+        wav, _ = say(words, rng)
+        sf.write(d / f"u{i}.wav", wav, SR)
+        rec = Recording.from_file(d / f"u{i}.wav", recording_id=f"u{i}")
+        cut = rec.to_cut()
+        cut.supervisions = [SupervisionSegment(id=f"u{i}", recording_id=f"u{i}", start=0, duration=rec.duration,
+                                               text=" ".join(words), language="xx")]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(d / "cuts.jsonl.gz")
+    return str(d / "cuts.jsonl.gz"), char_lang(d / "lang", vocab)
+
+
+def test_a_resume_does_not_need_a_deleted_init_checkpoint(tmp_path, capsys):
+    """The weights of a resumed run come from its checkpoint, yet a deleted train.init file stopped the
+    resume ("checkpoint not found"). Now the run resumes and ends with an uninterrupted run's weights;
+    without a checkpoint to resume, and for a collapse restart (which needs the initial weights), the
+    missing file is a one-line error."""
+    from toolkit.cli import main
+    from toolkit.model.checkpoint import save_checkpoint
+    from toolkit.model.presets import get_preset
+    from toolkit.model.wav2vec2 import Wav2Vec2ForPretraining
+
+    cuts, lang = tone_corpus(tmp_path / "c")
+    cfg = get_preset("tiny", encoder_layers=1)
+    init = tmp_path / "init.pt"
+    save_checkpoint(init, Wav2Vec2ForPretraining(cfg), cfg, "pretrain")
+
+    conf = tmp_path / "ft.yaml"
+    conf.write_text("model:\n  overrides: {encoder_layers: 1}\n")
+
+    def finetune(exp: str, updates: int, *extra: str) -> int:
+        return main(["finetune", "--config", str(conf), "--set", f"exp_dir={tmp_path / exp}", "--set", f"train.init={init}",
+                     "--set", f"data.train_cuts=[{cuts}]", "--set", f"data.dev_cuts=[{cuts}]",
+                     "--set", f"data.lang_dir={lang}", "--set", f"train.max_updates={updates}",
+                     "--set", "train.save_interval=2", "--set", "train.valid_interval=2", "--set", "train.device=cpu",
+                     "--set", "data.max_duration=4", "--set", "train.on_collapse=warn", *extra])
+
+    assert finetune("e", 4) == 0
+    want = torch.load(tmp_path / "e" / "checkpoint-4.pt", weights_only=True)
+    (tmp_path / "e" / "checkpoint-4.pt").unlink()  # as if killed before it was written
+    init.unlink()
+    assert finetune("fresh", 4, "--no-resume") == 1  # nothing to resume: the missing file is the error
+    assert "init.pt: checkpoint not found" in capsys.readouterr().err
+    assert finetune("e", 4) == 0
+    assert "init.pt: not found; the run resumes from" in capsys.readouterr().err
+    got = torch.load(tmp_path / "e" / "checkpoint-4.pt", weights_only=True)
+    for k, v in want["model"].items():
+        assert torch.equal(got["model"][k], v), k
+    assert got["train_config"]["train"]["init"] == str(init)  # the run still names where it started
+    assert not (tmp_path / "fresh" / "checkpoint-2.pt").exists()

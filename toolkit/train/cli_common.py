@@ -37,15 +37,15 @@ def run_training(args: argparse.Namespace, task_name: str) -> dict:
         from toolkit.train.auto import finetune_settings
 
         finetune_settings(cfg, args.config, args.overrides)
-    task = PretrainTask(cfg) if task_name == "pretrain" else CTCTask(cfg)
     resume = args.resume
     if resume not in (None, "auto"):
         from pathlib import Path
 
         if not Path(resume).is_file():
             raise ToolkitError(f"--resume {resume}: checkpoint not found")
+    resume = False if resume is None else (True if resume == "auto" else resume)
+    task = PretrainTask(cfg, resume) if task_name == "pretrain" else CTCTask(cfg, resume)
     try:
-        return Trainer(cfg, task, resume=False if resume is None else (True if resume == "auto" else resume),
-                       allow_config_change=args.allow_config_change).run()
+        return Trainer(cfg, task, resume=resume, allow_config_change=args.allow_config_change).run()
     finally:
         ddp.cleanup()

@@ -83,7 +83,9 @@ class CollapseGuard:
         self.restarts: list[dict[str, Any]] = []  # {"collapsed_at", "lr", "warmup"} per restart
         self.initial_state: Optional[dict[str, torch.Tensor]] = None
         self.initial_moved = False  # a resume found other initial weights than the run started from
-        if t.on_collapse == "restart":
+        self.initial_missing = bool(getattr(trainer.task, "init_missing", False))  # train.init deleted
+        self.saved_fingerprint: Optional[list[float]] = None  # the run's, carried on when it cannot be rebuilt
+        if t.on_collapse == "restart" and not self.initial_missing:
             self.initial_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
     # -- decision -------------------------------------------------------------------------
@@ -128,6 +130,10 @@ class CollapseGuard:
 
         tr = self.trainer
         cfg = tr.cfg
+        if self.initial_missing:
+            raise ToolkitError(f"train.init {cfg.train.init}: not found, and greedy dev output is all blank at update "
+                               f"{tr.num_updates}: a restart starts from the initial weights; restore the file and "
+                               "resume, or set train.on_collapse=warn")
         if self.initial_moved:
             raise ToolkitError(f"train.init {cfg.train.init}: holds other weights than when this run started, and "
                                f"greedy dev output is all blank at update {tr.num_updates}: a restart would start "
@@ -169,6 +175,8 @@ class CollapseGuard:
         state: dict[str, Any] = {"restarts": [dict(r) for r in self.restarts]}
         if self.initial_state is not None:
             state["initial_fingerprint"] = fingerprint(self.initial_state)
+        elif self.saved_fingerprint is not None:  # not rebuilt on this resume: keep the run's own
+            state["initial_fingerprint"] = self.saved_fingerprint
         return state
 
     def load_state_dict(self, state: Optional[dict]) -> None:
@@ -177,6 +185,7 @@ class CollapseGuard:
         A resume builds the initial weights again from train.init: when that file now holds other
         weights (a re-pointed last.pt link), a restart would start from them, so it is refused."""
         saved = (state or {}).get("initial_fingerprint")
+        self.saved_fingerprint = saved
         if saved is not None and self.initial_state is not None:
             now = fingerprint(self.initial_state)
             if any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):

@@ -62,6 +62,7 @@ class Task:
     """The objective-specific half of training. See tasks.py for the two implementations."""
 
     kind: str = "pretrain"
+    init_missing: bool = False  # train.init deleted; the architecture came from the checkpoint to resume
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -647,6 +648,9 @@ class Trainer:
         self._build()
         self._resume_rng = None
         resumed_from = self._maybe_resume()
+        if resumed_from is None and self.task.init_missing:
+            raise ToolkitError(f"train.init {self.cfg.train.init}: not found, and there is no checkpoint to resume in "
+                               f"{self.exp_dir}; restore the file or set train.init to an existing checkpoint")
         self._own_exp_dir(resumed_from)
         self._setup_output()
         self.batches.prime()

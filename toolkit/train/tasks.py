@@ -94,11 +94,28 @@ def resolve_model_config(cfg: TrainConfig, init_ckpt: Optional[dict]):  # noqa: 
     return Wav2Vec2Config.from_dict(merged, where="model.overrides")
 
 
-def load_init(cfg: TrainConfig) -> Optional[dict]:
+def load_init(cfg: TrainConfig, resume: bool | str = True) -> Optional[dict]:
+    """The `train.init` checkpoint, or None from scratch.
+
+    A run that will resume (`resume`: True for the newest checkpoint-<step>.pt of exp_dir, or a
+    checkpoint path) takes its weights from that checkpoint, not from train.init: when train.init
+    has been deleted since the run started, the resumed checkpoint's architecture stands in for it
+    (`"model": None`, `"init_missing": True`), and only a collapse restart, which needs the initial
+    weights, is refused later (toolkit/train/collapse.py)."""
     if cfg.train.init in (None, "", "none"):
         return None
     from toolkit.model.checkpoint import load_checkpoint
 
+    if not Path(cfg.train.init).exists() and resume is not False:
+        from toolkit.train.expdir import list_checkpoints
+
+        found = list_checkpoints(cfg.exp_dir) if resume is True else [(0, Path(resume))]
+        if found and found[-1][1].is_file():
+            ckpt = load_checkpoint(found[-1][1])
+            logger.warning("train.init %s: not found; the run resumes from %s, which holds its weights (a collapse "
+                           "restart, which starts from the initial weights, is refused)", cfg.train.init, found[-1][1])
+            return {"kind": ckpt.get("kind"), "model_config": ckpt["model_config"], "model": None,
+                    "init_missing": True}
     return load_checkpoint(cfg.train.init)
 
 
@@ -178,9 +195,10 @@ class PretrainTask(Task):
 
     kind = "pretrain"
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, resume: bool | str = True):
         self.cfg = cfg
-        self.init_ckpt = load_init(cfg)
+        self.init_ckpt = load_init(cfg, resume)
+        self.init_missing = bool(self.init_ckpt and self.init_ckpt.get("init_missing"))
         if self.init_ckpt is not None and self.init_ckpt["kind"] != "pretrain":
             raise ToolkitError(f"train.init: {cfg.train.init} is a {self.init_ckpt['kind']!r} checkpoint; "
                                "continued pretraining needs a pretraining checkpoint (with quantizer)")
@@ -198,7 +216,7 @@ class PretrainTask(Task):
         from toolkit.model.wav2vec2 import Wav2Vec2ForPretraining
 
         model = Wav2Vec2ForPretraining(self.model_cfg)
-        if self.init_ckpt is not None:
+        if self.init_ckpt is not None and self.init_ckpt["model"] is not None:
             load_state_dict_strict(model, self.init_ckpt["model"], where=f"train.init {self.cfg.train.init}")
             logger.info("continued pretraining from %s", self.cfg.train.init)
         seed_layerdrop(model, self.cfg.train.seed)
@@ -339,7 +357,7 @@ class CTCTask(Task):
 
     kind = "ctc"
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, resume: bool | str = True):
         from toolkit.text.tokenizer import Tokenizer
 
         self.cfg = cfg
@@ -350,7 +368,8 @@ class CTCTask(Task):
         if cfg.train.freeze_finetune_updates >= cfg.train.max_updates:
             logger.warning("train.freeze_finetune_updates=%d >= train.max_updates=%d: only the CTC head will train",
                            cfg.train.freeze_finetune_updates, cfg.train.max_updates)
-        self.init_ckpt = load_init(cfg)
+        self.init_ckpt = load_init(cfg, resume)
+        self.init_missing = bool(self.init_ckpt and self.init_ckpt.get("init_missing"))
         self.model_cfg = resolve_model_config(cfg, self.init_ckpt)
         self.normalize = self.model_cfg.normalize  # data.normalize, when set, is merged into it
         self.language = training_language(cfg)
@@ -374,7 +393,7 @@ class CTCTask(Task):
         from toolkit.model.wav2vec2 import Wav2Vec2ForCTC
 
         model = Wav2Vec2ForCTC(self.model_cfg, self.tokenizer.vocab_size)
-        if self.init_ckpt is not None:
+        if self.init_ckpt is not None and self.init_ckpt["model"] is not None:
             self._init_from(model, self.init_ckpt)
         if self.model_cfg.feature_grad_mult == 0:
             model.freeze_feature_encoder()
