@@ -109,7 +109,7 @@ def load_init(cfg: TrainConfig, resume: bool | str = True) -> Optional[dict]:
     if not Path(cfg.train.init).exists() and resume is not False:
         from toolkit.train.expdir import list_checkpoints
 
-        found = list_checkpoints(cfg.exp_dir) if resume is True else [(0, Path(resume))]
+        found = (list_checkpoints(cfg.exp_dir) if cfg.exp_dir else []) if resume is True else [(0, Path(resume))]
         if found and found[-1][1].is_file():
             ckpt = load_checkpoint(found[-1][1])
             logger.warning("train.init %s: not found; the run resumes from %s, which holds its weights (a collapse "
