@@ -196,3 +196,20 @@ def test_a_restart_is_refused_when_the_initial_weights_are_gone(tmp_path):
         Trainer(cfg, task, resume=True).run()
     # with the fingerprint of the run's initial weights kept in the checkpoints written meanwhile
     assert "initial_fingerprint" in torch.load(list_checkpoints(tmp_path / "exp")[-1][1], weights_only=False)["collapse"]
+
+
+def test_a_resume_given_another_init_names_that_one_not_the_runs_own(tmp_path, caplog):
+    """A resume given another train.init keeps the run's recorded one; the refusal of a collapse
+    restart named the recorded file as the one that "holds other weights", which was untouched."""
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(ToyTask([]).build_model().state_dict(), a)
+    torch.save({k: v + 1 for k, v in torch.load(a).items()}, b)
+    cfg = blank_config(tmp_path, max_updates=10, on_collapse="restart")
+    cfg.train.init = str(a)
+    Trainer(cfg, InitTask(make_batches(12), 0, a), resume=False).run()
+    cfg = blank_config(tmp_path, max_updates=30, on_collapse="restart")
+    cfg.train.init = str(b)
+    with pytest.raises(ToolkitError) as e:
+        Trainer(cfg, InitTask(make_batches(12), 1, b), resume=True).run()
+    assert str(e.value).startswith(f"train.init {b} (given now; the run started from {a}): holds other weights")
+    assert f"train.init {b} (given now) holds other weights than the run started from ({a})" in caplog.text

@@ -135,7 +135,9 @@ class CollapseGuard:
                                f"{tr.num_updates}: a restart starts from the initial weights; restore the file and "
                                "resume, or set train.on_collapse=warn")
         if self.initial_moved:
-            raise ToolkitError(f"train.init {cfg.train.init}: holds other weights than when this run started, and "
+            given = getattr(tr, "given_init", None) or cfg.train.init
+            where = f"{given} (given now; the run started from {cfg.train.init})" if given != cfg.train.init else given
+            raise ToolkitError(f"train.init {where}: holds other weights than when this run started, and "
                                f"greedy dev output is all blank at update {tr.num_updates}: a restart would start "
                                "from other weights; restore the file and resume, or set train.on_collapse=warn")
         collapsed_at = tr.num_updates
@@ -190,9 +192,15 @@ class CollapseGuard:
             now = fingerprint(self.initial_state)
             if any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
                 self.initial_moved = True
-                logger.warning("train.init %s holds other weights than when this run started; a collapse restart "
-                               "would start from them and is refused: restore the file, or set train.on_collapse=warn",
-                               self.trainer.cfg.train.init)
+                given = getattr(self.trainer, "given_init", None) or self.trainer.cfg.train.init
+                if given != self.trainer.cfg.train.init:
+                    logger.warning("train.init %s (given now) holds other weights than the run started from (%s); a "
+                                   "collapse restart would start from them and is refused: resume with the run's own "
+                                   "train.init, or set train.on_collapse=warn", given, self.trainer.cfg.train.init)
+                else:
+                    logger.warning("train.init %s holds other weights than when this run started; a collapse restart "
+                                   "would start from them and is refused: restore the file, or set "
+                                   "train.on_collapse=warn", given)
         self.restarts = [dict(r) for r in (state or {}).get("restarts", [])]
         if not self.restarts:
             return

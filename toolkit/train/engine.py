@@ -427,6 +427,7 @@ class Trainer:
                                "use another exp_dir or train.init")
         check_resume(path, ckpt, self.task, self.cfg, self.allow_config_change)
         saved_init = ((ckpt.get("train_config") or {}).get("train") or {}).get("init")
+        self.given_init = self.cfg.train.init  # what the initial weights were built from on this resume
         if isinstance(saved_init, str) and saved_init != self.cfg.train.init:
             self.cfg.train.init = saved_init  # the run's weights came from there: config.yaml keeps saying so
         try:
