@@ -20,4 +20,12 @@ if [ -n "${synth_text:-}" ]; then
 fi
 mkdir -p "$work_dir"
 cd "$work_dir"
+# One recipe run per work dir at a time: two at once raced in decoding (each reported the other's
+# LM weights, exit 0). The lock is held by every process the run starts, so a training job left
+# running by a killed run still holds it. Multi-node training runs the recipe on every node of a
+# shared work dir: no lock there.
+if [ "${nnodes:-1}" -le 1 ] && command -v flock >/dev/null 2>&1; then
+  exec 9>>.recipe.lock
+  flock -n 9 || { echo "$0: another recipe run is using $PWD (it holds $PWD/.recipe.lock); wait for it to end or use another --work-dir" >&2; exit 1; }
+fi
 conf=$recipe_dir/conf
