@@ -193,6 +193,76 @@ fi"""
     assert second.stdout == "stage 3: make things: already done, skipping\n"
 
 
+def test_stage_markers_record_settings_and_a_changed_one_is_a_one_line_error(tmp_path: Path) -> None:
+    """A rerun with another option skipped the stage ("already done") and reported the old outputs
+    as the new ones'. A marker now records its stage's settings; another value stops the recipe
+    with one line naming the marker, the key and both values, and leaves the outputs alone.
+    A later stage's settings hold the earlier marker's identity, so rebuilding the earlier
+    stage makes the later one's outputs stale too."""
+    script = f"""set -euo pipefail; . {STAGES}
+stage_settings "order=$ORDER"
+if stage_begin 2 "graph" g/.done; then mkdir -p g; echo "order $ORDER" > g/graph; stage_end; fi
+stage_settings "graph=$(file_sig g/.done)" "scales=$SCALES"
+if stage_begin 5 "decode" d/.done; then mkdir -p d; cat g/graph > d/wer; stage_end; fi"""
+
+    def run(order: str, scales: str = "1 2") -> subprocess.CompletedProcess:
+        return bash(script, cwd=tmp_path, env={"ORDER": order, "SCALES": scales})
+
+    first = run("3")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "g" / ".done").read_text().splitlines()[1:] == ["order=3"]
+    assert "already done, skipping" in run("3").stdout and run("3").returncode == 0
+    bad = run("4")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "stage 2: g/.done was made with order=3, now order=4: rerun with the old setting, or move g aside" in bad.stderr
+    assert (tmp_path / "g" / "graph").read_text() == "order 3\n"
+    bad = run("3", "0.5")
+    assert bad.returncode == 1 and "stage 5: d/.done was made with scales=1 2, now scales=0.5" in bad.stderr
+    # the graph rebuilt with order 4 (its marker removed): the decodes of the order-3 graph are stale
+    (tmp_path / "g" / ".done").unlink()
+    bad = run("4")
+    assert bad.returncode == 1 and "stage 5: d/.done was made with graph=" in bad.stderr, bad.stderr
+    assert (tmp_path / "g" / "graph").read_text() == "order 4\n" and (tmp_path / "d" / "wer").read_text() == "order 3\n"
+    # a marker written before settings were recorded is trusted as it is
+    (tmp_path / "d" / ".done").write_text("2026-01-01 00:00:00\n")
+    assert run("4").returncode == 0
+
+
+def test_stage_item_settings_check_each_item_against_its_own(tmp_path: Path) -> None:
+    """Per-item stages (one lang dir per language) record each item's own inputs: a rebuilt input
+    of one language stops the recipe at that language's marker, not at the others'."""
+    script = f"""set -euo pipefail; . {STAGES}
+stage_item_settings() {{ local x=${{1%%/*}}; stage_settings "input=$(cat in_$x)"; }}
+if stage_begin 2 "per item" a/.done b/.done; then
+  for x in a b; do stage_item_done $x/.done && continue; echo "run $x"; stage_item_end $x/.done; done
+  stage_end
+fi
+declare -F stage_item_settings || echo "hook cleared" """
+    (tmp_path / "in_a").write_text("1\n")
+    (tmp_path / "in_b").write_text("1\n")
+    first = bash(script, cwd=tmp_path)
+    assert first.returncode == 0 and "run a" in first.stdout and "run b" in first.stdout and "hook cleared" in first.stdout
+    assert bash(script, cwd=tmp_path).returncode == 0
+    (tmp_path / "in_b").write_text("2\n")
+    bad = bash(script, cwd=tmp_path)
+    assert bad.returncode == 1 and "stage 2: b/.done was made with input=1, now input=2" in bad.stderr, bad.stderr
+
+
+def test_a_second_recipe_run_in_the_same_work_dir_is_refused(tmp_path: Path) -> None:
+    """Two runs in one work dir raced in decoding: both exited 0, each printing the RESULT of the
+    other's LM weights. A run holds the work dir's lock; a second one is one line, exit 1."""
+    import fcntl
+
+    run = ROOT / "recipes" / "fsdd" / "run.sh"
+    with open(tmp_path / ".recipe.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = bash(f"{run} --work-dir {tmp_path} --corpus-dir {tmp_path}/none --stop-stage 0")
+        assert r.returncode == 1 and r.stderr.strip() == (f"{run}: another recipe run is using {tmp_path} (it holds "
+                                                          f"{tmp_path}/.recipe.lock); wait for it to end or use another --work-dir")
+    r = bash(f"{run} --work-dir {tmp_path} --corpus-dir {tmp_path}/none --stop-stage 0")  # released: the run goes on
+    assert r.returncode == 1 and "FSDD not found" in r.stderr
+
+
 @pytest.mark.parametrize("recipe", ["librispeech", "commonvoice"])
 def test_recipe_help_and_bad_options(recipe: str, tmp_path: Path) -> None:
     run = ROOT / "recipes" / recipe / "run.sh"
@@ -382,6 +452,19 @@ def test_new_recipe_in_an_unused_language(tmp_path: Path) -> None:
         assert re.search(r"[а-яіїєґ]", texts)  # Cyrillic references: the Ukrainian data went through
         again = bash(f"{dest}/run.sh {opts} --stop-stage 5")
         assert_all_skipped(again.stdout, range(0, 6))
+        # a rerun with other options stops at the first stage whose outputs they change (it reported
+        # the old LM's, or the old LM weights', WERs as the new ones', exit 0)
+        for change, marker, what in (("--lm-order 2", "data/lang_char/.graph.done", "lm_order=3, now lm_order=2"),
+                                     ("--lm-scales 0.3", "exp/finetune_tiny_char_pretrained/decode/.done",
+                                      "lm_scales=0.3 0.5 0.7 1.0 1.3 1.6 2.0, now lm_scales=0.3")):
+            bad = bash(f"{dest}/run.sh {opts} {change}")
+            assert bad.returncode == 1 and f"{marker} was made with {what}" in bad.stderr, bad.stderr[-2000:]
+        # the graph rebuilt with a 2-gram LM as the message says: the decodes of the 3-gram graph are stale
+        shutil.move(tmp_path / "data" / "lang_char", tmp_path / "lang_char.old")
+        bad = bash(f"{dest}/run.sh {opts} --lm-order 2")
+        assert bad.returncode == 1 and "stage 5: exp/finetune_tiny_char_pretrained/decode/.done was made with graph=" \
+            in bad.stderr, bad.stderr[-2000:]  # the model stays: the rebuilt lang dir has its tokens
+        assert (tmp_path / "data" / "lang_char" / "HLG.fst").is_file()
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 

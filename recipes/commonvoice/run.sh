@@ -95,6 +95,7 @@ if [ -n "$synth_test_minutes" ] && ! awk -v t="$synth_test_minutes" 'BEGIN { exi
 fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  stage_settings "synth_text=$synth_text"
   if [ "$synthetic" = true ]; then
     # The marker names the languages and sizes, so another language list synthesises what is missing.
     if stage_begin 0 "synthesise a Common Voice-format corpus ($all_languages) in $corpus_dir" \
@@ -133,6 +134,7 @@ fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   markers=(); for lang in $all_languages; do markers+=(data/manifests/.cv-$lang.done); done
+  stage_settings "corpus_dir=$corpus_dir"
   if stage_begin 1 "Lhotse manifests for $all_languages (text normalised, cuts validated)" "${markers[@]}"; then
     todo=; for lang in $all_languages; do stage_item_done data/manifests/.cv-$lang.done || todo+=",$lang"; done
     toolkit prepare commonvoice --corpus-dir "$corpus_dir" --languages "${todo#,}" --out data/manifests
@@ -142,6 +144,11 @@ fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.done); done
+  stage_item_settings() {  # data/<lang>/<unit>/.done: that language's manifests and LM text
+    local lang=${1#data/}; lang=${lang%%/*}
+    stage_settings "manifests=$(file_sig data/manifests/.cv-$lang.done)" "open_vocab=$open_vocab" \
+      "lm_text=$lm_text" "lm_text_content=$(file_sig "$lm_text")"
+  }
   if stage_begin 2 "LM text and lang dirs ($token_type) for $finetune_languages" "${markers[@]}"; then
     for lang in $finetune_languages; do
       stage_item_done data/$lang/$lang_unit/.done && continue
@@ -162,6 +169,10 @@ fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
   markers=(); for lang in $finetune_languages; do markers+=(data/$lang/$lang_unit/.graph.done ${k2_opt:+data/$lang/$lang_unit/HLG.pt}); done
+  stage_item_settings() {  # data/<lang>/<unit>/.graph.done: the LM orders and that language's lang dir
+    local lang=${1#data/}; lang=${lang%%/*}
+    stage_settings "lm_order=$lm_order" "rescore_lm_order=$rescore_lm_order" "lang_dir=$(file_sig data/$lang/$lang_unit/.done)"
+  }
   if stage_begin 3 "${lm_order}-gram (and ${rescore_lm_order}-gram rescoring) LMs and HLG graphs for $finetune_languages${k2_opt:+ (and the k2 graphs)}" "${markers[@]}"; then
     for lang in $finetune_languages; do
       stage_item_done data/$lang/$lang_unit/.graph.done && { [ -z "$k2_opt" ] || [ -f data/$lang/$lang_unit/HLG.pt ]; } \
@@ -180,6 +191,9 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ "$pretrain" = true ]; then
+  stage_settings "languages=$languages" "alpha=$alpha" "init_checkpoint=$init_checkpoint" "init=$(file_sig "$init_checkpoint")" \
+    "manifests=$(for lang in $languages; do printf '%s:%s,' $lang $(file_sig data/manifests/.cv-$lang.done); done)" \
+    "pretrain_opts=$pretrain_opts"
   if stage_begin 4 "pretrain a $size model on $languages (alpha $alpha${init_checkpoint:+, from $init_checkpoint}) in $pretrain_dir" \
       "$pretrain_dir/.done"; then
     train_cuts=(); for lang in $languages; do train_cuts+=(data/manifests/cv-${lang}_cuts_train.jsonl.gz); done
@@ -208,11 +222,32 @@ init_for() {  # init_for pretrained|scratch
     *) echo "$0: --finetune-inits takes pretrained and/or scratch, got '$1'" >&2; return 1 ;;
   esac
 }
-ft_dir_for() { echo "exp/finetune_${size}_${1}_${token_type}_${2}${tag}"; }  # LANG INIT
+ft_dir_for() { echo "exp/finetune_${size}_${1}_${lang_unit#lang_}_${2}${tag}"; }  # LANG INIT
+# What a fine-tuning or its decodes depend on (stage markers' settings), by marker: exp/<ft dir>/.done
+# and exp/<ft dir>/decode/.done of each language and init.
+declare -A ft_of=()
+for lang in $finetune_languages; do for init in $finetune_inits; do ft_of[$(ft_dir_for $lang $init)]="$lang $init"; done; done
+ft_settings() {
+  local dir=${1%/.done} lang init init_model
+  dir=${dir%/decode}
+  read -r lang init <<< "${ft_of[$dir]}"
+  if [[ $1 == */decode/.done ]]; then
+    stage_settings "model=$(file_sig $dir/.done)" "graph=$(file_sig data/$lang/$lang_unit/.graph.done)" \
+      "lm_scales=$lm_scales" "word_penalties=$word_penalties"
+    return
+  fi
+  case $init in
+    scratch) init_model=none ;;
+    *) if [ "$pretrain" = true ]; then init_model=$(file_sig $pretrain_dir/.done); else init_model=$(file_sig "$init_checkpoint"); fi ;;
+  esac
+  stage_settings "init=$(init_for $init)" "init_model=$init_model" "tokens=$(file_sig data/$lang/$lang_unit/tokens.txt)" \
+    "manifests=$(file_sig data/manifests/.cv-$lang.done)" "finetune_opts=$finetune_opts"
+}
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   markers=()
   for lang in $finetune_languages; do for init in $finetune_inits; do markers+=("$(ft_dir_for $lang $init)/.done"); done; done
+  stage_item_settings() { ft_settings "$1"; }
   if stage_begin 5 "CTC fine-tuning ($token_type) of $finetune_languages from: $finetune_inits" "${markers[@]}"; then
     case "$finetune_jobs" in ''|*[!0-9]*|0) echo "$0: --finetune-jobs must be a positive integer, got '$finetune_jobs'" >&2; exit 1 ;; esac
     threads=(); [ "$finetune_jobs" -gt 1 ] && threads=(--num-threads $(( $(nproc) / finetune_jobs > 0 ? $(nproc) / finetune_jobs : 1 )))
@@ -250,7 +285,8 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  markers=()
+  markers=(); for lang in $finetune_languages; do for init in $finetune_inits; do markers+=("$(ft_dir_for $lang $init)/decode/.done"); done; done
+  stage_item_settings() { ft_settings "$1"; }
   for lang in $finetune_languages; do for init in $finetune_inits; do for t in $test_sets; do for m in $decode_methods; do
     markers+=("$(ft_dir_for $lang $init)/decode/cv-${lang}_$t/$m/wer-summary.txt")
   done; done; done; done

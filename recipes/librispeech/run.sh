@@ -83,10 +83,12 @@ case "$lm_source" in auto|official|lm-norm|transcripts) ;;
   *) echo "$0: --lm-source must be auto, official, lm-norm or transcripts, got '$lm_source'" >&2; exit 1 ;; esac
 launcher=$(toolkit_launcher "$ngpus" "$nnodes" "$rdzv_endpoint" "librispeech$tag")
 pretrain_dir=exp/pretrain_${size}${tag}
-ft_dir=exp/finetune_${size}_${finetune_set}_${token_type}${tag}
-[ -n "$init_checkpoint" ] && ft_dir=exp/finetune_$(basename "${init_checkpoint%.*}")_${finetune_set}_${token_type}${tag}
+unit=${lang_dir#data/lang_}  # char, bpe_<n>
+ft_dir=exp/finetune_${size}_${finetune_set}_${unit}${tag}
+[ -n "$init_checkpoint" ] && ft_dir=exp/finetune_$(basename "${init_checkpoint%.*}")_${finetune_set}_${unit}${tag}
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  stage_settings "synthetic=$synthetic" $([ "$synthetic" = true ] && echo "synth_minutes=$synth_minutes synth_subset_scale=$synth_subset_scale")
   if stage_begin 0 "LibriSpeech corpus and Libri-light subsets in $corpus_dir" "$corpus_dir/.corpus.done"; then
     if [ "$synthetic" = true ]; then
       toolkit synth-corpus --format librispeech --languages en --minutes-per-language "$synth_minutes" \
@@ -115,6 +117,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  stage_settings "corpus_dir=$corpus_dir"
   if stage_begin 1 "Lhotse manifests of every split found in $corpus_dir" data/manifests/.librispeech.done; then
     toolkit prepare librispeech --corpus-dir "$corpus_dir" --out data/manifests
     stage_end
@@ -155,6 +158,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   # by the training tokens), so words of the LM that training lacks are decodable.
   lexicon=(); [ "$src" != transcripts ] && [ -n "$official_lexicon" ] && lexicon=(--lexicon "$official_lexicon")
   markers=(data/lang_char/.done data/lang_bpe_$nbpe/.done); [ -n "$lm_tag" ] && markers+=("$graph_dir/.done")
+  stage_settings "manifests=$(file_sig data/manifests/.librispeech.done)" "lexicon=${lexicon[*]:-}"
   if stage_begin 2 "lang dirs: characters (data/lang_char) and word pieces (data/lang_bpe_$nbpe)${lm_tag:+, $graph_dir}; $src LM words" \
       "${markers[@]}"; then
     stage_item_done data/lang_char/.done || {
@@ -173,6 +177,9 @@ fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   src=$(source_of_lm)
   k2_opt=$(k2_graph_opt)  # with k2: also HLG.pt and G_<n>gram.pt (an output the stage checks)
+  lang_marker=$lang_dir/.done; [ -n "$lm_tag" ] && lang_marker=$graph_dir/.done
+  stage_settings "lm_source=$src" "lm_order=$lm_order" "rescore_lm_order=$rescore_lm_order" "lm_dir=$lm_dir" \
+    $([ "$src" = lm-norm ] && echo "lm_prune=${lm_prune// /_}") "lang_dir=$(file_sig $lang_marker)"
   if stage_begin 3 "$src n-gram LMs and H/L/G/HLG graphs in $graph_dir${k2_opt:+ (and the k2 graphs)}" "$graph_dir/.graph.done" \
       ${k2_opt:+"$graph_dir/HLG.pt"}; then
     mkdir -p data/lm
@@ -203,6 +210,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ -z "$init_checkpoint" ]; then
+  stage_settings "manifests=$(file_sig data/manifests/.librispeech.done)" "pretrain_opts=$pretrain_opts"
   if stage_begin 4 "pretrain a $size model on the untranscribed train audio in $pretrain_dir" "$pretrain_dir/.done"; then
     echo "  log: $pretrain_dir/log/pretrain.log"
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
@@ -216,6 +224,9 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   init=${init_checkpoint:-$pretrain_dir/last.pt}
+  init_model=$(file_sig "$init_checkpoint"); [ -n "$init_checkpoint" ] || init_model=$(file_sig $pretrain_dir/.done)
+  stage_settings "init=$init" "init_model=$init_model" "tokens=$(file_sig $lang_dir/tokens.txt)" \
+    "manifests=$(file_sig data/manifests/.librispeech.done)" "finetune_opts=$finetune_opts"
   if stage_begin 5 "CTC fine-tuning ($token_type) on $finetune_set from $init in $ft_dir" "$ft_dir/.done"; then
     echo "  log: $ft_dir/log/finetune.log"
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
@@ -230,7 +241,10 @@ fi
 present_tests=(); for t in $test_sets; do [ -f "$(split_cuts $t)" ] && present_tests+=("$t"); done
 decode_dir_of() { echo "$ft_dir/decode/$1${lm_tag:+_$lm_tag}"; }  # one decode dir per test set and LM
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  markers=(); for t in "${present_tests[@]}"; do for m in $decode_methods; do markers+=("$(decode_dir_of $t)/$m/wer-summary.txt"); done; done
+  markers=("$ft_dir/decode/.${lm_tag:-model}-graph.done")  # what every decode with this graph depends on
+  for t in "${present_tests[@]}"; do for m in $decode_methods; do markers+=("$(decode_dir_of $t)/$m/wer-summary.txt"); done; done
+  stage_settings "model=$(file_sig $ft_dir/.done)" "graph=$(file_sig $graph_dir/.graph.done)" \
+    "lm_scales=$lm_scales" "word_penalties=$word_penalties"
   if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each; graphs of $graph_dir)" "${markers[@]}"; then
     ckpt=$(best_checkpoint "$ft_dir")
     devs=(); for t in "${present_tests[@]}"; do [[ $t == dev* ]] && devs+=("$t"); done

@@ -59,9 +59,14 @@ init=none
 [ "$pretrain" = true ] && init=$pretrain_dir/last.pt
 [ -n "$init_checkpoint" ] && [ "$pretrain" != true ] && init=$init_checkpoint
 init_name=$(basename "${init%.pt}" | sed 's/^last$/pretrained/; s/^none$/scratch/')
-ft_dir=exp/finetune_${size}_${token_type}_$init_name
+ft_dir=exp/finetune_${size}_${lang_dir#data/lang_}_$init_name  # units (char, bpe_<n>) and init in the name
+# What a model's start is (a stage marker's settings): the pretraining stage's marker, or the
+# checkpoint file's content, so that another model under the same path is not taken for it.
+init_sig() { case $init in none) echo none ;; $pretrain_dir/last.pt) file_sig $pretrain_dir/.done ;; *) file_sig "$init" ;; esac; }
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  stage_settings "corpus=$corpus" "language=$language" "corpus_dir=$corpus_dir" "synthetic=$synthetic" \
+    ${lhotse_recipe:+"lhotse_recipe=$lhotse_recipe"} $([ "$synthetic" = true ] && echo "synth_minutes=$synth_minutes")
   if stage_begin 0 "$corpus ($language) corpus and manifests (local/data.sh)" data/manifests/.$prefix.done; then
     "$recipe_dir/local/data.sh" "$corpus" "$language" "$corpus_dir" "$synthetic" "$synth_minutes" "$prefix" "$lhotse_recipe"
     stage_end
@@ -69,6 +74,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  stage_settings "train_split=$train_split" "manifests=$(file_sig data/manifests/.$prefix.done)"
   if stage_begin 1 "lang dir ($token_type) from the $train_split transcripts" "$lang_dir/.done"; then
     toolkit lang-dir --type "$token_type" --vocab-size "$nbpe" --cuts "$(cuts $train_split)" --out "$lang_dir"
     stage_end
@@ -76,6 +82,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  stage_settings "lm_order=$lm_order" "lang_dir=$(file_sig $lang_dir/.done)"
   if stage_begin 2 "${lm_order}-gram LM and HLG graph" "$lang_dir/.graph.done"; then
     mkdir -p data/lm
     toolkit lm train --order "$lm_order" --text "$lang_dir/transcript_words.txt" --out data/lm/${lm_order}gram.arpa
@@ -85,6 +92,8 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && [ "$pretrain" = true ]; then
+  stage_settings "train_split=$train_split" "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" \
+    "init_checkpoint=$init_checkpoint" "init=$(file_sig "$init_checkpoint")" "pretrain_opts=$pretrain_opts"
   if stage_begin 3 "pretrain a $size model on the $train_split audio in $pretrain_dir" "$pretrain_dir/.done"; then
     init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
@@ -96,6 +105,8 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && [ "$pretrain" = true ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  stage_settings "init=$init" "init_model=$(init_sig)" "tokens=$(file_sig $lang_dir/tokens.txt)" "train_split=$train_split" \
+    "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" "finetune_opts=$finetune_opts"
   if stage_begin 4 "CTC fine-tuning from $init in $ft_dir" "$ft_dir/.done"; then
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
       $launcher finetune $(train_configs finetune "$size") --set "exp_dir=$ft_dir" --set "train.init=$init" \
@@ -110,7 +121,10 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   dev_out=$ft_dir/decode/${prefix}_$dev_split
   sweep_opts=$(lm_tuning_opts sweep "$decode_methods" "$lm_scales" "$word_penalties" "$nj")
   tune_splits=; [ -n "$sweep_opts" ] && tune_splits=$dev_split
-  markers=(); for t in $tune_splits $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
+  markers=("$ft_dir/decode/.done"); for t in $tune_splits $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
+  # What every decode depends on; new test splits or methods are decoded beside the old ones.
+  stage_settings "model=$(file_sig $ft_dir/.done)" "graph=$(file_sig $lang_dir/.graph.done)" \
+    "lm_scales=$lm_scales" "word_penalties=$word_penalties" "dev_split=$dev_split"
   if stage_begin 5 "decode ${tune_splits:+$tune_splits (tuning the LM weight) and }$test_splits with: $decode_methods" "${markers[@]}"; then
     apply_opts=
     if [ -n "$tune_splits" ]; then

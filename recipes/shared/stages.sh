@@ -15,12 +15,53 @@
 # stage_begin are outputs the stage writes itself, only checked. Markers live next to the
 # outputs they vouch for, and output directories carry the settings in their names
 # (exp/finetune_tiny_10m), so a rerun with other settings does not trust another experiment's.
+#
+# A marker also records the settings its outputs were made with: `stage_settings KEY=VALUE ...`
+# before stage_begin (or, for a stage whose items differ, a function `stage_item_settings MARKER`
+# that calls stage_settings for that marker). A marker found with another value of a key it
+# records stops the recipe with one line naming the marker, the key and both values: a rerun
+# with changed options never reports the old outputs as the new ones'. Settings that name the
+# outputs of an earlier stage take that stage's marker identity (`file_sig MARKER`), which
+# changes whenever the stage is redone, so a rebuilt graph or model makes the later markers stale.
 
 __stage_n=
 __stage_desc=
 __stage_t0=
 __stage_markers=()
 __stage_times=()
+__stage_sig=()
+
+stage_settings() { __stage_sig=("$@"); }  # stage_settings KEY=VALUE ...: recorded in the next markers
+
+# file_sig PATH: the identity of a file's content (the first 12 hex digits of its MD5; a link is
+# followed), or "absent". A marker's changes each time its stage is redone (it holds the time).
+file_sig() { if [ -f "$1" ]; then md5sum < "$1" | cut -c1-12; else echo absent; fi; }
+
+_stage_settings_for() {  # the settings a marker is checked against / written with
+  if declare -F stage_item_settings >/dev/null; then stage_item_settings "$1"; fi
+}
+
+_stage_check() {  # _stage_check MARKER: exit 1 when MARKER records another value of a current setting
+  local m=$1 line kv k old
+  [ -f "$m" ] && [[ "$m" == *.done ]] || return 0
+  _stage_settings_for "$m"
+  [ ${#__stage_sig[@]} -gt 0 ] || return 0
+  declare -A rec=()
+  while IFS= read -r line; do
+    [[ "$line" == *=* ]] && rec[${line%%=*}]=${line#*=}
+  done < <(tail -n +2 "$m")
+  for kv in "${__stage_sig[@]}"; do
+    k=${kv%%=*}
+    [ -n "${rec[$k]+set}" ] || continue  # a setting this marker's stage did not record (yet)
+    old=${rec[$k]}
+    if [ "$old" != "${kv#*=}" ]; then
+      echo "$0: stage $__stage_n: $m was made with $k=$old, now $k=${kv#*=}: rerun with the old" \
+           "setting, or move $(dirname "$m") aside to build it again" >&2
+      exit 1
+    fi
+  done
+  return 0
+}
 
 stage_begin() {  # stage_begin N "what it does" [marker ...]
   __stage_n=$1
@@ -30,10 +71,12 @@ stage_begin() {  # stage_begin N "what it does" [marker ...]
   local m all_done=true
   [ ${#__stage_markers[@]} -gt 0 ] || all_done=false
   for m in "${__stage_markers[@]}"; do
-    [ -f "$m" ] || { all_done=false; break; }
+    _stage_check "$m"
+    [ -f "$m" ] || all_done=false
   done
   if $all_done; then
     echo "stage $__stage_n: $__stage_desc: already done, skipping"
+    __stage_sig=(); unset -f stage_item_settings
     return 1
   fi
   echo "stage $__stage_n: $__stage_desc"
@@ -41,12 +84,16 @@ stage_begin() {  # stage_begin N "what it does" [marker ...]
   return 0
 }
 
-_stage_mark() {  # writes one marker (the time it was written)
+_stage_mark() {  # writes one marker: the time it was written, then its settings (KEY=VALUE lines)
+  local tmp
   mkdir -p "$(dirname "$1")"
-  date '+%Y-%m-%d %H:%M:%S' > "$1"
+  _stage_settings_for "$1"
+  tmp=$(mktemp "$1.XXXXXX")
+  { date '+%Y-%m-%d %H:%M:%S.%N'; [ ${#__stage_sig[@]} -eq 0 ] || printf '%s\n' "${__stage_sig[@]}"; } > "$tmp"
+  mv -f "$tmp" "$1"
 }
 
-stage_item_done() { [ -f "$1" ]; }          # stage_item_done MARKER: this item of the stage is finished
+stage_item_done() { _stage_check "$1"; [ -f "$1" ]; }  # stage_item_done MARKER: this item of the stage is finished
 stage_item_end() { _stage_mark "$1"; }      # stage_item_end MARKER: mark one item of the stage finished
 
 stage_end() {  # marks the stage's outputs as complete and reports its time
@@ -57,6 +104,7 @@ stage_end() {  # marks the stage's outputs as complete and reports its time
       *) [ -e "$m" ] || echo "stage $__stage_n: warning: expected output $m is missing" >&2 ;;
     esac
   done
+  __stage_sig=(); unset -f stage_item_settings  # settings belong to one stage
   dt=$(awk -v a="$__stage_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
   __stage_times+=("stage $__stage_n ($__stage_desc): ${dt} s")
   echo "stage $__stage_n: done in ${dt} s"
