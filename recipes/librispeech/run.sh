@@ -158,7 +158,13 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   # by the training tokens), so words of the LM that training lacks are decodable.
   lexicon=(); [ "$src" != transcripts ] && [ -n "$official_lexicon" ] && lexicon=(--lexicon "$official_lexicon")
   markers=(data/lang_char/.done data/lang_bpe_$nbpe/.done); [ -n "$lm_tag" ] && markers+=("$graph_dir/.done")
-  stage_settings "manifests=$(file_sig data/manifests/.librispeech.done)" "lexicon=${lexicon[*]:-}"
+  stage_item_settings() {  # the lexicon is that of the lang dir whose graphs decode (a tagged LM's own)
+    if [ -n "$lm_tag" ] && [ "$1" != "$graph_dir/.done" ]; then
+      stage_settings "manifests=$(file_sig data/manifests/.librispeech.done)"
+    else
+      stage_settings "manifests=$(file_sig data/manifests/.librispeech.done)" "lexicon=${lexicon[*]:-}"
+    fi
+  }
   if stage_begin 2 "lang dirs: characters (data/lang_char) and word pieces (data/lang_bpe_$nbpe)${lm_tag:+, $graph_dir}; $src LM words" \
       "${markers[@]}"; then
     stage_item_done data/lang_char/.done || {
