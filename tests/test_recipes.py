@@ -214,18 +214,44 @@ if stage_begin 5 "decode" d/.done; then mkdir -p d; cat g/graph > d/wer; stage_e
     assert "already done, skipping" in run("3").stdout and run("3").returncode == 0
     bad = run("4")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
-    assert "stage 2: g/.done was made with order=3, now order=4: rerun with the old setting, or move g aside" in bad.stderr
+    assert "stage 2: g/.done was made with order='3', now order='4': rerun with the old setting, or move g aside" in bad.stderr
     assert (tmp_path / "g" / "graph").read_text() == "order 3\n"
     bad = run("3", "0.5")
-    assert bad.returncode == 1 and "stage 5: d/.done was made with scales=1 2, now scales=0.5" in bad.stderr
+    assert bad.returncode == 1 and "stage 5: d/.done was made with scales='1 2', now scales='0.5'" in bad.stderr
     # the graph rebuilt with order 4 (its marker removed): the decodes of the order-3 graph are stale
     (tmp_path / "g" / ".done").unlink()
     bad = run("4")
-    assert bad.returncode == 1 and "stage 5: d/.done was made with graph=" in bad.stderr, bad.stderr
+    assert bad.returncode == 1 and "stage 5: d/.done was made with graph='" in bad.stderr, bad.stderr
     assert (tmp_path / "g" / "graph").read_text() == "order 4\n" and (tmp_path / "d" / "wer").read_text() == "order 3\n"
     # a marker written before settings were recorded is trusted as it is
     (tmp_path / "d" / ".done").write_text("2026-01-01 00:00:00\n")
     assert run("4").returncode == 0
+    # the same options spelt with other blanks are the same options
+    assert run("4", " 1   2 ").returncode == 0
+
+
+def test_a_stage_killed_before_its_marker_is_not_finished_with_other_settings(tmp_path: Path) -> None:
+    """A killed stage left its outputs so far (a resumable checkpoint, decodes) and no marker; the
+    rerun with other settings reused them and then recorded the new settings as the outputs'.
+    The settings are written when the stage begins (MARKER.started) and checked on the rerun."""
+    script = f"""set -euo pipefail; . {STAGES}
+stage_settings "init=$INIT"
+if stage_begin 4 "train" e/.done; then mkdir -p e; echo "from $INIT" >> e/log; [ -z "${{KILL:-}}" ] || exit 9; stage_end; fi"""
+    killed = bash(script, cwd=tmp_path, env={"INIT": "a.pt", "KILL": "1"})
+    assert killed.returncode == 9 and (tmp_path / "e" / ".done.started").read_text().splitlines()[1:] == ["init=a.pt"]
+    bad = bash(script, cwd=tmp_path, env={"INIT": "b.pt"})
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "stage 4: e/.done was begun (and not finished) with init='a.pt', now init='b.pt'" in bad.stderr
+    ok = bash(script, cwd=tmp_path, env={"INIT": "a.pt"})  # the same settings: the stage goes on
+    assert ok.returncode == 0 and (tmp_path / "e" / "log").read_text() == "from a.pt\nfrom a.pt\n"
+    assert not (tmp_path / "e" / ".done.started").exists() and "init=a.pt" in (tmp_path / "e" / ".done").read_text()
+    assert oct((tmp_path / "e" / ".done").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_stage_item_settings_check_each_item_against_its_own(tmp_path: Path) -> None:
@@ -245,7 +271,7 @@ declare -F stage_item_settings || echo "hook cleared" """
     assert bash(script, cwd=tmp_path).returncode == 0
     (tmp_path / "in_b").write_text("2\n")
     bad = bash(script, cwd=tmp_path)
-    assert bad.returncode == 1 and "stage 2: b/.done was made with input=1, now input=2" in bad.stderr, bad.stderr
+    assert bad.returncode == 1 and "stage 2: b/.done was made with input='1', now input='2'" in bad.stderr, bad.stderr
 
 
 def test_a_second_recipe_run_in_the_same_work_dir_is_refused(tmp_path: Path) -> None:
@@ -412,7 +438,8 @@ def test_librispeech_recipe_end_to_end(tmp_path: Path) -> None:
     twin_dir = tmp_path / "openslr_twin"
     twin_dir.mkdir()
     for order, name in ((3, "3-gram.arpa.gz"), (4, "4-gram.arpa.gz")):
-        with gzip.open(tmp_path / "data" / "lm" / f"transcripts_{order}gram.arpa.gz", "rt", encoding="utf-8") as f:
+        lm_file, = (tmp_path / "data" / "lm").glob(f"transcripts_*_{order}gram.arpa.gz")  # named by the text's content
+        with gzip.open(lm_file, "rt", encoding="utf-8") as f:
             text = f.read()
         upper = "\n".join("\t".join([p[0], " ".join(w if w in ("<s>", "</s>") else w.upper() for w in p[1].split()),
                                        *p[2:]]) if len(p := line.split("\t")) >= 2 else line
@@ -454,15 +481,15 @@ def test_new_recipe_in_an_unused_language(tmp_path: Path) -> None:
         assert_all_skipped(again.stdout, range(0, 6))
         # a rerun with other options stops at the first stage whose outputs they change (it reported
         # the old LM's, or the old LM weights', WERs as the new ones', exit 0)
-        for change, marker, what in (("--lm-order 2", "data/lang_char/.graph.done", "lm_order=3, now lm_order=2"),
+        for change, marker, what in (("--lm-order 2", "data/lang_char/.graph.done", "lm_order='3', now lm_order='2'"),
                                      ("--lm-scales 0.3", "exp/finetune_tiny_char_pretrained/decode/.done",
-                                      "lm_scales=0.3 0.5 0.7 1.0 1.3 1.6 2.0, now lm_scales=0.3")):
+                                      "lm_grid='0.3 0.5 0.7 1.0 1.3 1.6 2.0 / -1 0 1 2', now lm_grid='0.3 / -1 0 1 2'")):
             bad = bash(f"{dest}/run.sh {opts} {change}")
             assert bad.returncode == 1 and f"{marker} was made with {what}" in bad.stderr, bad.stderr[-2000:]
         # the graph rebuilt with a 2-gram LM as the message says: the decodes of the 3-gram graph are stale
         shutil.move(tmp_path / "data" / "lang_char", tmp_path / "lang_char.old")
         bad = bash(f"{dest}/run.sh {opts} --lm-order 2")
-        assert bad.returncode == 1 and "stage 5: exp/finetune_tiny_char_pretrained/decode/.done was made with graph=" \
+        assert bad.returncode == 1 and "stage 5: exp/finetune_tiny_char_pretrained/decode/.done was made with graph='" \
             in bad.stderr, bad.stderr[-2000:]  # the model stays: the rebuilt lang dir has its tokens
         assert (tmp_path / "data" / "lang_char" / "HLG.fst").is_file()
     finally:

@@ -233,14 +233,15 @@ ft_settings() {
   read -r lang init <<< "${ft_of[$dir]}"
   if [[ $1 == */decode/.done ]]; then
     stage_settings "model=$(file_sig $dir/.done)" "graph=$(file_sig data/$lang/$lang_unit/.graph.done)" \
-      "lm_scales=$lm_scales" "word_penalties=$word_penalties"
+      "$(lm_grid_setting "$decode_methods" "$lm_scales" "$word_penalties")" \
+      "tuned_on=$([[ " $test_sets " == *" dev "* ]] && echo dev || echo none)"
     return
   fi
   case $init in
     scratch) init_model=none ;;
     *) if [ "$pretrain" = true ]; then init_model=$(file_sig $pretrain_dir/.done); else init_model=$(file_sig "$init_checkpoint"); fi ;;
   esac
-  stage_settings "init=$(init_for $init)" "init_model=$init_model" "tokens=$(file_sig data/$lang/$lang_unit/tokens.txt)" \
+  stage_settings "init_model=$init_model" "tokens=$(file_sig data/$lang/$lang_unit/tokens.txt)" \
     "manifests=$(file_sig data/manifests/.cv-$lang.done)" "finetune_opts=$finetune_opts"
 }
 

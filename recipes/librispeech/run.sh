@@ -117,7 +117,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
-  stage_settings "corpus_dir=$corpus_dir"
+  stage_settings "corpus_dir=$corpus_dir" "corpus=$(file_sig $corpus_dir/.corpus.done)"
   if stage_begin 1 "Lhotse manifests of every split found in $corpus_dir" data/manifests/.librispeech.done; then
     toolkit prepare librispeech --corpus-dir "$corpus_dir" --out data/manifests
     stage_end
@@ -202,6 +202,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
           for t in $test_sets; do [ -f "$(split_cuts $t)" ] && held_out+=("$(split_cuts $t)"); done
           toolkit lm text --language en --cuts "${train_splits[@]}" ${held_out[@]:+--exclude-cuts "${held_out[@]}"} --out "$text"
         fi
+        name=${name}_$(file_sig "$text")  # a cached LM is reused only for the same text
         for order in $lm_order $([ "$rescore_lm_order" -gt 0 ] && echo "$rescore_lm_order"); do
           [ -f data/lm/${name}_${order}gram.arpa.gz ] || toolkit lm train --order "$order" --language en --text "$text" \
             "${prune[@]}" --out data/lm/${name}_${order}gram.arpa.gz
@@ -231,7 +232,7 @@ fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   init=${init_checkpoint:-$pretrain_dir/last.pt}
   init_model=$(file_sig "$init_checkpoint"); [ -n "$init_checkpoint" ] || init_model=$(file_sig $pretrain_dir/.done)
-  stage_settings "init=$init" "init_model=$init_model" "tokens=$(file_sig $lang_dir/tokens.txt)" \
+  stage_settings "init_model=$init_model" "tokens=$(file_sig $lang_dir/tokens.txt)" \
     "manifests=$(file_sig data/manifests/.librispeech.done)" "finetune_opts=$finetune_opts"
   if stage_begin 5 "CTC fine-tuning ($token_type) on $finetune_set from $init in $ft_dir" "$ft_dir/.done"; then
     echo "  log: $ft_dir/log/finetune.log"
@@ -250,7 +251,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   markers=("$ft_dir/decode/.${lm_tag:-model}-graph.done")  # what every decode with this graph depends on
   for t in "${present_tests[@]}"; do for m in $decode_methods; do markers+=("$(decode_dir_of $t)/$m/wer-summary.txt"); done; done
   stage_settings "model=$(file_sig $ft_dir/.done)" "graph=$(file_sig $graph_dir/.graph.done)" \
-    "lm_scales=$lm_scales" "word_penalties=$word_penalties"
+    "$(lm_grid_setting "$decode_methods" "$lm_scales" "$word_penalties")" \
+    "tuned_on=$(for t in "${present_tests[@]}"; do [[ $t == dev* ]] && printf '%s ' $t; done)"
   if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each; graphs of $graph_dir)" "${markers[@]}"; then
     ckpt=$(best_checkpoint "$ft_dir")
     devs=(); for t in "${present_tests[@]}"; do [[ $t == dev* ]] && devs+=("$t"); done

@@ -105,7 +105,7 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && [ "$pretrain" = true ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  stage_settings "init=$init" "init_model=$(init_sig)" "tokens=$(file_sig $lang_dir/tokens.txt)" "train_split=$train_split" \
+  stage_settings "init_model=$(init_sig)" "tokens=$(file_sig $lang_dir/tokens.txt)" "train_split=$train_split" \
     "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" "finetune_opts=$finetune_opts"
   if stage_begin 4 "CTC fine-tuning from $init in $ft_dir" "$ft_dir/.done"; then
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
@@ -124,7 +124,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   markers=("$ft_dir/decode/.done"); for t in $tune_splits $test_splits; do for m in $decode_methods; do markers+=("$ft_dir/decode/${prefix}_$t/$m/wer-summary.txt"); done; done
   # What every decode depends on; new test splits or methods are decoded beside the old ones.
   stage_settings "model=$(file_sig $ft_dir/.done)" "graph=$(file_sig $lang_dir/.graph.done)" \
-    "lm_scales=$lm_scales" "word_penalties=$word_penalties" "dev_split=$dev_split"
+    "$(lm_grid_setting "$decode_methods" "$lm_scales" "$word_penalties")" "dev_split=$dev_split"
   if stage_begin 5 "decode ${tune_splits:+$tune_splits (tuning the LM weight) and }$test_splits with: $decode_methods" "${markers[@]}"; then
     apply_opts=
     if [ -n "$tune_splits" ]; then

@@ -10,8 +10,9 @@
 
 # Paths given on the command line are relative to where the recipe was started, not to the work
 # dir entered below: make them absolute first (synth_text holds LANG=FILE pairs).
+# One spelling per folder or file (no ./, //, trailing /): stage markers record these paths.
 for _v in corpus_dir init_checkpoint lm_dir lm_text; do
-  case ${!_v:-} in ""|/*) ;; *) printf -v "$_v" '%s' "$PWD/${!_v}" ;; esac
+  [ -z "${!_v:-}" ] || printf -v "$_v" '%s' "$(realpath -ms -- "${!_v}")"
 done
 if [ -n "${synth_text:-}" ]; then
   _abs=; for _e in $synth_text; do

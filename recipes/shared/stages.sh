@@ -31,7 +31,24 @@ __stage_markers=()
 __stage_times=()
 __stage_sig=()
 
-stage_settings() { __stage_sig=("$@"); }  # stage_settings KEY=VALUE ...: recorded in the next markers
+# stage_settings KEY=VALUE ...: recorded in the next markers; runs of blanks in a value count as one
+# (an option list given with an extra space is the same option list).
+stage_settings() {
+  local kv v
+  __stage_sig=()
+  for kv in "$@"; do
+    v=$(tr -s ' \t' '  ' <<< "${kv#*=}"); v=${v# }; v=${v% }
+    __stage_sig+=("${kv%%=*}=$v")
+  done
+}
+
+# lm_grid_setting "METHODS" "SCALES" "PENALTIES": the LM weight x penalty grid as a stage setting,
+# "none" when no method uses an LM weight (greedy alone) or no grid is tried.
+lm_grid_setting() {
+  local m
+  for m in $1; do case "$m" in hlg|hlg-rescore|k2-hlg|k2-*-rescore) [ -n "$2" ] && { echo "lm_grid=$2 / $3"; return; } ;; esac; done
+  echo "lm_grid=none"
+}
 
 # file_sig PATH: the identity of a file's content (the first 12 hex digits of its MD5; a link is
 # followed), or "absent". A marker's changes each time its stage is redone (it holds the time).
@@ -42,9 +59,13 @@ _stage_settings_for() {  # the settings a marker is checked against / written wi
 }
 
 _stage_check() {  # _stage_check MARKER: exit 1 when MARKER records another value of a current setting
-  local m=$1 line kv k old
-  [ -f "$m" ] && [[ "$m" == *.done ]] || return 0
-  _stage_settings_for "$m"
+  local m=$1 line kv k old what=made
+  [[ "$m" == *.done ]] || return 0
+  # A stage killed before its marker leaves MARKER.started (written when it began): its outputs so
+  # far (a resumable checkpoint, decodes) are reused by the rerun, so they must match too.
+  [ -f "$m" ] || { m=$m.started; what="begun (and not finished)"; }
+  [ -f "$m" ] || return 0
+  _stage_settings_for "${m%.started}"
   [ ${#__stage_sig[@]} -gt 0 ] || return 0
   declare -A rec=()
   while IFS= read -r line; do
@@ -55,8 +76,8 @@ _stage_check() {  # _stage_check MARKER: exit 1 when MARKER records another valu
     [ -n "${rec[$k]+set}" ] || continue  # a setting this marker's stage did not record (yet)
     old=${rec[$k]}
     if [ "$old" != "${kv#*=}" ]; then
-      echo "$0: stage $__stage_n: $m was made with $k=$old, now $k=${kv#*=}: rerun with the old" \
-           "setting, or move $(dirname "$m") aside to build it again" >&2
+      echo "$0: stage $__stage_n: ${m%.started} was $what with $k='$old', now $k='${kv#*=}': rerun with the" \
+           "old setting, or move $(dirname "$m") aside to build it again" >&2
       exit 1
     fi
   done
@@ -80,18 +101,22 @@ stage_begin() {  # stage_begin N "what it does" [marker ...]
     return 1
   fi
   echo "stage $__stage_n: $__stage_desc"
+  for m in "${__stage_markers[@]}"; do  # what this run of the stage is made with, until its marker
+    [[ "$m" == *.done ]] && [ ! -f "$m" ] && [ ! -f "$m.started" ] && _stage_write "$m.started" "$m"
+  done
   __stage_t0=$(date +%s.%N)
   return 0
 }
 
-_stage_mark() {  # writes one marker: the time it was written, then its settings (KEY=VALUE lines)
-  local tmp
+_stage_write() {  # _stage_write FILE MARKER: the time, then MARKER's settings (KEY=VALUE lines), atomically
+  local tmp=$1.tmp.$$
   mkdir -p "$(dirname "$1")"
-  _stage_settings_for "$1"
-  tmp=$(mktemp "$1.XXXXXX")
+  _stage_settings_for "$2"
   { date '+%Y-%m-%d %H:%M:%S.%N'; [ ${#__stage_sig[@]} -eq 0 ] || printf '%s\n' "${__stage_sig[@]}"; } > "$tmp"
   mv -f "$tmp" "$1"
 }
+
+_stage_mark() { _stage_write "$1" "$1"; rm -f "$1.started"; }  # writes one marker: its stage is complete
 
 stage_item_done() { _stage_check "$1"; [ -f "$1" ]; }  # stage_item_done MARKER: this item of the stage is finished
 stage_item_end() { _stage_mark "$1"; }      # stage_item_end MARKER: mark one item of the stage finished
