@@ -235,17 +235,28 @@ def test_a_stage_killed_before_its_marker_is_not_finished_with_other_settings(tm
     rerun with other settings reused them and then recorded the new settings as the outputs'.
     The settings are written when the stage begins (MARKER.started) and checked on the rerun."""
     script = f"""set -euo pipefail; . {STAGES}
-stage_settings "init=$INIT"
-if stage_begin 4 "train" e/.done; then mkdir -p e; echo "from $INIT" >> e/log; [ -z "${{KILL:-}}" ] || exit 9; stage_end; fi"""
+stage_settings "init=$INIT"; stage_resumable
+if stage_begin 4 "train" e/.done; then mkdir -p e; echo "from $INIT" >> e/out; [ -z "${{KILL:-}}" ] || exit 9; stage_end; fi"""
     killed = bash(script, cwd=tmp_path, env={"INIT": "a.pt", "KILL": "1"})
     assert killed.returncode == 9 and (tmp_path / "e" / ".done.started").read_text().splitlines()[1:] == ["init=a.pt"]
     bad = bash(script, cwd=tmp_path, env={"INIT": "b.pt"})
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert "stage 4: e/.done was begun (and not finished) with init='a.pt', now init='b.pt'" in bad.stderr
     ok = bash(script, cwd=tmp_path, env={"INIT": "a.pt"})  # the same settings: the stage goes on
-    assert ok.returncode == 0 and (tmp_path / "e" / "log").read_text() == "from a.pt\nfrom a.pt\n"
+    assert ok.returncode == 0 and (tmp_path / "e" / "out").read_text() == "from a.pt\nfrom a.pt\n"
     assert not (tmp_path / "e" / ".done.started").exists() and "init=a.pt" in (tmp_path / "e" / ".done").read_text()
     assert oct((tmp_path / "e" / ".done").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    # a stage that failed before writing anything but logs is started afresh with the new settings
+    (tmp_path / "e" / ".done").unlink()
+    (tmp_path / "e" / "out").unlink()
+    (tmp_path / "e" / "log").mkdir()
+    (tmp_path / "e" / "log" / "train.log").write_text("error\n")
+    assert bash(script, cwd=tmp_path, env={"INIT": "a.pt", "KILL": "1"}).returncode == 9
+    ok = bash(script, cwd=tmp_path, env={"INIT": "b.pt"})
+    assert ok.returncode == 1 and "begun (and not finished) with init='a.pt'" in ok.stderr  # out was written
+    (tmp_path / "e" / "out").unlink()
+    ok = bash(script, cwd=tmp_path, env={"INIT": "b.pt"})
+    assert ok.returncode == 0 and "init=b.pt" in (tmp_path / "e" / ".done").read_text()
 
 
 def _umask() -> int:

@@ -973,11 +973,12 @@ def test_allocator_tuning_stops_page_faults_in_repeated_forwards(env):
         assert r.returncode == 0, r.stderr[-2000:]
         tuned, faults = r.stdout.split()
         runs[mode] = (tuned == "True", float(faults))
-    assert runs["plain"][1] > 1000, runs  # 4 KiB pages: > 4 MB faulted in per forward (4k-24k measured)
     if env:
-        # left alone: not tuned. Its fault count is glibc's own business then: the dynamic mmap
-        # threshold makes it 8k or 16k a forward in most runs and 0 in some (2 of 5 measured on a
-        # 2-core VM, 2026-12-04), so no count is asserted
+        # left alone: not tuned. Fault counts under a user's MALLOC_* are glibc's own business: the
+        # dynamic mmap threshold makes them 8k or 16k a forward in most runs and 0 in some (2 of 5
+        # measured on a 2-core VM, 2026-12-04; the untuned "plain" run too, in CI the next day), so
+        # no count is asserted
         assert runs["tune"][0] is False, runs
     else:
+        assert runs["plain"][1] > 1000, runs  # 4 KiB pages: > 4 MB faulted in per forward (4k-24k measured)
         assert runs["tune"][0] and runs["tune"][1] < 0.1 * runs["plain"][1], runs

@@ -194,6 +194,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ "$pretrain" = true ]; then
   stage_settings "languages=$languages" "alpha=$alpha" "init_checkpoint=$init_checkpoint" "init=$(file_sig "$init_checkpoint")" \
     "manifests=$(for lang in $languages; do printf '%s:%s,' $lang $(file_sig data/manifests/.cv-$lang.done); done)" \
     "pretrain_opts=$pretrain_opts"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 4 "pretrain a $size model on $languages (alpha $alpha${init_checkpoint:+, from $init_checkpoint}) in $pretrain_dir" \
       "$pretrain_dir/.done"; then
     train_cuts=(); for lang in $languages; do train_cuts+=(data/manifests/cv-${lang}_cuts_train.jsonl.gz); done
@@ -249,6 +250,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   markers=()
   for lang in $finetune_languages; do for init in $finetune_inits; do markers+=("$(ft_dir_for $lang $init)/.done"); done; done
   stage_item_settings() { ft_settings "$1"; }
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 5 "CTC fine-tuning ($token_type) of $finetune_languages from: $finetune_inits" "${markers[@]}"; then
     case "$finetune_jobs" in ''|*[!0-9]*|0) echo "$0: --finetune-jobs must be a positive integer, got '$finetune_jobs'" >&2; exit 1 ;; esac
     threads=(); [ "$finetune_jobs" -gt 1 ] && threads=(--num-threads $(( $(nproc) / finetune_jobs > 0 ? $(nproc) / finetune_jobs : 1 )))
@@ -291,6 +293,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   for lang in $finetune_languages; do for init in $finetune_inits; do for t in $test_sets; do for m in $decode_methods; do
     markers+=("$(ft_dir_for $lang $init)/decode/cv-${lang}_$t/$m/wer-summary.txt")
   done; done; done; done
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 6 "decode $test_sets of $finetune_languages with: $decode_methods" "${markers[@]}"; then
     for lang in $finetune_languages; do
       for init in $finetune_inits; do

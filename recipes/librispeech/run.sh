@@ -218,6 +218,7 @@ fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ] && [ -z "$init_checkpoint" ]; then
   stage_settings "manifests=$(file_sig data/manifests/.librispeech.done)" "pretrain_opts=$pretrain_opts"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 4 "pretrain a $size model on the untranscribed train audio in $pretrain_dir" "$pretrain_dir/.done"; then
     echo "  log: $pretrain_dir/log/pretrain.log"
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
@@ -234,6 +235,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   init_model=$(file_sig "$init_checkpoint"); [ -n "$init_checkpoint" ] || init_model=$(file_sig $pretrain_dir/.done)
   stage_settings "init_model=$init_model" "tokens=$(file_sig $lang_dir/tokens.txt)" \
     "manifests=$(file_sig data/manifests/.librispeech.done)" "finetune_opts=$finetune_opts"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 5 "CTC fine-tuning ($token_type) on $finetune_set from $init in $ft_dir" "$ft_dir/.done"; then
     echo "  log: $ft_dir/log/finetune.log"
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
@@ -253,6 +255,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   stage_settings "model=$(file_sig $ft_dir/.done)" "graph=$(file_sig $graph_dir/.graph.done)" \
     "$(lm_grid_setting "$decode_methods" "$lm_scales" "$word_penalties")" \
     "tuned_on=$(for t in "${present_tests[@]}"; do [[ $t == dev* ]] && printf '%s ' $t; done)"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 6 "decode ${present_tests[*]} with: $decode_methods ($nj jobs each; graphs of $graph_dir)" "${markers[@]}"; then
     ckpt=$(best_checkpoint "$ft_dir")
     devs=(); for t in "${present_tests[@]}"; do [[ $t == dev* ]] && devs+=("$t"); done

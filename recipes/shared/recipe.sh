@@ -94,6 +94,7 @@ fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ] && [ "$pretrain" = true ]; then
   stage_settings "train_split=$train_split" "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" \
     "init_checkpoint=$init_checkpoint" "init=$(file_sig "$init_checkpoint")" "pretrain_opts=$pretrain_opts"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 3 "pretrain a $size model on the $train_split audio in $pretrain_dir" "$pretrain_dir/.done"; then
     init_opt=(); [ -n "$init_checkpoint" ] && init_opt=(--set "train.init=$init_checkpoint")
     $train_cmd --gpu "$ngpus" $pretrain_dir/log/pretrain.log \
@@ -107,6 +108,7 @@ fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   stage_settings "init_model=$(init_sig)" "tokens=$(file_sig $lang_dir/tokens.txt)" "train_split=$train_split" \
     "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" "finetune_opts=$finetune_opts"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 4 "CTC fine-tuning from $init in $ft_dir" "$ft_dir/.done"; then
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
       $launcher finetune $(train_configs finetune "$size") --set "exp_dir=$ft_dir" --set "train.init=$init" \
@@ -125,6 +127,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # What every decode depends on; new test splits or methods are decoded beside the old ones.
   stage_settings "model=$(file_sig $ft_dir/.done)" "graph=$(file_sig $lang_dir/.graph.done)" \
     "$(lm_grid_setting "$decode_methods" "$lm_scales" "$word_penalties")" "dev_split=$dev_split"
+  stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 5 "decode ${tune_splits:+$tune_splits (tuning the LM weight) and }$test_splits with: $decode_methods" "${markers[@]}"; then
     apply_opts=
     if [ -n "$tune_splits" ]; then

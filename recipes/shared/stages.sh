@@ -33,6 +33,12 @@ __stage_sig=()
 
 # stage_settings KEY=VALUE ...: recorded in the next markers; runs of blanks in a value count as one
 # (an option list given with an extra space is the same option list).
+# stage_resumable: the next stage continues what a killed run of it left (training resumes its
+# checkpoints, decoding keeps finished decodes), so its settings are written when it begins
+# (MARKER.started) and a rerun with other settings is refused while its outputs are there.
+stage_resumable() { __stage_resumable=true; }
+__stage_resumable=false
+
 stage_settings() {
   local kv v
   __stage_sig=()
@@ -54,6 +60,11 @@ lm_grid_setting() {
 # followed), or "absent". A marker's changes each time its stage is redone (it holds the time).
 file_sig() { if [ -f "$1" ]; then md5sum < "$1" | cut -c1-12; else echo absent; fi; }
 
+_stage_has_outputs() {  # _stage_has_outputs DIR: DIR holds a file besides logs, markers and temporary files
+  find "$1" -mindepth 1 \( -path "$1/log" -o -name '.*.started' -o -name '*.tmp.*' \) -prune -o -type f -print 2>/dev/null \
+    | grep -q .
+}
+
 _stage_settings_for() {  # the settings a marker is checked against / written with
   if declare -F stage_item_settings >/dev/null; then stage_item_settings "$1"; fi
 }
@@ -61,10 +72,14 @@ _stage_settings_for() {  # the settings a marker is checked against / written wi
 _stage_check() {  # _stage_check MARKER: exit 1 when MARKER records another value of a current setting
   local m=$1 line kv k old what=made
   [[ "$m" == *.done ]] || return 0
-  # A stage killed before its marker leaves MARKER.started (written when it began): its outputs so
-  # far (a resumable checkpoint, decodes) are reused by the rerun, so they must match too.
-  [ -f "$m" ] || { m=$m.started; what="begun (and not finished)"; }
-  [ -f "$m" ] || return 0
+  # A resumable stage killed before its marker leaves MARKER.started (written when it began): its
+  # outputs so far (checkpoints, decodes) are reused by the rerun, so they must match too; when it
+  # left nothing but logs (it failed at the start), the rerun starts afresh.
+  if [ ! -f "$m" ]; then
+    [ -f "$m.started" ] || return 0
+    if ! _stage_has_outputs "$(dirname "$m")"; then rm -f "$m.started"; return 0; fi
+    m=$m.started what="begun (and not finished)"
+  fi
   _stage_settings_for "${m%.started}"
   [ ${#__stage_sig[@]} -gt 0 ] || return 0
   declare -A rec=()
@@ -97,13 +112,15 @@ stage_begin() {  # stage_begin N "what it does" [marker ...]
   done
   if $all_done; then
     echo "stage $__stage_n: $__stage_desc: already done, skipping"
-    __stage_sig=(); unset -f stage_item_settings
+    __stage_sig=(); __stage_resumable=false; unset -f stage_item_settings
     return 1
   fi
   echo "stage $__stage_n: $__stage_desc"
-  for m in "${__stage_markers[@]}"; do  # what this run of the stage is made with, until its marker
-    [[ "$m" == *.done ]] && [ ! -f "$m" ] && [ ! -f "$m.started" ] && _stage_write "$m.started" "$m"
-  done
+  if $__stage_resumable; then  # what this run of the stage is made with, until its marker
+    for m in "${__stage_markers[@]}"; do
+      [[ "$m" == *.done ]] && [ ! -f "$m" ] && [ ! -f "$m.started" ] && _stage_write "$m.started" "$m"
+    done
+  fi
   __stage_t0=$(date +%s.%N)
   return 0
 }
@@ -129,7 +146,7 @@ stage_end() {  # marks the stage's outputs as complete and reports its time
       *) [ -e "$m" ] || echo "stage $__stage_n: warning: expected output $m is missing" >&2 ;;
     esac
   done
-  __stage_sig=(); unset -f stage_item_settings  # settings belong to one stage
+  __stage_sig=(); __stage_resumable=false; unset -f stage_item_settings  # settings belong to one stage
   dt=$(awk -v a="$__stage_t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
   __stage_times+=("stage $__stage_n ($__stage_desc): ${dt} s")
   echo "stage $__stage_n: done in ${dt} s"
