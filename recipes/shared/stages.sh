@@ -31,14 +31,14 @@ __stage_markers=()
 __stage_times=()
 __stage_sig=()
 
-# stage_settings KEY=VALUE ...: recorded in the next markers; runs of blanks in a value count as one
-# (an option list given with an extra space is the same option list).
 # stage_resumable: the next stage continues what a killed run of it left (training resumes its
 # checkpoints, decoding keeps finished decodes), so its settings are written when it begins
 # (MARKER.started) and a rerun with other settings is refused while its outputs are there.
 stage_resumable() { __stage_resumable=true; }
 __stage_resumable=false
 
+# stage_settings KEY=VALUE ...: recorded in the next markers; runs of blanks in a value count as one
+# (an option list given with an extra space is the same option list).
 stage_settings() {
   local kv v
   __stage_sig=()
