@@ -980,5 +980,9 @@ def test_allocator_tuning_stops_page_faults_in_repeated_forwards(env):
         # no count is asserted
         assert runs["tune"][0] is False, runs
     else:
-        assert runs["plain"][1] > 1000, runs  # 4 KiB pages: > 4 MB faulted in per forward (4k-24k measured)
-        assert runs["tune"][0] and runs["tune"][1] < 0.1 * runs["plain"][1], runs
+        assert runs["tune"][0] and runs["tune"][1] <= 1000, runs  # tuned: at most 4 MB faulted in a forward
+        # Untuned, a forward faults its activations in again (4k-24k pages measured), except when
+        # glibc's dynamic mmap threshold has already grown past them (0 pages, seen in a CI run
+        # beside another CI on 2026-12-04): then there is nothing for the tuning to remove.
+        if runs["plain"][1] > 1000:
+            assert runs["tune"][1] < 0.1 * runs["plain"][1], runs
