@@ -50,10 +50,8 @@ stage_settings() {
 
 # lm_grid_setting "METHODS" "SCALES" "PENALTIES": the LM weight x penalty grid as a stage setting,
 # "none" when no method uses an LM weight (greedy alone) or no grid is tried.
-lm_grid_setting() {
-  local m
-  for m in $1; do case "$m" in hlg|hlg-rescore|k2-hlg|k2-*-rescore) [ -n "$2" ] && { echo "lm_grid=$2 / $3"; return; } ;; esac; done
-  echo "lm_grid=none"
+lm_grid_setting() {  # the grid counts exactly when lm_tuning_opts would sweep it
+  if [ -n "$(lm_tuning_opts sweep "$1" "$2" "$3" 1)" ]; then echo "lm_grid=$2 / $3"; else echo "lm_grid=none"; fi
 }
 
 # file_sig PATH: the identity of a file's content (the first 12 hex digits of its MD5; a link is
