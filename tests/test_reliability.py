@@ -523,3 +523,53 @@ def test_a_resume_does_not_need_a_deleted_init_checkpoint(tmp_path, capsys):
         assert torch.equal(got["model"][k], v), k
     assert got["train_config"]["train"]["init"] == str(init)  # the run still names where it started
     assert not (tmp_path / "fresh" / "checkpoint-2.pt").exists()
+
+
+def test_a_resume_given_an_init_with_other_weights_is_refused(tmp_path, capsys):
+    """`toolkit finetune` resumed with a train.init holding other weights continued the old run with a
+    warning only: its results then looked like a fine-tuning of the new weights. Now that is a one-line
+    error (the exp dir untouched); a copy of the same weights elsewhere resumes; --allow-config-change
+    continues the old run."""
+    from toolkit.cli import main
+    from toolkit.model.checkpoint import save_checkpoint
+    from toolkit.model.presets import get_preset
+    from toolkit.model.wav2vec2 import Wav2Vec2ForPretraining
+
+    cuts, lang = tone_corpus(tmp_path / "c")
+    cfg = get_preset("tiny", encoder_layers=1)
+    a, b, copy = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "elsewhere" / "a.pt"
+    torch.manual_seed(0)
+    save_checkpoint(a, Wav2Vec2ForPretraining(cfg), cfg, "pretrain")
+    torch.manual_seed(1)
+    save_checkpoint(b, Wav2Vec2ForPretraining(cfg), cfg, "pretrain")
+    copy.parent.mkdir()
+    copy.write_bytes(a.read_bytes())
+    conf = tmp_path / "ft.yaml"
+    conf.write_text("model:\n  overrides: {encoder_layers: 1}\n")
+
+    def finetune(init, updates: int, *extra: str) -> int:
+        return main(["finetune", "--config", str(conf), "--set", f"exp_dir={tmp_path / 'e'}", "--set", f"train.init={init}",
+                     "--set", f"data.train_cuts=[{cuts}]", "--set", f"data.dev_cuts=[{cuts}]",
+                     "--set", f"data.lang_dir={lang}", "--set", f"train.max_updates={updates}",
+                     "--set", "train.save_interval=2", "--set", "train.valid_interval=2", "--set", "train.device=cpu",
+                     "--set", "data.max_duration=4", *extra])
+
+    assert finetune(a, 2) == 0
+    exp = tmp_path / "e"
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert finetune(b, 4) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"train.init {b} (the run started from {a}) holds other weights than this run started from; "
+                        "resume with the run's own init, start a new exp_dir to fine-tune from the new weights, or "
+                        "pass --allow-config-change to continue the old run"), err
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before  # nothing written
+    assert finetune(copy, 4) == 0  # the same weights at another path: the same run
+    assert "holds other weights" not in capsys.readouterr().err
+    assert finetune(b, 6, "--allow-config-change") == 0
+    assert "holds other weights than this run started from; the run continues" in capsys.readouterr().err
+    from toolkit.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(exp / "checkpoint-6.pt")
+    assert ckpt["train_config"]["train"]["init"] == str(a)  # the record still names the run's own init
+    assert ckpt["init_fingerprint"] == load_checkpoint(exp / "checkpoint-2.pt")["init_fingerprint"]

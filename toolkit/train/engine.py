@@ -63,6 +63,7 @@ class Task:
 
     kind: str = "pretrain"
     init_missing: bool = False  # train.init deleted; the architecture came from the checkpoint to resume
+    init_fingerprint: Optional[list[float]] = None  # of the weights train.init holds (set by build_model)
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -221,7 +222,8 @@ RESUME_NOTES = {
     "data.dev_cuts": "best.pt is still chosen against the best dev WER so far, measured on the old dev set",
     "train.max_valid_batches": "best.pt is still chosen against the best dev WER so far, measured on other batches",
     "train.max_updates": "the learning-rate schedule is stretched to the new length from here on",
-    "train.init": "the weights continue from the checkpoint; the run keeps its recorded init, the new one is ignored",
+    "train.init": "the weights continue from the checkpoint; the run keeps its recorded init (one holding other "
+                  "weights is refused)",
 }
 
 
@@ -285,6 +287,27 @@ def check_resume(path: Path, ckpt: dict, task: Task, cfg: TrainConfig, allow_con
         raise ToolkitError(f"{path}: the config differs from the one this run was started with ({len(changes)} "
                            f"change(s) listed above, e.g. {changes[0]}); resume with the same config, pass "
                            "--allow-config-change to accept them, or start a new exp_dir")
+
+
+def check_init_weights(path: Path, ckpt: dict, now: Optional[list[float]], given: Any, saved_init: Any,
+                       allow_config_change: bool) -> Optional[list[float]]:
+    """The fingerprint a resumed run carries on: its own. A train.init that holds other weights than
+    the run started from (another file, or the same path re-pointed) would leave a run that started
+    from the old weights looking like one started from the new: refused unless `allow_config_change`.
+    Another spelling or a copy of the same weights is the same run."""
+    saved = ckpt.get("init_fingerprint")
+    if saved is None or now is None:  # an older checkpoint, or train.init deleted: nothing to compare
+        return saved if saved is not None else now
+    if all(abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
+        return saved
+    where = f"{given} (the run started from {saved_init})" if given != saved_init else f"{given}"
+    if not allow_config_change:
+        raise ToolkitError(f"{path}: train.init {where} holds other weights than this run started from; resume "
+                           "with the run's own init, start a new exp_dir to fine-tune from the new weights, or pass "
+                           "--allow-config-change to continue the old run")
+    logger.warning("resume from %s: train.init %s holds other weights than this run started from; the run continues "
+                   "from its checkpoint (--allow-config-change)", path, where)
+    return saved
 
 
 class Trainer:
@@ -358,6 +381,8 @@ class Trainer:
             self.scaler = torch.amp.GradScaler("cuda", init_scale=128.0)
         self.batches = self.task.train_batches(self.dist, seed)
         self.collapse = CollapseGuard(self)  # train.on_collapse (toolkit/train/collapse.py)
+        # The weights train.init holds now (set by build_model): a resume compares them with the run's.
+        self.init_fingerprint = self.task.init_fingerprint
         # Per-rank streams for dropout/masking; LayerDrop is seeded identically by the task.
         seed_everything(seed + 1000 * self.dist.rank)
 
@@ -386,6 +411,7 @@ class Trainer:
             "skip_window": [bool(x) for x in self.skip_window],
             "best": self.best,
             "collapse": self.collapse.state_dict(),
+            "init_fingerprint": self.init_fingerprint,
         }
 
     def save(self, path: Path) -> None:
@@ -428,6 +454,8 @@ class Trainer:
         check_resume(path, ckpt, self.task, self.cfg, self.allow_config_change)
         saved_init = ((ckpt.get("train_config") or {}).get("train") or {}).get("init")
         self.given_init = self.cfg.train.init  # what the initial weights were built from on this resume
+        self.init_fingerprint = check_init_weights(path, ckpt, self.init_fingerprint, self.given_init, saved_init,
+                                                   self.allow_config_change)
         if isinstance(saved_init, str) and saved_init != self.cfg.train.init:
             self.cfg.train.init = saved_init  # the run's weights came from there: config.yaml keeps saying so
         try:

@@ -15,6 +15,7 @@ import torch
 from toolkit.model.config import SAMPLE_RATE
 from toolkit.train import ddp
 from toolkit.train.config import TrainConfig
+from toolkit.train.collapse import fingerprint
 from toolkit.train.ctc import make_ctc_loss
 from toolkit.train.engine import BatchStream, StepOutput, Task
 from toolkit.utils import ToolkitError
@@ -218,6 +219,7 @@ class PretrainTask(Task):
         model = Wav2Vec2ForPretraining(self.model_cfg)
         if self.init_ckpt is not None and self.init_ckpt["model"] is not None:
             load_state_dict_strict(model, self.init_ckpt["model"], where=f"train.init {self.cfg.train.init}")
+            self.init_fingerprint = fingerprint(self.init_ckpt["model"])
             logger.info("continued pretraining from %s", self.cfg.train.init)
         seed_layerdrop(model, self.cfg.train.seed)
         self.init_ckpt = None  # free the weights
@@ -395,6 +397,7 @@ class CTCTask(Task):
         model = Wav2Vec2ForCTC(self.model_cfg, self.tokenizer.vocab_size)
         if self.init_ckpt is not None and self.init_ckpt["model"] is not None:
             self._init_from(model, self.init_ckpt)
+            self.init_fingerprint = fingerprint(self.init_ckpt["model"])
         if self.model_cfg.feature_grad_mult == 0:
             model.freeze_feature_encoder()
         seed_layerdrop(model, self.cfg.train.seed)
