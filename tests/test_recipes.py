@@ -321,6 +321,7 @@ def test_a_recipe_conf_changes_shared_defaults_and_the_command_line_wins(tmp_pat
     run = ROOT / "recipes" / "fsdd" / "run.sh"
     r = bash(f"{run} --help")
     assert r.returncode == 0 and "pretraining stage (false)" in r.stderr, r.stderr
+    assert "model preset from scratch (no pretraining, no init): tiny_fbank" in r.stderr  # measured better there
     r = bash(f"{run} --work-dir {tmp_path} --stage 3 --stop-stage 3")  # skipped: nothing to pretrain on
     assert r.returncode == 0 and "stage 3" not in r.stdout + r.stderr, r.stdout + r.stderr
     r = bash(f"{run} --work-dir {tmp_path} --pretrain true --stage 3 --stop-stage 3")

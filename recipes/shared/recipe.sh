@@ -14,6 +14,7 @@ synthetic=false                # true: synthesise the corpus with espeak-ng (too
 synth_minutes=5
 size=tiny                      # training configs: recipes/shared/conf/{pretrain,finetune}_<size>.yaml (+ conf/ of this recipe)
 pretrain=true                  # false: fine-tune --init-checkpoint (or from scratch without one)
+scratch_model=                 # model preset when fine-tuning from scratch (e.g. tiny_fbank); empty: the one in the config
 init_checkpoint=               # imported checkpoint (toolkit import-checkpoint)
 token_type=char                # char | bpe
 nbpe=150
@@ -40,6 +41,7 @@ $recipe_name ($corpus, $language): stages 0 corpus+manifests, 1 lang dir, 2 LM+g
   --language / --corpus / --prefix / --train-split / --dev-split / --test-splits  (conf/recipe.conf)
   --size tiny|base|large         configs in conf/ ($size)
   --pretrain true|false          pretraining stage ($pretrain); --init-checkpoint PATH
+  --scratch-model PRESET         model preset from scratch (no pretraining, no init): ${scratch_model:-from the config}
   --token-type char|bpe          output units ($token_type); --nbpe N ($nbpe)
   --lm-order N                   LM order ($lm_order)
   --decode-methods \"greedy hlg\"  ($decode_methods); --nj N decoding jobs ($nj)
@@ -58,6 +60,7 @@ pretrain_dir=exp/pretrain_${size}
 init=none
 [ "$pretrain" = true ] && init=$pretrain_dir/last.pt
 [ -n "$init_checkpoint" ] && [ "$pretrain" != true ] && init=$init_checkpoint
+scratch_opts=(); [ "$init" = none ] && [ -n "$scratch_model" ] && scratch_opts=(--set "model.preset=$scratch_model")
 init_name=$(basename "${init%.pt}" | sed 's/^last$/pretrained/; s/^none$/scratch/')
 ft_dir=exp/finetune_${size}_${lang_dir#data/lang_}_$init_name  # units (char, bpe_<n>) and init in the name
 # What a model's start is (a stage marker's settings): the pretraining stage's marker, or the
@@ -107,13 +110,14 @@ fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   stage_settings "init_model=$(init_sig)" "tokens=$(file_sig $lang_dir/tokens.txt)" "train_split=$train_split" \
-    "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" "finetune_opts=$finetune_opts"
+    "dev_split=$dev_split" "manifests=$(file_sig data/manifests/.$prefix.done)" "finetune_opts=$finetune_opts" \
+    ${scratch_opts[@]:+"scratch_model=$scratch_model"}
   stage_resumable  # a killed run leaves checkpoints / decodes that the rerun continues
   if stage_begin 4 "CTC fine-tuning from $init in $ft_dir" "$ft_dir/.done"; then
     $train_cmd --gpu "$ngpus" $ft_dir/log/finetune.log \
       $launcher finetune $(train_configs finetune "$size") --set "exp_dir=$ft_dir" --set "train.init=$init" \
         --set "data.train_cuts=[$(cuts $train_split)]" --set "data.dev_cuts=[$(cuts $dev_split)]" \
-        --set "data.lang_dir=$lang_dir" $finetune_opts
+        --set "data.lang_dir=$lang_dir" "${scratch_opts[@]}" $finetune_opts
     stage_end
   fi
 fi

@@ -19,6 +19,7 @@ ConvLayers = list[tuple[int, int, int]]
 DEFAULT_CONV_LAYERS: ConvLayers = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
 
+EXTRACTOR_MODES = ("default", "layer_norm", "fbank")
 SAMPLE_RATE = 16000  # every wav2vec 2.0 / XLSR model reads 16 kHz audio; everything else resamples to it
 
 
@@ -69,7 +70,9 @@ class Wav2Vec2Config:
     """
 
     # Feature encoder
-    extractor_mode: str = "default"  # "default": GroupNorm on layer 0 only; "layer_norm": LN everywhere
+    # "default": GroupNorm on layer 0 only; "layer_norm": LN everywhere; "fbank": no CNN, a fixed
+    # log-mel filterbank whose conv_feature_layers entry is (mel bands, window, hop)
+    extractor_mode: str = "default"
     conv_feature_layers: ConvLayers = field(default_factory=_default_conv_layers)
     conv_bias: bool = False
     feature_grad_mult: float = 1.0  # 0 -> the CNN runs under no_grad
@@ -153,10 +156,13 @@ class Wav2Vec2Config:
         def bad(name: str, why: str) -> None:
             raise ToolkitError(f"model config: {name}={getattr(self, name)!r} {why}")
 
-        if self.extractor_mode not in ("default", "layer_norm"):
-            bad("extractor_mode", "must be 'default' or 'layer_norm'")
+        if self.extractor_mode not in EXTRACTOR_MODES:
+            bad("extractor_mode", f"must be one of {', '.join(EXTRACTOR_MODES)}")
         if not self.conv_feature_layers or any(len(l) != 3 or min(l) < 1 for l in self.conv_feature_layers):
             bad("conv_feature_layers", "must be a non-empty list of positive (dim, kernel, stride)")
+        if self.extractor_mode == "fbank" and (len(self.conv_feature_layers) != 1 or self.conv_feature_layers[0][1] < 2):
+            bad("conv_feature_layers", "with extractor_mode=fbank must be one (mel bands, window, hop) entry in "
+                "samples, e.g. [[80, 400, 320]]")
         if self.encoder_embed_dim % self.encoder_attention_heads:
             bad("encoder_embed_dim", f"must be divisible by encoder_attention_heads={self.encoder_attention_heads}")
         if self.encoder_embed_dim % self.conv_pos_groups:

@@ -189,6 +189,9 @@ def from_hf(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any]
 
 def to_hf(cfg: Wav2Vec2Config, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], StateDict]:
     """Inverse of `from_hf`: a Hugging Face config dict and state dict (parametrized weight norm)."""
+    if cfg.extractor_mode == "fbank":
+        raise ToolkitError("extractor_mode=fbank: Hugging Face's Wav2Vec2 has no log-mel front-end; export this "
+                           "model with --to onnx or --to torchscript")
     sd = _rename(state_dict, _name_rules(_HF_NAMES, to_toolkit=False))
     conv = cfg.conv_feature_layers
     hf = dict(
