@@ -986,3 +986,232 @@ def test_allocator_tuning_stops_page_faults_in_repeated_forwards(env):
         # beside another CI on 2026-12-04): then there is nothing for the tuning to remove.
         if runs["plain"][1] > 1000:
             assert runs["tune"][1] < 0.1 * runs["plain"][1], runs
+
+
+# ---------------------------------------------------------------------------------------------- out dir safety
+
+def test_outputs_over_inputs_are_refused_before_any_work(tmp_path, tiny, capsys):
+    """`--out-dir` = a Kaldi data dir replaced its reference `text` (exit 0); an output that is an
+    input file itself is refused too. Both before the checkpoint is even read. An out dir below the
+    data dir, and reruns into it, are fine."""
+    ckpt, *_ = tiny
+    truth = write_sentences(tmp_path / "w", 2, seed=21)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text("".join(f"{k} {tmp_path / 'w' / k}.wav\n" for k in truth))
+    (data / "text").write_text("".join(f"{k} {' '.join(w)}\n" for k, (w, _) in truth.items()))
+    (data / "ctm").write_text("a reference ctm\n")
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, "--out-dir", data, data / "wav.scp"]) == 1  # was 0, `text` replaced
+    assert f"{data / 'text'}: exists beside the input" in capsys.readouterr().err
+    for fmt, name in [("text", "text"), ("jsonl,ctm", "ctm")]:
+        assert run_cli(["--checkpoint", tmp_path / "no-checkpoint.pt", "--format", fmt, "--out-dir", data,
+                        data / "wav.scp"]) == 1
+        err = capsys.readouterr().err
+        assert (f"{data / name}: exists beside the input {data / 'wav.scp'} (its reference?); transcribe would "
+                f"overwrite it: give another --out-dir (e.g. {data / 'transcribe'})") in err, err
+        assert err.count("\n") == 1 and "checkpoint" not in err  # one line, before the checkpoint is read
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    # a manifest's folder alike
+    from lhotse import CutSet, Recording
+
+    CutSet.from_cuts([Recording.from_file(tmp_path / "w" / f"{k}.wav").to_cut() for k in truth]).to_file(
+        tmp_path / "w" / "cuts.jsonl.gz")
+    (tmp_path / "w" / "transcripts.jsonl").write_text("{}\n")
+    assert run_cli(["--checkpoint", ckpt, "--format", "jsonl", "--out-dir", tmp_path / "w",
+                    tmp_path / "w" / "cuts.jsonl.gz"]) == 1
+    assert "transcripts.jsonl: exists beside the input" in capsys.readouterr().err
+    # an output that is an input: an audio file named like an output, given by name
+    shutil.copy(tmp_path / "w" / f"{next(iter(truth))}.wav", tmp_path / "ctm")
+    assert run_cli(["--checkpoint", ckpt, "--format", "ctm", "--out-dir", tmp_path, tmp_path / "ctm"]) == 1
+    assert (f"{tmp_path / 'ctm'}: is the input {tmp_path / 'ctm'} itself; writing it would destroy the input: "
+            "give another --out-dir") in capsys.readouterr().err
+    assert sf.info(tmp_path / "ctm").frames > 0
+    # an out dir of its own below the data dir: written, and written again
+    for _ in range(2):
+        assert run_cli(["--checkpoint", ckpt, "--format", "text,ctm", "--out-dir", data / "transcribe",
+                        data / "wav.scp"]) == 0
+        assert set(read_text(data / "transcribe" / "text")) == set(truth)
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+
+
+def test_a_rerun_whose_every_input_fails_keeps_the_earlier_outputs(tmp_path, tiny, capsys):
+    """Every input of a rerun failing (too short, a cut that cannot load) replaced the earlier text
+    and transcripts.jsonl with empty files."""
+    from lhotse import CutSet, MonoCut, Recording
+
+    ckpt, *_ = tiny
+    truth = write_sentences(tmp_path / "in", 2, seed=22)
+    out = tmp_path / "out"
+    assert run_cli(["--checkpoint", ckpt, "--format", "text,jsonl,srt", "--out-dir", out, tmp_path / "in"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len(read_text(out / "text")) == len(truth)
+    sf.write(tmp_path / "short.wav", np.zeros(160, np.float32), SR)  # 10 ms
+    rec = Recording.from_file(tmp_path / "short.wav")
+    CutSet.from_cuts([MonoCut("late", 5.0, 1.0, 0, recording=rec)]).to_file(tmp_path / "late.jsonl.gz")
+    for bad in [[tmp_path / "short.wav"], [tmp_path / "late.jsonl.gz"], [tmp_path / "short.wav", tmp_path / "x.wav"]]:
+        capsys.readouterr()
+        assert run_cli(["--checkpoint", ckpt, "--format", "text,jsonl,srt", "--out-dir", out, *bad]) == 1
+        err = capsys.readouterr().err
+        assert f"{len(bad)} input(s) failed" in err and "the other 0 were transcribed" in err, err
+        after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert after.pop(Path("failed.txt")).decode().count("\n") == len(bad)
+        assert after == before  # nothing replaced, no temporary file left
+    # one input transcribed: the outputs are this run's
+    assert run_cli(["--checkpoint", ckpt, "--format", "text,jsonl,srt", "--out-dir", out, tmp_path / "short.wav",
+                    next((tmp_path / "in").glob("*.wav"))]) == 1
+    assert len(read_text(out / "text")) == 1
+
+
+def test_a_manifests_missing_audio_is_one_line_naming_the_path_and_the_folder_to_run_from(
+        tmp_path, tiny, capsys, monkeypatch):
+    """Relative paths in a Lhotse manifest run from another folder: lhotse's message took two lines
+    per cut (and two lines of failed.txt), and a plain file's said only "audio file not found"."""
+    from lhotse import CutSet, Recording
+
+    ckpt, *_ = tiny
+    truth = write_sentences(tmp_path / "rec" / "data" / "wav", 2, seed=23)
+    k0, k1 = truth
+    monkeypatch.chdir(tmp_path / "rec")
+    plain = Recording.from_file(f"data/wav/{k0}.wav")  # a relative path, as lhotse recipes write them
+    resampled = Recording.from_file(f"data/wav/{k1}.wav").resample(8000)  # a transform: loaded by lhotse
+    CutSet.from_cuts([plain.to_cut(), resampled.to_cut(), plain.to_cut().pad(duration=5).with_id("padded")]).to_file(
+        "data/cuts.jsonl.gz")
+    assert run_cli(["--checkpoint", ckpt, "--out-dir", tmp_path / "ok", "data/cuts.jsonl.gz"]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_cli(["--checkpoint", ckpt, "--out-dir", tmp_path / "out", "rec/data/cuts.jsonl.gz"]) == 1
+    err = capsys.readouterr().err
+    failed = (tmp_path / "out" / "failed.txt").read_text().splitlines()
+    assert len(failed) == 3 and "Exception #0" not in err and "Details" not in err, err
+    for line, (cut, name) in zip(failed, [(k0, k0), (k1, k1), ("padded", k0)]):
+        assert line.endswith(f"rec/data/cuts.jsonl.gz: cut {cut}: audio file {tmp_path / 'data' / 'wav' / name}.wav "
+                             f"not found; the manifest's paths are relative to the current directory: run from "
+                             f"{tmp_path / 'rec'}, where data/wav/{name}.wav exists, or make them absolute"), line
+    # a list's missing file: named with its path
+    (tmp_path / "wav.scp").write_text(f"u1 {tmp_path / 'gone.wav'}\n")
+    assert run_cli(["--checkpoint", ckpt, tmp_path / "wav.scp"]) == 1
+    assert f"wav.scp:1 ({tmp_path / 'gone.wav'}): audio file {tmp_path / 'gone.wav'} not found; check the path" \
+        in capsys.readouterr().err
+
+
+def test_a_file_where_the_out_dir_or_its_subtitle_folder_goes_is_refused_before_any_work(tmp_path, tiny, capsys):
+    """A plain file at --out-dir or at its srt/ failed only after the whole transcription ("File exists")."""
+    ckpt, *_ = tiny
+    write_sentences(tmp_path / "in", 1, seed=24)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "vtt").write_text("x")
+    cases = [(["--out-dir", tmp_path / "afile"], f"--out-dir {tmp_path / 'afile'}: is a file, not a folder; "
+                                                 "give another --out-dir"),
+             (["--out-dir", tmp_path / "afile" / "sub"], f"{tmp_path / 'afile'} is a file, not a folder"),
+             (["--format", "text,vtt", "--out-dir", tmp_path / "out"],
+              f"{tmp_path / 'out' / 'vtt'}: is a file, not a folder; --format vtt writes one file per recording")]
+    for extra, message in cases:
+        capsys.readouterr()
+        # the checkpoint is not read (nor any audio): the refusal comes first
+        assert run_cli(["--checkpoint", tmp_path / "no-checkpoint.pt", *extra, tmp_path / "in"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert run_cli(["--checkpoint", ckpt, "--format", "text,srt", "--out-dir", tmp_path / "out", tmp_path / "in"]) == 0
+
+
+def test_subtitles_appear_when_the_run_ends_or_not_at_all(tmp_path):
+    """srt/ and vtt/ filled file by file during the run: an interrupted run left some."""
+    from toolkit.transcribe.formats import Outputs, Recording
+    from toolkit.transcribe.align import WordTiming
+
+    def one(out: Outputs, uid: str) -> None:
+        out.begin(Recording(uid, uid, 1.0))
+        out.segment("a", [WordTiming("a", 0.1, 0.3, 0.9)])
+        out.end()
+
+    d = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with Outputs(["text", "srt", "vtt"], d) as out:
+            one(out, "r1")
+            assert not (d / "srt").exists() and not (d / "vtt").exists()
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in d.iterdir()) == []
+    with Outputs(["text", "srt"], d) as out:
+        one(out, "r1")
+    assert sorted(p.name for p in (d / "srt").iterdir()) == ["r1.srt"]
+    assert stat.S_IMODE((d / "srt").stat().st_mode) == 0o777 & ~_umask()
+    with Outputs(["srt"], d) as out:  # into an existing folder: merged, the other recordings' files stay
+        one(out, "r2")
+        assert not (d / "srt" / "r2.srt").exists()
+    assert sorted(p.name for p in (d / "srt").iterdir()) == ["r1.srt", "r2.srt"]
+    with pytest.raises(KeyboardInterrupt):
+        with Outputs(["srt"], d) as out:
+            one(out, "r3")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in (d / "srt").iterdir()) == ["r1.srt", "r2.srt"]
+    assert sorted(p.name for p in d.iterdir()) == ["srt", "text"]
+    # a linked subtitle folder: filled where the link points
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "d2").mkdir()
+    (tmp_path / "d2" / "srt").symlink_to(tmp_path / "elsewhere")
+    with Outputs(["srt"], tmp_path / "d2") as out:
+        one(out, "r4")
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["r4.srt"]
+
+
+def _umask() -> int:
+    from toolkit.utils import current_umask
+
+    return current_umask()
+
+
+def test_sigint_leaves_no_subtitle_files(tmp_path, tiny):
+    """Ctrl-C half-way: srt/ held the files of the recordings done so far, while `text` was not written."""
+    import signal
+    import time
+
+    ckpt, *_ = tiny
+    write_sentences(tmp_path / "in", 60, seed=25)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "transcribe", "--no-progress", "--checkpoint",
+                             str(ckpt), "--max-duration", "3", "--format", "text,srt", "--out-dir", str(out),
+                             str(tmp_path / "in")], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while not list(out.glob("*srt*/*.srt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(out.glob("*srt*/*.srt")), "the run ended before a subtitle file was written"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "toolkit transcribe: interrupted" in err, err[-2000:]
+    assert list(out.iterdir()) == []
+
+
+def test_hidden_files_and_folders_are_left_out_and_counted(tmp_path, caplog):
+    """A hidden file was skipped silently, a file in a hidden folder transcribed (as `.hid-b`, which
+    then broke --format srt)."""
+    import logging
+
+    from toolkit.transcribe.audio import collect_inputs
+
+    for rel in ["a.wav", ".b.wav", ".hid/c.wav", ".hid/d.wav", "sub/e.wav", "sub/.f.wav", "sub/.git/g.wav"]:
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "in" / rel, np.zeros(SR, np.float32), SR)
+    with caplog.at_level(logging.INFO, logger="toolkit.transcribe"):
+        items, failed = collect_inputs([str(tmp_path / "in")])
+    assert [it.id for it in items] == ["a", "sub-e"] and not failed
+    lines = [r.getMessage() for r in caplog.records if "hidden" in r.getMessage()]
+    assert lines == [f"{tmp_path / 'in'}: 4 hidden file(s)/folder(s) below this folder left out (names starting with "
+                     f"'.', e.g. {tmp_path / 'in' / '.b.wav'}); give a hidden file by name to transcribe it"], lines
+    items, _ = collect_inputs([str(tmp_path / "in" / ".b.wav")])  # by name: transcribed
+    assert [it.id for it in items] == [".b"]
+
+
+def test_a_checkpoint_folder_names_the_file_to_give(tmp_path, tiny, capsys):
+    ckpt, *_ = tiny
+    write_sentences(tmp_path / "in", 1, seed=26)
+    (tmp_path / "exp").mkdir()
+    shutil.copy(ckpt, tmp_path / "exp" / "best.pt")
+    assert run_cli(["--checkpoint", tmp_path / "exp", tmp_path / "in"]) == 1
+    assert (f"{tmp_path / 'exp'}: is a folder; give the .pt file inside (e.g. {tmp_path / 'exp' / 'best.pt'})"
+            in capsys.readouterr().err)
+    assert run_cli(["--checkpoint", tmp_path / "in", tmp_path / "in"]) == 1
+    assert f"{tmp_path / 'in'}: is a folder, with no .pt file inside" in capsys.readouterr().err

@@ -59,6 +59,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a toolkit checkpoint; one-line ToolkitError for a missing, foreign or truncated file."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        if not inside:
+            raise ToolkitError(f"{path}: is a folder, with no .pt file inside; give a checkpoint file (training "
+                               "writes exp/<name>/best.pt)")
+        example = "best.pt" if "best.pt" in inside else inside[-1]
+        raise ToolkitError(f"{path}: is a folder; give the .pt file inside (e.g. {path / example})")
     if not path.is_file():
         raise ToolkitError(f"{path}: checkpoint not found; check the path (training writes exp/<name>/checkpoint-<step>.pt)")
     if path.stat().st_size == 0:

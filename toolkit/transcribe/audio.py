@@ -5,11 +5,15 @@ audio is) and the inputs that failed (one-line reasons):
 - an audio file (anything soundfile reads, else anything ffmpeg decodes): id = its name without
   the suffix;
 - a folder: every audio file below it (suffixes `AUDIO_SUFFIXES`, recursively, sorted); id = the
-  path relative to the folder without the suffix, `/` written as `-`;
+  path relative to the folder without the suffix, `/` written as `-`. Hidden files and everything in
+  hidden folders (names starting with '.': `.DS_Store`, macOS's `._x.wav`, `.git/`) are left out,
+  and so are files that are not audio by their suffix; the log counts both;
 - a Kaldi `wav.scp` (the name `wav.scp` or the suffix `.scp`): `utt-id path` lines; piped commands
   (`... |`) are not run (each such line fails with a message);
 - a Lhotse manifest (`.jsonl`, `.jsonl.gz`, `.json`): a CutSet (id = cut id; the cut's offset,
-  duration and channel are honoured) or a RecordingSet (id = recording id).
+  duration and channel are honoured) or a RecordingSet (id = recording id). Its relative audio
+  paths are relative to the current directory (lhotse's rule); a missing file is named with the
+  folder to run from.
 Whitespace in ids becomes `_` (Kaldi ids have none); two inputs with the same id are an error. A
 text file that lists paths (not a `.scp`), and a `.scp` line with a bare path, fail with the form to use.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -57,6 +62,7 @@ class AudioItem:
     default_channel: int | None = None  # --channel: the channel of a multi-channel file when `channel` is None
     lhotse: Any = None  # a lhotse Cut/Recording whose audio only lhotse can load (URL, command, transforms)
     language: str | None = None  # the manifest's supervision language, when given
+    manifest: Path | None = None  # the Lhotse manifest that names the audio (for messages about its paths)
     extra: dict = field(default_factory=dict)
 
 
@@ -135,9 +141,24 @@ def _refuse_path_list(path: Path) -> None:
 
 
 def _folder_items(folder: Path) -> list[AudioItem]:
-    everything = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    files = sorted(p for p in everything if p.suffix.lower() in AUDIO_SUFFIXES)
-    others = sorted(p for p in everything if p.suffix.lower() not in AUDIO_SUFFIXES)
+    everything = [p for p in folder.rglob("*") if p.is_file()]
+    # hidden: the first part of the path below `folder` that starts with '.' (a file, or a folder
+    # such as .git/ counted once however many files it holds)
+    hidden: dict[Path, None] = {}
+    shown = []
+    for p in everything:
+        parts = p.relative_to(folder).parts
+        first = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
+        if first is None:
+            shown.append(p)
+        else:
+            hidden[Path(*parts[: first + 1])] = None
+    if hidden:
+        names = sorted(hidden)
+        log.info("%s: %d hidden file(s)/folder(s) below this folder left out (names starting with '.', e.g. %s); "
+                 "give a hidden file by name to transcribe it", folder, len(names), folder / names[0])
+    files = sorted(p for p in shown if p.suffix.lower() in AUDIO_SUFFIXES)
+    others = sorted(p for p in shown if p.suffix.lower() not in AUDIO_SUFFIXES)
     if others:
         log.warning("%s: %d file(s) below this folder left out: not audio by their suffix (e.g. %s; audio is %s); "
                     "give such a file by name to try it", folder, len(others), others[0], " ".join(AUDIO_SUFFIXES))
@@ -180,7 +201,7 @@ def _manifest_items(path: Path) -> list[AudioItem]:
         raise ToolkitError(f"{path}: cannot read this Lhotse manifest ({type(e).__name__}: {str(e)[:120]}); "
                            "give a cut or recording manifest") from None
     if isinstance(manifest, RecordingSet):
-        return [_lhotse_item(r.id, f"{path}: recording {r.id}", r, 0.0, None, None, None) for r in manifest]
+        return [_lhotse_item(r.id, f"{path}: recording {r.id}", r, 0.0, None, None, None, path) for r in manifest]
     if isinstance(manifest, CutSet):
         out = []
         for cut in manifest:
@@ -191,17 +212,17 @@ def _manifest_items(path: Path) -> list[AudioItem]:
                     raise ToolkitError(f"{path}: cut {cut.id} has no recording (features only); give cuts with audio")
                 # a mixed or padded cut: audio only lhotse can put together, loaded whole
                 out.append(AudioItem(id=clean_id(cut.id), source=f"{path}: cut {cut.id}", lhotse=cut,
-                                     duration=cut.duration, language=lang))
+                                     duration=cut.duration, language=lang, manifest=path))
                 continue
             channel = cut.channel if hasattr(cut, "channel") else None
-            out.append(_lhotse_item(cut.id, f"{path}: cut {cut.id}", cut, cut.start, cut.duration, channel, lang))
+            out.append(_lhotse_item(cut.id, f"{path}: cut {cut.id}", cut, cut.start, cut.duration, channel, lang, path))
         return out
     raise ToolkitError(f"{path}: a {type(manifest).__name__} has no audio to transcribe; give the recordings "
                        "or cuts manifest")
 
 
 def _lhotse_item(uid: str, source: str, obj: Any, offset: float, duration: float | None,
-                 channel: Any, language: str | None) -> AudioItem:
+                 channel: Any, language: str | None, manifest: Path) -> AudioItem:
     rec = obj if not hasattr(obj, "recording") else obj.recording
     plain = (len(rec.sources) == 1 and rec.sources[0].type == "file" and not getattr(rec, "transforms", None))
     if plain:
@@ -217,8 +238,35 @@ def _lhotse_item(uid: str, source: str, obj: Any, offset: float, duration: float
         else:
             ch = None
         return AudioItem(id=clean_id(uid), source=source, path=Path(src.source), offset=offset, duration=duration,
-                         channel=ch, language=language)
-    return AudioItem(id=clean_id(uid), source=source, lhotse=obj, duration=duration, language=language)
+                         channel=ch, language=language, manifest=manifest)
+    return AudioItem(id=clean_id(uid), source=source, lhotse=obj, duration=duration, language=language,
+                     manifest=manifest)
+
+
+def _lhotse_files(obj: Any) -> list[Path]:
+    """The audio files a lhotse Recording / Cut / MixedCut reads (URLs and commands left out)."""
+    if getattr(obj, "recording", None) is not None:
+        recs = [obj.recording]
+    elif hasattr(obj, "sources"):
+        recs = [obj]
+    else:  # a MixedCut: its tracks' recordings (padding has none)
+        recs = [t.cut.recording for t in getattr(obj, "tracks", []) if getattr(t.cut, "recording", None) is not None]
+    return [Path(s.source) for r in recs for s in r.sources if s.type == "file"]
+
+
+def missing_audio(source: str, path: Path, manifest: Path | None = None) -> ToolkitError:
+    """The one-line error for an audio file that is not there. A manifest's relative paths are
+    relative to the current directory: the message names the folder of the manifest (or above it)
+    from which the path exists, when there is one."""
+    where = f"{source}: audio file {os.path.abspath(path)}"
+    if path.is_dir():
+        return ToolkitError(f"{where} is a folder, not an audio file; fix the path")
+    if manifest is None or path.is_absolute():
+        return ToolkitError(f"{where} not found; check the path")
+    base = next((d for d in Path(os.path.abspath(manifest)).parents if (d / path).is_file()), None)
+    fix = (f"run from {base}, where {path} exists, or make them absolute" if base is not None else
+           "run from the folder they are relative to (often the manifest's or its recipe's), or make them absolute")
+    return ToolkitError(f"{where} not found; the manifest's paths are relative to the current directory: {fix}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -249,8 +297,10 @@ class AudioReader:
             self._open_lhotse(notes)
             return
         path = item.path
-        if path is None or not path.is_file():
-            raise ToolkitError(f"{item.source}: audio file not found")
+        if path is None:
+            raise ToolkitError(f"{item.source}: no audio file given")
+        if not path.is_file():
+            raise missing_audio(item.source, path, item.manifest)
         self._file = self._open_soundfile(path)
         if self._file is None:
             self._file = self._decode_with_ffmpeg(path, notes)
@@ -320,11 +370,15 @@ class AudioReader:
 
     def _open_lhotse(self, notes: ConversionNotes) -> None:
         obj = self.item.lhotse
+        for path in _lhotse_files(obj):  # lhotse's own error for a missing file spans many lines
+            if not path.is_file():
+                raise missing_audio(self.item.source, path, self.item.manifest)
         try:
             audio = obj.resample(SAMPLE_RATE).load_audio()
         except Exception as e:  # noqa: BLE001 - lhotse raises many kinds for unreadable audio
+            detail = " ".join(str(e).split())  # one line: lhotse's messages hold one line per backend tried
             raise ToolkitError(f"{self.item.source}: lhotse cannot load the audio ({type(e).__name__}: "
-                               f"{str(e)[:120]})") from None
+                               f"{detail[:200]})") from None
         audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
         if audio.dim() == 2:
             audio = audio.mean(dim=0)

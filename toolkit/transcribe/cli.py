@@ -10,12 +10,18 @@ contracts, docs/ARCHITECTURE.md for the summary.
 
 Exit status: 0 when every input was transcribed; 1 when some failed (each named on one line in
 the log, listed in `--out-dir`/failed.txt; the others are still transcribed) or on a usage error.
+When every input failed, the earlier outputs of `--out-dir` stay as they were. Before any work,
+`--out-dir` is refused where a file stands in the place of a folder (or a folder in the place of a
+file), and where an output would overwrite an input or a file beside an input list or manifest
+(a Kaldi data dir's reference `text`).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -60,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 MIN_SEGMENT_S = 1.0  # --max-segment-s below this: a segment can end up without a frame to cut at
+FAILED_TXT = "failed.txt"  # in --out-dir: the inputs that failed (removed by a run without failures)
 
 
 def check_greedy_options(args: argparse.Namespace) -> None:
@@ -85,6 +92,55 @@ def check_file_names(items: list, formats: list[str]) -> None:
             raise ToolkitError(f"utterance id {it.id!r} ({it.source}) cannot name a file in --out-dir/"
                                f"{formats[0]}/; rename it (no '/', '\\', leading '.'), or leave out "
                                f"--format {','.join(formats)}")
+
+
+def check_out_dir(out_dir: Path, formats: list[str]) -> None:
+    """Before any work: the out dir (or its nearest existing parent) and its srt/ vtt/ must be
+    folders, its text / transcripts.jsonl / ctm files (writing them failed only after the whole
+    transcription, with the OS's "File exists")."""
+    from toolkit.transcribe.formats import FILE_NAMES, PER_RECORDING
+
+    there = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not there.is_dir():
+        what = "" if there == out_dir else f"{there} "
+        raise ToolkitError(f"--out-dir {out_dir}: {what}is a file, not a folder; give another --out-dir")
+    for f in formats:
+        if f in PER_RECORDING and (out_dir / f).exists() and not (out_dir / f).is_dir():
+            raise ToolkitError(f"{out_dir / f}: is a file, not a folder; --format {f} writes one file per recording "
+                               "into it: move the file away or give another --out-dir")
+        if f in FILE_NAMES and (out_dir / FILE_NAMES[f]).is_dir():
+            raise ToolkitError(f"{out_dir / FILE_NAMES[f]}: is a folder, not a file; --format {f} writes this file: "
+                               "move the folder away or give another --out-dir")
+
+
+def refuse_outputs_over_inputs(out_dir: Path, formats: list[str], items: list, inputs: list[str]) -> None:
+    """Before any work: an output that is an input file itself (a list, a manifest, an audio file), or
+    that already exists beside an input list or manifest (`--out-dir data/test` holding the reference
+    `text` of data/test/wav.scp), is refused, naming the file. Only that folder itself: an out dir
+    below it (data/test/transcribe) and reruns into a run's own out dir are fine.
+    (`toolkit.utils.refuse_output_over_inputs` guards one OUT replaced as a whole, down its folders.)"""
+    from toolkit.transcribe.audio import _is_manifest, _is_scp
+    from toolkit.transcribe.formats import output_paths
+
+    realdir = functools.lru_cache(maxsize=None)(os.path.realpath)  # many files, few folders
+
+    def real(p: Path) -> Path:  # the folder resolved, not the name: an output replaces a link, not its target
+        return Path(realdir(p.parent)) / p.name
+
+    files = [Path(a) for a in inputs if Path(a).is_file()]
+    listing = {real(p).parent: p for p in files if _is_manifest(p) or _is_scp(p)}
+    given = {}
+    for p in [*files, *(it.path for it in items if it.path is not None)]:
+        given[real(p)] = given[Path(os.path.realpath(p))] = p
+    for out in [*output_paths(out_dir, formats, [it.id for it in items]), out_dir / FAILED_TXT]:
+        r = real(out)
+        if r in given:
+            raise ToolkitError(f"{out}: is the input {given[r]} itself; writing it would destroy the input: "
+                               "give another --out-dir")
+        if r.parent in listing and out.exists():
+            lst = listing[r.parent]
+            raise ToolkitError(f"{out}: exists beside the input {lst} (its reference?); transcribe would overwrite it: "
+                               f"give another --out-dir (e.g. {lst.parent / 'transcribe'})")
 
 
 def warn_stale_outputs(out_dir: Path, formats: list[str], items: list) -> None:
@@ -129,6 +185,21 @@ def run(args: argparse.Namespace) -> int:
         raise ToolkitError(f"--max-segment-s {args.max_segment_s}: segments are cut between words and need at "
                            f"least {MIN_SEGMENT_S:g} s")
     check_greedy_options(args)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else None
+    if out_dir is not None:
+        check_out_dir(out_dir, formats)
+    items, failed = collect_inputs(args.inputs)
+    for it in items:
+        it.default_channel = args.channel
+    if out_dir is not None:
+        check_file_names(items, [f for f in formats if f in PER_RECORDING])
+        refuse_outputs_over_inputs(out_dir, formats, items, args.inputs)
+        warn_stale_outputs(out_dir, formats, items)
+    for source, message in failed:
+        log.error("skipped: %s", message)
+    if not items and failed:
+        raise ToolkitError(f"none of the {len(args.inputs)} input(s) could be used (each named above)")
+
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt["kind"] != "ctc":
         raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; "
@@ -142,16 +213,6 @@ def run(args: argparse.Namespace) -> int:
     opts = TranscribeOptions(chunk=chunk, max_duration=args.max_duration, max_segment_s=args.max_segment_s,
                              dtype=args.dtype)
     chunk.check()
-    items, failed = collect_inputs(args.inputs)
-    for it in items:
-        it.default_channel = args.channel
-    if args.out_dir is not None:
-        check_file_names(items, [f for f in formats if f in PER_RECORDING])
-        warn_stale_outputs(Path(args.out_dir), formats, items)
-    for source, message in failed:
-        log.error("skipped: %s", message)
-    if not items and failed:
-        raise ToolkitError(f"none of the {len(args.inputs)} input(s) could be used (each named above)")
 
     model = build_model(ckpt).to(device).eval()
     normalize = bool(config_of(ckpt).normalize)
@@ -184,12 +245,15 @@ def run(args: argparse.Namespace) -> int:
 
         transcriber = Transcriber(model, tokenizer, search, device, normalize, opts, language)
         stats = transcriber.run(items, out, progress)
+        if stats.failed and not stats.done and out_dir is not None:
+            out.keep_earlier()  # empty files must not replace an earlier run's transcripts
+            log.info("transcribe: nothing transcribed; the earlier outputs in %s (if any) stay as they were", out_dir)
     failed += stats.failed
     rtf = stats.compute_seconds / stats.audio_seconds if stats.audio_seconds else float("nan")
     log.info("transcribe: %d recording(s), %.3f h of audio in %.1f s (RTF %.4f)%s", stats.done,
              stats.audio_seconds / 3600, stats.compute_seconds, rtf,
              f" -> {args.out_dir}" if args.out_dir else "")
-    failed_txt = Path(args.out_dir) / "failed.txt" if args.out_dir else None
+    failed_txt = out_dir / FAILED_TXT if out_dir is not None else None
     if failed_txt is not None and failed_txt.exists() and not failed:
         failed_txt.unlink()  # from an earlier run of the same out dir
     if failed:

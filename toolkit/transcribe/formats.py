@@ -15,8 +15,11 @@ Without `--out-dir`, text, jsonl and ctm go to standard output as each recording
 
 Writers get a recording's segments as they are decoded (`begin`, `segment`, `end`) and keep only
 that recording's rendered text until `end`, so a recording that fails half-way leaves nothing
-behind (`discard`). The files of a run are written through `toolkit.utils.atomic_path`: they
-appear complete when the run ends, or not at all.
+behind (`discard`). The files of a run are written through `toolkit.utils.atomic_path`, and the
+subtitle files into a hidden temporary folder (`staged_folder`) whose files move into srt/ (vtt/)
+when the run ends: they appear complete when the run ends, or not at all (an interrupted or failed run
+removes its temporary files). A run that transcribed nothing (`keep_earlier`: every input failed)
+leaves the earlier files of the out dir as they were.
 """
 from __future__ import annotations
 
@@ -24,18 +27,28 @@ import contextlib
 import html
 import io
 import json
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
 from toolkit.transcribe.align import WordTiming
-from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
+from toolkit.utils import ToolkitError, atomic_path, current_umask
 
 FORMATS = ("text", "jsonl", "ctm", "srt", "vtt")
 FILE_NAMES = {"text": "text", "jsonl": "transcripts.jsonl", "ctm": "ctm"}
 NEEDS_TIMES = {"jsonl", "ctm", "srt", "vtt"}
 PER_RECORDING = ("srt", "vtt")  # one file per recording, named by its id
+
+
+def output_paths(out_dir: Path, formats: Iterable[str], ids: Iterable[str]) -> list[Path]:
+    """The files a run of `formats` over recordings `ids` writes into `out_dir`."""
+    ids = list(ids)
+    return ([out_dir / FILE_NAMES[f] for f in formats if f in FILE_NAMES]
+            + [out_dir / f / f"{i}.{f}" for f in formats if f in PER_RECORDING for i in ids])
 
 
 def parse_formats(spec: str) -> list[str]:
@@ -178,9 +191,37 @@ def make_writer(fmt: str) -> _Writer:
             "srt": lambda: SubtitleWriter(vtt=False), "vtt": lambda: SubtitleWriter(vtt=True)}[fmt]()
 
 
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A hidden temporary folder for a run's per-recording files. When `final` is not there yet it
+    is made beside it and renamed into place on success; when it is (with the earlier files of other
+    recordings, which stay), it is made inside it and its files are moved out one by one (on the
+    same file system, a linked folder included). On an exception the temporary folder goes.
+    (`toolkit.model.export`'s staging replaces a whole folder; subtitles are merged into one.)"""
+    new = not final.is_dir()
+    where = final.parent if new else final
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=where))
+    try:
+        yield tmp
+        if new:
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is private (0700)
+            os.replace(tmp, final)
+        else:
+            for p in tmp.iterdir():
+                os.replace(p, final / p.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _KeptEarlier(Exception):
+    """Thrown into the open outputs on exit after `Outputs.keep_earlier()`: nothing is committed."""
+
+
 class Outputs:
     """Every requested format for a run: `begin(rec)`, `segment(text, words)`, `end()` or `discard()` per
-    recording; use as a context manager (files committed on a normal exit, removed on an exception)."""
+    recording; use as a context manager (files committed on a normal exit, removed on an exception or
+    after `keep_earlier()`)."""
 
     def __init__(self, formats: Iterable[str], out_dir: str | Path | None, stdout: TextIO | None = None):
         self.formats = list(formats)
@@ -191,6 +232,8 @@ class Outputs:
         self.stdout = stdout or sys.stdout
         self._stack = contextlib.ExitStack()
         self._files: dict[str, TextIO] = {}
+        self._folders: dict[str, Path] = {}  # srt/vtt: the run's temporary folder
+        self._keep_earlier = False
         self.recordings = 0
 
     def __enter__(self) -> "Outputs":
@@ -200,9 +243,20 @@ class Outputs:
                 if f in FILE_NAMES:
                     tmp = self._stack.enter_context(atomic_path(self.out_dir / FILE_NAMES[f]))
                     self._files[f] = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+                elif f in PER_RECORDING:
+                    self._folders[f] = self._stack.enter_context(staged_folder(self.out_dir / f))
         return self
 
+    def keep_earlier(self) -> None:
+        """Commit nothing on exit: this run's files are dropped, the out dir's earlier ones stay (a run
+        whose every input failed must not replace earlier transcripts with empty files)."""
+        self._keep_earlier = True
+
     def __exit__(self, *exc) -> bool | None:
+        if exc[0] is None and self._keep_earlier:
+            with contextlib.suppress(_KeptEarlier):
+                self._stack.__exit__(_KeptEarlier, _KeptEarlier(), None)
+            return None
         return self._stack.__exit__(*exc)
 
     @property
@@ -227,7 +281,7 @@ class Outputs:
             rendered = w.end()
             text = w.text
             if f in PER_RECORDING:
-                atomic_write_text(self.out_dir / f / f"{w.rec.id}.{f}", rendered)
+                (self._folders[f] / f"{w.rec.id}.{f}").write_text(rendered, encoding="utf-8")
             elif self.out_dir is not None:
                 self._files[f].write(rendered)
             else:
