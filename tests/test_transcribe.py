@@ -540,26 +540,33 @@ def test_a_closed_standard_output_ends_the_run_quietly_with_141(tmp_path, tiny):
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
 
 
+def interrupt_transcribe(tmp_path, ckpt, seed: int, extra: list, started: str, sig) -> None:
+    """Transcribe 60 sentences into tmp_path/out, send `sig` once a file matching `started` is there,
+    and check that the run says it was interrupted (exit 130)."""
+    import time
+
+    write_sentences(tmp_path / "in", 60, seed=seed)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "transcribe", "--no-progress", "--checkpoint",
+                             str(ckpt), "--max-duration", "3", *extra, "--out-dir", str(out), str(tmp_path / "in")],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while not list(out.glob(started)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(out.glob(started)), f"the run ended before {started} was written"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "toolkit transcribe: interrupted" in err, err[-2000:]
+
+
 def test_sigterm_interrupts_like_ctrl_c_and_leaves_no_temporary_file(tmp_path, tiny):
     """`kill`/`timeout`/a scheduler stop a run with SIGTERM: the temporary file of the text output
     was left behind (SIGTERM ended Python without running its cleanups)."""
-    import os
     import signal
-    import time
 
     ckpt, *_ = tiny
-    write_sentences(tmp_path / "in", 60, seed=12)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "transcribe", "--no-progress", "--checkpoint",
-                             str(ckpt), "--max-duration", "3", "--out-dir", str(out), str(tmp_path / "in")],
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.time() + 120
-    while not list(out.glob(".text*")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert list(out.glob(".text*")), "the run ended before its text file was opened"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "toolkit transcribe: interrupted" in err, err[-2000:]
+    interrupt_transcribe(tmp_path, ckpt, 12, [], ".text*", signal.SIGTERM)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")] and not (out / "text").exists()
 
 
@@ -1166,22 +1173,10 @@ def _umask() -> int:
 def test_sigint_leaves_no_subtitle_files(tmp_path, tiny):
     """Ctrl-C half-way: srt/ held the files of the recordings done so far, while `text` was not written."""
     import signal
-    import time
 
     ckpt, *_ = tiny
-    write_sentences(tmp_path / "in", 60, seed=25)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "transcribe", "--no-progress", "--checkpoint",
-                             str(ckpt), "--max-duration", "3", "--format", "text,srt", "--out-dir", str(out),
-                             str(tmp_path / "in")], stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.time() + 120
-    while not list(out.glob("*srt*/*.srt")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert list(out.glob("*srt*/*.srt")), "the run ended before a subtitle file was written"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "toolkit transcribe: interrupted" in err, err[-2000:]
+    interrupt_transcribe(tmp_path, ckpt, 25, ["--format", "text,srt"], "*srt*/*.srt", signal.SIGINT)
     assert list(out.iterdir()) == []
 
 
