@@ -75,11 +75,11 @@ def test_fsdd_recipe_from_scratch_learns_connected_digits(tmp_path):
     assert len(speakers["train"]) == 4 and len(speakers["dev"]) == 1 and len(speakers["test"]) == 1
     assert not (speakers["train"] & speakers["test"]) and not (speakers["dev"] & speakers["test"])
     # the settings the labelled duration gave were printed, and used
-    log = (work / "exp" / "finetune_tiny_char_scratch" / "log" / "finetune.log").read_text()
+    log = (work / "exp" / "finetune_tiny_fbank_char_scratch" / "log" / "finetune.log").read_text()
     assert re.search(r"fine-tuning settings for 1\.\d\d h of labelled audio", log)
     assert re.search(r"train\.feature_grad_mult +1\.0 +derived: from scratch", log)
     # from scratch the recipe's conf picks the log-mel front-end (scratch_model=tiny_fbank)
-    assert "preset: tiny_fbank" in (work / "exp" / "finetune_tiny_char_scratch" / "config.yaml").read_text()
+    assert "preset: tiny_fbank" in (work / "exp" / "finetune_tiny_fbank_char_scratch" / "config.yaml").read_text()
     assert re.search(r"data\.channel_augment +0\.8 +derived: from scratch", log)
     wer = float(re.search(r"^RESULT fsdd_wer_scratch=([0-9.]+)$", r.stdout, re.M).group(1))
     assert wer <= SLOW_MAX_WER, f"connected-digit test WER (HLG) {wer}% after {SLOW_UPDATES} updates"

@@ -60,9 +60,10 @@ pretrain_dir=exp/pretrain_${size}
 init=none
 [ "$pretrain" = true ] && init=$pretrain_dir/last.pt
 [ -n "$init_checkpoint" ] && [ "$pretrain" != true ] && init=$init_checkpoint
-scratch_opts=(); [ "$init" = none ] && [ -n "$scratch_model" ] && scratch_opts=(--set "model.preset=$scratch_model")
+scratch_opts=(); ft_model=$size
+if [ "$init" = none ] && [ -n "$scratch_model" ]; then scratch_opts=(--set "model.preset=$scratch_model"); ft_model=$scratch_model; fi
 init_name=$(basename "${init%.pt}" | sed 's/^last$/pretrained/; s/^none$/scratch/')
-ft_dir=exp/finetune_${size}_${lang_dir#data/lang_}_$init_name  # units (char, bpe_<n>) and init in the name
+ft_dir=exp/finetune_${ft_model}_${lang_dir#data/lang_}_$init_name  # model, units (char, bpe_<n>) and init in the name
 # What a model's start is (a stage marker's settings): the pretraining stage's marker, or the
 # checkpoint file's content, so that another model under the same path is not taken for it.
 init_sig() { case $init in none) echo none ;; $pretrain_dir/last.pt) file_sig $pretrain_dir/.done ;; *) file_sig "$init" ;; esac; }

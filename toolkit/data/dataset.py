@@ -113,15 +113,19 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: base of the per-batch random generator.
         drop_unfit: drop (with a warning) cuts whose audio fails to load, is shorter than a
             frame, or cannot fit its labels under CTC; False raises ToolkitError on them.
+        conv_layers: the model's `conv_feature_layers` (frame geometry of the feature encoder,
+            a log-mel front-end's window and hop included); None: the standard CNN's.
     """
 
     def __init__(self, tokenizer: Any = None, normalize: bool = False, crop_to_shortest: bool = False,
                  max_sample_size: int | None = None, speed_perturb: bool = False, seed: int = 0,
                  drop_unfit: bool = True, channel_augment: float = 0.0,
-                 speed_factors: tuple[float, ...] = SPEED_FACTORS) -> None:
+                 speed_factors: tuple[float, ...] = SPEED_FACTORS, conv_layers: Any = None) -> None:
         super().__init__()
-        if max_sample_size is not None and max_sample_size < MIN_SAMPLES:
-            raise ToolkitError(f"max_sample_size={max_sample_size} is below one model frame ({MIN_SAMPLES} samples)")
+        self.conv_layers = conv_layers
+        self.min_samples = receptive_field(conv_layers) if conv_layers else MIN_SAMPLES
+        if max_sample_size is not None and max_sample_size < self.min_samples:
+            raise ToolkitError(f"max_sample_size={max_sample_size} is below one model frame ({self.min_samples} samples)")
         if tokenizer is not None and max_sample_size is not None and not crop_to_shortest:
             raise ToolkitError("max_sample_size with transcripts would crop audio but not its text; "
                                "filter long cuts (e.g. cuts.filter(lambda c: c.duration <= X)) instead")
@@ -194,14 +198,14 @@ class AudioDataset(torch.utils.data.Dataset):
             except Exception as e:  # noqa: BLE001 - any backend error means this file is unusable
                 self._drop(cut, f"audio fails to load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
                 continue
-            if wav.numel() < MIN_SAMPLES:
-                self._drop(cut, f"{wav.numel()} samples is shorter than one model frame ({MIN_SAMPLES})")
+            if wav.numel() < self.min_samples:
+                self._drop(cut, f"{wav.numel()} samples is shorter than one model frame ({self.min_samples})")
                 continue
             ids = None
             if self.tokenizer is not None:
                 ids = self.tokenizer.encode(_text(cut))
                 need = int(ctc_min_frames(torch.tensor([ids]), torch.tensor([len(ids)]))[0]) if ids else 0
-                have = num_frames(wav.numel())
+                have = num_frames(wav.numel(), self.conv_layers)
                 if need > have:
                     self._drop(cut, f"{len(ids)} labels need {need} CTC frames but the audio gives {have}")
                     continue

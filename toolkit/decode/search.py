@@ -197,8 +197,9 @@ def decode_cuts(model: torch.nn.Module, cuts: Any, searchers: dict[str, Searcher
 
     chunk = chunk or ChunkOptions()
     # the dataset leaves normalisation to the windows of a chunked utterance (per window, as transcribe)
-    dataset = AudioDataset(normalize=normalize, drop_unfit=False)
-    raw = AudioDataset(normalize=False, drop_unfit=False)
+    conv_layers = getattr(getattr(model, "cfg", None), "conv_feature_layers", None)  # its frame geometry
+    dataset = AudioDataset(normalize=normalize, drop_unfit=False, conv_layers=conv_layers)
+    raw = AudioDataset(normalize=False, drop_unfit=False, conv_layers=conv_layers)
     result = DecodeResult(hyps={m: {} for m in searchers}, timings={m: Timing(m) for m in searchers})
     short = [c for c in cuts if c.duration <= chunk_above]
     long = [[c] for c in cuts if c.duration > chunk_above]

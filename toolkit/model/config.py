@@ -41,6 +41,23 @@ def num_frames(num_samples: int, conv_layers: ConvLayers | None = None) -> int:
     return n
 
 
+def mel_banks(n_mels: int, window: int):  # noqa: ANN201
+    """Kaldi's mel filters (n_mels, n_fft/2) for a `window`-sample frame zero-padded to the next power
+    of two, 20 Hz to 400 Hz below Nyquist (the `fbank` front-end's, toolkit/model/wav2vec2.py)."""
+    import torch
+    from torchaudio.compliance.kaldi import get_mel_banks
+
+    n_fft = 1 << (int(window) - 1).bit_length()
+    with torch.device("cpu"):  # fixed tables, also while a model is built on the meta device
+        banks, _ = get_mel_banks(int(n_mels), n_fft, float(SAMPLE_RATE), 20.0, -400.0, 100.0, -500.0, 1.0)
+    return banks
+
+
+def empty_mel_bands(n_mels: int, window: int) -> int:
+    """Mel filters of the `fbank` front-end that catch no FFT bin (Kaldi refuses such settings)."""
+    return int((mel_banks(n_mels, window).sum(dim=1) == 0).sum())
+
+
 def receptive_field(conv_layers: ConvLayers | None = None) -> int:
     """Samples one output frame sees (400 with the standard layers)."""
     rf, jump = 1, 1
@@ -160,9 +177,14 @@ class Wav2Vec2Config:
             bad("extractor_mode", f"must be one of {', '.join(EXTRACTOR_MODES)}")
         if not self.conv_feature_layers or any(len(l) != 3 or min(l) < 1 for l in self.conv_feature_layers):
             bad("conv_feature_layers", "must be a non-empty list of positive (dim, kernel, stride)")
-        if self.extractor_mode == "fbank" and (len(self.conv_feature_layers) != 1 or self.conv_feature_layers[0][1] < 2):
-            bad("conv_feature_layers", "with extractor_mode=fbank must be one (mel bands, window, hop) entry in "
-                "samples, e.g. [[80, 400, 320]]")
+        if self.extractor_mode == "fbank":
+            if len(self.conv_feature_layers) != 1 or self.conv_feature_layers[0][1] < 2:
+                bad("conv_feature_layers", "with extractor_mode=fbank must be one (mel bands, window, hop) entry in "
+                    "samples, e.g. [[80, 400, 320]]")
+            empty = empty_mel_bands(*self.conv_feature_layers[0][:2])
+            if empty:
+                bad("conv_feature_layers", f"gives {empty} mel band(s) narrower than one FFT bin (always at the log "
+                    "floor): use fewer mel bands or a longer window")
         if self.encoder_embed_dim % self.encoder_attention_heads:
             bad("encoder_embed_dim", f"must be divisible by encoder_attention_heads={self.encoder_attention_heads}")
         if self.encoder_embed_dim % self.conv_pos_groups:

@@ -187,11 +187,16 @@ def from_hf(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any]
     return cfg, sd
 
 
+def check_hf_exportable(cfg: Wav2Vec2Config) -> None:
+    """One line when Hugging Face's Wav2Vec2 cannot hold this network."""
+    if cfg.extractor_mode == "fbank":
+        raise ToolkitError("extractor_mode=fbank: Hugging Face's Wav2Vec2 has no log-mel front-end; export a "
+                           "fine-tuned (CTC) model of it with --to onnx or --to torchscript")
+
+
 def to_hf(cfg: Wav2Vec2Config, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], StateDict]:
     """Inverse of `from_hf`: a Hugging Face config dict and state dict (parametrized weight norm)."""
-    if cfg.extractor_mode == "fbank":
-        raise ToolkitError("extractor_mode=fbank: Hugging Face's Wav2Vec2 has no log-mel front-end; export this "
-                           "model with --to onnx or --to torchscript")
+    check_hf_exportable(cfg)
     sd = _rename(state_dict, _name_rules(_HF_NAMES, to_toolkit=False))
     conv = cfg.conv_feature_layers
     hf = dict(

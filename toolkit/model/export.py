@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if ckpt["kind"] != "ctc" and args.to != "hf":
         raise ToolkitError(f"--checkpoint {args.checkpoint}: a {ckpt['kind']} checkpoint has no CTC head; "
                            f"--to {args.to} exports recognisers (CTC checkpoints); use --to hf for pretraining models")
+    if args.to == "hf":  # before the eps warning below, which would not apply
+        from toolkit.model.convert import check_hf_exportable
+
+        check_hf_exportable(cfg)
     model = build_model(ckpt).eval()
     vocab = ckpt.get("vocab") if ckpt["kind"] == "ctc" else None
     writer = {"hf": write_hf, "onnx": write_onnx, "torchscript": write_torchscript}[args.to]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from toolkit.model.config import SAMPLE_RATE, Wav2Vec2Config
+from toolkit.model.config import Wav2Vec2Config, mel_banks
 from toolkit.model.masking import compute_mask_indices, negatives_from_flat_indices, sample_negatives
 
 
@@ -180,6 +180,7 @@ class ConvFeatureEncoder(nn.Module):
 
 
 LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # Kaldi's floor on mel energies before the log
+INT16_SCALE = 32768.0  # float samples in [-1, 1] to Kaldi's 16-bit scale
 
 
 class FbankFeatureEncoder(nn.Module):
@@ -187,8 +188,8 @@ class FbankFeatureEncoder(nn.Module):
 
     `conv_feature_layers` is one (n_mels, window, hop) entry in samples, so frame counts follow the
     same formula as the CNN's: (80, 400, 320) gives 25 ms windows every 20 ms, the standard CNN's
-    frames. Each frame is Kaldi's `compute-fbank-feats` with snip_edges, no dither and no
-    pre-emphasis: the frame's mean removed, a Hann window, the power spectrum of a zero-padded FFT
+    frames. Each frame is Kaldi's `compute-fbank-feats` of the 16-bit samples (x 32768) with
+    snip_edges, no dither and no pre-emphasis: the frame's mean removed, a Hann window, the power spectrum of a zero-padded FFT
     (the next power of two), Kaldi's triangular mel filters from 20 Hz to 400 Hz below Nyquist, and
     the log with a float epsilon floor (tests compare it with `torchaudio.compliance.kaldi.fbank`).
     A fixed front-end generalises to a new speaker and microphone from a few training speakers far
@@ -197,20 +198,20 @@ class FbankFeatureEncoder(nn.Module):
 
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
-        from torchaudio.compliance.kaldi import get_mel_banks
-
         self.layers_cfg = list(cfg.conv_feature_layers)
         n_mels, self.window_size, self.hop = self.layers_cfg[0]
         self.n_fft = 1 << (self.window_size - 1).bit_length()
+        banks = mel_banks(n_mels, self.window_size)
         with torch.device("cpu"):  # fixed tables, also when the model is built on the meta device
-            banks, _ = get_mel_banks(n_mels, self.n_fft, float(SAMPLE_RATE), 20.0, -400.0, 100.0, -500.0, 1.0)
             window = torch.hann_window(self.window_size, periodic=False, dtype=torch.float64).float()
         self.register_buffer("mel", F.pad(banks, (0, 1)).t().contiguous(), persistent=False)  # (n_fft/2+1, n_mels)
         self.register_buffer("window", window, persistent=False)
         self.conv_layers = nn.ModuleList()  # nothing to freeze or scale
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        frames = waveforms.float().unfold(-1, self.window_size, self.hop)  # (B, T, window)
+        # Kaldi reads 16-bit samples: its log floor sits 90 dB below a full-scale int16 sine, not
+        # below a float one; the same scale keeps quiet audio off the floor.
+        frames = (waveforms.float() * INT16_SCALE).unfold(-1, self.window_size, self.hop)  # (B, T, window)
         frames = (frames - frames.mean(dim=-1, keepdim=True)) * self.window
         spec = torch.view_as_real(torch.fft.rfft(frames, n=self.n_fft)).square().sum(dim=-1)  # power
         feats = torch.matmul(spec, self.mel).clamp_min(LOG_FLOOR).log()

@@ -92,7 +92,16 @@ def resolve_model_config(cfg: TrainConfig, init_ckpt: Optional[dict]):  # noqa: 
         raise ToolkitError(f"model.overrides: unknown key(s) {', '.join(unknown)}; valid keys: "
                            f"{', '.join(sorted(merged))}")
     merged.update(changes)
-    return Wav2Vec2Config.from_dict(merged, where="model.overrides")
+    cfg_out = Wav2Vec2Config.from_dict(merged, where="model.overrides")
+    if init_ckpt is not None:  # the weights fit only the network they were trained as (a parameter-free
+        # front-end's geometry, e.g. the fbank window, would otherwise change unnoticed)
+        was, now = base.architecture(), cfg_out.architecture()
+        differ = [k for k in was if was[k] != now[k]]
+        if differ:
+            k = differ[0]
+            raise ToolkitError(f"model.overrides: {k}={now[k]} but train.init {cfg.train.init} was trained with "
+                               f"{k}={was[k]}; its weights need its own architecture: remove that override")
+    return cfg_out
 
 
 def load_init(cfg: TrainConfig, resume: bool | str = True) -> Optional[dict]:
@@ -230,6 +239,7 @@ class PretrainTask(Task):
 
         return AudioDataset(normalize=self.normalize, crop_to_shortest=True,
                             max_sample_size=self.cfg.data.max_sample_size,
+                            conv_layers=self.model_cfg.conv_feature_layers,
                             speed_perturb=self.cfg.data.speed_perturb, seed=seed,
                             speed_factors=tuple(self.cfg.data.speed_factors),
                             channel_augment=self.cfg.data.channel_augment)
@@ -259,7 +269,8 @@ class PretrainTask(Task):
 
         cuts = in_languages(self.cfg, load_cuts(self.cfg.data.dev_cuts, "data.dev_cuts"), "data.dev_cuts")
         ds = AudioDataset(normalize=self.normalize, crop_to_shortest=True,
-                          max_sample_size=self.cfg.data.max_sample_size, seed=0)
+                          max_sample_size=self.cfg.data.max_sample_size, seed=0,
+                          conv_layers=self.model_cfg.conv_feature_layers)
         stream = make_stream(self.cfg, cuts, ds, ddp.DistInfo(), seed=0, shuffle=False)
         device = next(model.parameters()).device
         loss = ss = acc = 0.0
@@ -426,6 +437,7 @@ class CTCTask(Task):
         from toolkit.data.dataset import AudioDataset
 
         return AudioDataset(tokenizer=self.tokenizer, normalize=self.normalize,
+                            conv_layers=self.model_cfg.conv_feature_layers,
                             speed_perturb=self.cfg.data.speed_perturb and train, seed=seed,
                             speed_factors=tuple(self.cfg.data.speed_factors),
                             channel_augment=self.cfg.data.channel_augment if train else 0.0)
