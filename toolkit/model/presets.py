@@ -39,7 +39,7 @@ def _tiny_fbank() -> dict[str, Any]:
     # The tiny Transformer on a fixed 80-band log-mel front-end (25 ms / 20 ms frames, the CNN's
     # frame rate) instead of the waveform CNN: for CTC from scratch on a small corpus, where a CNN
     # learned from random weights fits the training speakers' voices and microphones (FSDD's held-out
-    # speaker: 3.8% against 13.6% WER, bench/RESULTS.md). Not importable from or exportable to
+    # speaker: 3.2% against 13.6% WER, bench/RESULTS.md). Not importable from or exportable to
     # Hugging Face or fairseq, which have no such front-end.
     return dict(_tiny(), extractor_mode="fbank", conv_feature_layers=[(80, 400, 320)])
 
