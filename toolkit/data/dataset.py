@@ -123,7 +123,7 @@ class AudioDataset(torch.utils.data.Dataset):
                  speed_factors: tuple[float, ...] = SPEED_FACTORS, conv_layers: Any = None) -> None:
         super().__init__()
         self.conv_layers = conv_layers
-        self.min_samples = receptive_field(conv_layers) if conv_layers else MIN_SAMPLES
+        self.min_samples = receptive_field(conv_layers)  # MIN_SAMPLES for the standard CNN
         if max_sample_size is not None and max_sample_size < self.min_samples:
             raise ToolkitError(f"max_sample_size={max_sample_size} is below one model frame ({self.min_samples} samples)")
         if tokenizer is not None and max_sample_size is not None and not crop_to_shortest:

@@ -74,6 +74,11 @@ def fingerprint(state: dict[str, torch.Tensor]) -> list[float]:
     return [float(a) for a in total]
 
 
+def same_fingerprint(a: list[float], b: list[float]) -> bool:
+    """Two `fingerprint`s of the same weights (summation order aside)."""
+    return all(abs(x - y) <= 1e-9 * max(1.0, abs(y)) for x, y in zip(a, b))
+
+
 class CollapseGuard:
     """Watches validation rows; with `train.on_collapse: restart`, restarts a collapsed run."""
 
@@ -190,7 +195,7 @@ class CollapseGuard:
         self.saved_fingerprint = saved
         if saved is not None and self.initial_state is not None:
             now = fingerprint(self.initial_state)
-            if any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
+            if not same_fingerprint(now, saved):
                 self.initial_moved = True
                 given = getattr(self.trainer, "given_init", None) or self.trainer.cfg.train.init
                 if given != self.trainer.cfg.train.init:

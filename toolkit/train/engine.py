@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from toolkit.train import ddp, expdir
-from toolkit.train.collapse import CollapseGuard
+from toolkit.train.collapse import CollapseGuard, same_fingerprint
 from toolkit.train.expdir import list_checkpoints
 from toolkit.train.config import TrainConfig, config_to_dict, config_to_yaml
 from toolkit.train.optim import Scheduler, build_optimizer, grad_norm, schedule_warnings
@@ -298,7 +298,7 @@ def check_init_weights(path: Path, ckpt: dict, now: Optional[list[float]], given
     saved = ckpt.get("init_fingerprint")
     if saved is None or now is None:  # an older checkpoint, or train.init deleted: nothing to compare
         return saved if saved is not None else now
-    if all(abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
+    if same_fingerprint(now, saved):
         return saved
     where = f"{given} (the run started from {saved_init})" if given != saved_init else f"{given}"
     if not allow_config_change:
