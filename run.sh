@@ -24,6 +24,8 @@ heldout_language=it
 pretrain_minutes=8                   # synthetic audio per pretraining language
 finetune_minutes=3                   # transcribed train audio of the held-out language (little: where pretraining pays)
 test_minutes=5                       # test audio of the held-out language (its dev set: a tenth of all its audio)
+heldout_speakers=10                  # speakers of the held-out language (test, dev, then train take them)
+rare_words=0                         # generated rare words in its sentences (docs/synthetic.md; 0: the word list alone)
 decode_methods="greedy hlg"
 report_set=test                      # the set of the comparison table and the RESULT lines (dev or test)
 pretrain_updates=1600                # tiny pretraining updates (20 s of audio each)
@@ -42,6 +44,8 @@ Options (default):
   --pretrain-minutes M              synthetic audio per pretraining language ($pretrain_minutes)
   --finetune-minutes M              transcribed audio for fine-tuning ($finetune_minutes)
   --test-minutes M                  test audio of the held-out language ($test_minutes)
+  --heldout-speakers N              speakers of the held-out language ($heldout_speakers)
+  --rare-words N                    generated rare words in its sentences, a vocabulary of real size ($rare_words)
   --decode-methods \"greedy hlg\"     decoding methods ($decode_methods); with k2 (local/install_k2.sh)
                                     also k2-ctc k2-hlg k2-nbest-rescore k2-whole-lattice-rescore
   --report-set dev|test             set of the comparison table and RESULT lines ($report_set)
@@ -57,7 +61,8 @@ local/install.sh
 
 recipes/commonvoice/run.sh --work-dir "$work_dir" --stage "$stage" --stop-stage "$stop_stage" \
   --synthetic true --synth-minutes "$pretrain_minutes" --synth-finetune-minutes "$finetune_minutes" \
-  --synth-test-minutes "$test_minutes" \
+  --synth-test-minutes "$test_minutes" --synth-rare-words "$rare_words" \
+  --synth-finetune-speakers "$heldout_speakers" \
   --languages "$pretrain_languages" --finetune-languages "$heldout_language" \
   --size tiny --token-type char --finetune-inits "pretrained scratch" --finetune-jobs "$finetune_jobs" \
   --decode-methods "$decode_methods" --test-sets "dev test" --nj 1 \

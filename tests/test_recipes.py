@@ -347,6 +347,27 @@ def test_commonvoice_synth_test_minutes_sizes_the_test_split(tmp_path: Path) -> 
     assert r.returncode != 0 and "synth_plan.json: es was synthesised here with another plan" in r.stderr
 
 
+def test_commonvoice_synth_rare_words_and_speakers_go_to_the_finetuning_languages_only(tmp_path: Path) -> None:
+    """Stage 0 only: --synth-rare-words gives the fine-tuning language a real-size vocabulary and
+    --synth-finetune-speakers its own speaker count, and both leave the pretraining language alone;
+    another value into the same work dir is refused."""
+    run = ROOT / "recipes" / "commonvoice" / "run.sh"
+    opts = (f"--work-dir {tmp_path} --synthetic true --languages de --finetune-languages es --synth-speakers 3 "
+            "--synth-finetune-speakers 6 --synth-minutes 0.3 --synth-finetune-minutes 0.3 --stop-stage 0")
+    r = bash(f"{run} {opts} --synth-rare-words 300")
+    assert r.returncode == 0, r.stderr[-2000:]
+    corpus = tmp_path / "download" / "synthetic-cv"
+    summary = (corpus / "synth_summary.txt").read_text()
+    words = dict(re.findall(r"^(\w+): .*LM text: \d+ sentences, (\d+) distinct words", summary, re.M))
+    assert int(words["de"]) < 200 < 300 < int(words["es"]), summary
+    for lang, n in (("de", 3), ("es", 6)):
+        clients = {line.split("\t")[0] for split in ("train", "dev", "test")
+                   for line in (corpus / lang / f"{split}.tsv").read_text().splitlines()[1:]}
+        assert len(clients) == n, (lang, clients)
+    r = bash(f"{run} {opts} --synth-rare-words 0")
+    assert r.returncode != 0 and "es was synthesised here with another plan (rare_words 300 -> 0)" in r.stderr, r.stderr
+
+
 def test_new_recipe_errors(tmp_path: Path) -> None:
     r = bash(f"{ROOT}/local/new_recipe.sh --corpus commonvoice x_{uuid.uuid4().hex[:6]}")
     assert r.returncode == 1 and "--language CODE is required" in r.stderr

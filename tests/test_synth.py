@@ -85,6 +85,84 @@ def test_sentences_are_deterministic_and_use_the_word_list(lang):
     assert len(set(words)) < 0.6 * len(words)
 
 
+def test_syllables_split_onset_and_nucleus_in_three_scripts():
+    from toolkit.data.textgen import syllables
+
+    assert syllables("tavolo") == ["ta", "vo", "lo"]
+    assert syllables("parlare") == ["par", "la", "re"]
+    assert syllables("strada") == ["stra", "da"]
+    assert syllables("ist") == ["ist"]
+    assert syllables("молоко") == ["мо", "ло", "ко"]
+    assert syllables("θάλασσα") == ["θά", "λασ", "σα"]
+    assert syllables("brr") == []
+
+
+def test_rare_words_are_new_pronounceable_words_of_the_language():
+    from toolkit.data.textgen import Lexicon, make_rare_words, syllables
+
+    lex = load_lexicon("it")
+    rare = make_rare_words(lex, 500, 0)
+    vocab = lex.vocabulary()
+    assert len(set(rare)) == 500 and not set(rare) & vocab
+    assert all(w.isalpha() and w == w.lower() and len(w) >= 4 for w in rare)
+    firsts = {syllables(w)[0] for w in vocab if w.isalpha() and len(syllables(w)) >= 2}
+    lasts = {syllables(w)[-1] for w in vocab if w.isalpha() and len(syllables(w)) >= 2}
+    assert all(any(w.startswith(f) for f in firsts) and any(w.endswith(x) for x in lasts) for w in rare)
+    assert make_rare_words(lex, 500, 0) == rare and make_rare_words(lex, 500, 1) != rare
+    # two words make 2 x 1 x 2 syllable choices: fewer distinct words than asked is a one-line error
+    tiny = Lexicon("xx", {"nouns": ["tavolo", "casa"]})
+    with pytest.raises(ToolkitError, match=r"--rare-words 10: the xx word list's syllables make only \d distinct words"):
+        make_rare_words(tiny, 10, 0)
+    with pytest.raises(ToolkitError, match="--rare-words -1: give 0 to"):
+        make_rare_words(lex, -1, 0)
+    with pytest.raises(ToolkitError, match="syllables make only 0 distinct words"):  # no word of two syllables
+        make_rare_words(Lexicon("xx", {"nouns": ["sí", "brr"]}), 1, 0)
+    german = make_rare_words(load_lexicon("de"), 300, 0)  # from capitalised nouns: lower-case words
+    assert all(w == w.lower() for w in german) and not set(german) & {w.lower() for w in load_lexicon("de").vocabulary()}
+
+
+def test_rare_words_fill_their_share_of_the_content_slots_and_nothing_else():
+    from toolkit.data.textgen import RARE_SHARE
+
+    gen = SentenceGenerator("it", 7, rare_words=300)
+    rare = set(gen.rare)
+    words = gen.lexicon.words
+    content = set(words["nouns"]) | set(words["verbs"]) | set(words["adjectives"])
+    function = set(words["connectors"]) | set(words["numbers"])
+    counts = {"rare": 0, "content": 0, "function": 0}
+    for s in gen.sentences(3000):
+        for w in s.replace(",", " ").rstrip(".").lower().split():
+            counts["rare" if w in rare else "content" if w in content else "function" if w in function else w] += 1
+    assert set(counts) == {"rare", "content", "function"}, counts  # every word from one of the three
+    assert counts["rare"] / (counts["rare"] + counts["content"]) == pytest.approx(RARE_SHARE, abs=0.02)
+    # without rare words the generator draws exactly what it drew before the option existed
+    plain = SentenceGenerator("it", 7)
+    assert not plain.rare and plain.sentences(200) == SentenceGenerator("it", 7, rare_words=0).sentences(200)
+    assert not {w for s in plain.sentences(500) for w in s.replace(",", " ").rstrip(".").lower().split()} & rare
+
+
+def test_rare_words_give_a_real_size_vocabulary_with_words_the_lm_text_lacks():
+    """What `./run.sh --rare-words 4000` gives the held-out language: a vocabulary twenty
+    times the word list's, many words seen once, and test words absent from the LM text as well as from train."""
+    from toolkit.data.synth_text import corpus_text
+
+    fractions = {"train": 0.8, "dev": 0.1, "test": 0.1}
+    plain = corpus_text("it", 0, fractions)
+    text = corpus_text("it", 0, fractions, rare_words=4000)
+    vocab = lambda sentences: [w for s in sentences for w in _words(s, "it")]  # noqa: E731
+    counts = {}
+    for w in vocab(text.pool):
+        counts[w] = counts.get(w, 0) + 1
+    assert len(set(vocab(plain.pool))) < 150 and len(counts) > 3000
+    assert sum(1 for c in counts.values() if c == 1) > 500
+    test = text.splits["test"][:100]
+    lm_words = set(vocab(set(text.pool) - set(text.splits["dev"]) - set(text.splits["test"])))
+    train_words = set(vocab(text.splits["train"]))
+    test_words = vocab(test)
+    assert 0 < sum(w not in lm_words for w in test_words) < sum(w not in train_words for w in test_words)
+    assert not text.heldout & train_words
+
+
 def test_unknown_language_and_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(ToolkitError, match="no word list for language 'xx'"):
         synth.synthesize_corpus("commonvoice", ["xx"], 0.1, 3, tmp_path)
@@ -247,6 +325,9 @@ def test_another_plan_into_the_same_tree_is_refused_and_changes_nothing(tmp_path
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / synth.PLAN_FILE) in msg
     assert "minutes_per_language 0.1 -> 0.12" in msg and "test_fraction 0.1 -> 0.3" in msg and f"remove {tmp_path / 'it'}" in msg
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    with pytest.raises(ToolkitError, match=r"another plan \(rare_words 0 -> 50\)"):  # other sentences
+        synth.synthesize_corpus("commonvoice", ["it"], 0.1, 3, tmp_path, seed=0, lm_sentences=300, rare_words=50)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     # a tree from before plans were recorded: the same refusal, since its plan cannot be known
     (tmp_path / synth.PLAN_FILE).unlink()

@@ -16,8 +16,10 @@ synth_minutes=3                # synthetic: minutes of audio per language
 synth_finetune_minutes=10      # synthetic: minutes of transcribed train audio of each fine-tuning language
 synth_test_minutes=            # synthetic: test audio per fine-tuning language (default: a tenth of its audio)
 synth_speakers=10              # synthetic: speakers per language
+synth_finetune_speakers=       # synthetic: speakers of each fine-tuning language (default: --synth-speakers)
 synth_nj=2                     # synthetic: parallel synthesis jobs
 synth_text=                    # synthetic: "LANG=FILE ..." sentences (one a line) for languages without a word list
+synth_rare_words=0             # synthetic: generated rare words in the sentences of the fine-tuning languages (0: none)
 corpus_dir=                    # an existing Common Voice release (<dir>/<lang>/{train,dev,test}.tsv, clips/)
 release=cv-corpus-13.0-2023-03-09
 languages="de fr es it"        # pretraining languages (unlabelled train audio)
@@ -56,6 +58,10 @@ Options (default):
   --synth-finetune-minutes M         synthetic transcribed train audio per fine-tuning language ($synth_finetune_minutes)
   --synth-test-minutes M             synthetic test audio per fine-tuning language (default: a tenth of its audio)
   --synth-text \"LANG=FILE ...\"       synthetic: sentences of languages without a word list (any espeak-ng language)
+  --synth-speakers N                 synthetic: speakers per language ($synth_speakers)
+  --synth-finetune-speakers N        synthetic: speakers of each fine-tuning language (default: --synth-speakers)
+  --synth-rare-words N               synthetic: N generated rare words in the sentences of the fine-tuning
+                                     languages, a vocabulary of real size ($synth_rare_words)
   --corpus-dir DIR                   existing Common Voice release directory
   --release NAME                     release for lhotse download ($release)
   --languages \"L1 L2 ...\"            pretraining languages ($languages)
@@ -94,12 +100,13 @@ if [ -n "$synth_test_minutes" ] && ! awk -v t="$synth_test_minutes" 'BEGIN { exi
   echo "$0: --synth-test-minutes must be a positive number of minutes, got '$synth_test_minutes'" >&2; exit 1
 fi
 
+ft_speakers=${synth_finetune_speakers:-$synth_speakers}
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   stage_settings "synth_text=$synth_text"
   if [ "$synthetic" = true ]; then
     # The marker names the languages and sizes, so another language list synthesises what is missing.
     if stage_begin 0 "synthesise a Common Voice-format corpus ($all_languages) in $corpus_dir" \
-        "$corpus_dir/.synth-${all_languages// /_}-${synth_minutes}-${synth_finetune_minutes}${synth_test_minutes:+-test$synth_test_minutes}-${synth_speakers}.done"; then
+        "$corpus_dir/.synth-${all_languages// /_}-${synth_minutes}-${synth_finetune_minutes}${synth_test_minutes:+-test$synth_test_minutes}-${synth_speakers}$([ "$ft_speakers" = "$synth_speakers" ] || echo "-ft$ft_speakers")$([ "$synth_rare_words" = 0 ] || echo "-rare$synth_rare_words").done"; then
       # Pretraining languages get --synth-minutes each; a fine-tuning language gets enough that
       # its train split (80 %, the rest dev and test) holds --synth-finetune-minutes of transcribed
       # audio; with --synth-test-minutes its test split holds that much and dev a tenth of the whole.
@@ -116,7 +123,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
         split_opts="--minutes-per-language $(awk -v m="$synth_finetune_minutes" 'BEGIN{print m / 0.8}')"
       fi
       toolkit synth-corpus --format commonvoice --languages "$(echo $finetune_languages | tr ' ' ,)" --out "$corpus_dir" \
-        $split_opts --speakers "$synth_speakers" --nj "$synth_nj" $(text_of $finetune_languages)
+        $split_opts --speakers "$ft_speakers" --nj "$synth_nj" --rare-words "$synth_rare_words" $(text_of $finetune_languages)
       stage_end
     fi
   elif stage_begin 0 "Common Voice $release for $all_languages in $corpus_dir" "$corpus_dir/.corpus-${all_languages// /_}.done"; then

@@ -157,6 +157,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--lm-sentences", type=int, default=DEFAULT_LM_SENTENCES,
                         help="sentences per language in the generated pool (LM text and sentence file)")
+    parser.add_argument("--rare-words", type=int, default=0,
+                        help="word-list languages: N generated rare words (built from the word list's syllables) "
+                             "in half of the noun, verb and adjective slots, Zipf-distributed: a vocabulary of real "
+                             "size that an LM cannot predict (default 0: the word list alone)")
     parser.add_argument("--subset-scale", type=float, default=1.0,
                         help="LibriSpeech: scale Libri-light fold durations (1.0 = real 10m/1h/10h)")
     parser.add_argument("--seed", type=int, default=0)
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     result = synthesize_corpus(args.format, languages, args.minutes_per_language, args.speakers, args.out,
                                seed=args.seed, nj=args.nj, dev_fraction=args.dev_fraction,
                                test_fraction=args.test_fraction, subset_scale=args.subset_scale,
-                               text_files=texts, lm_sentences=args.lm_sentences)
+                               text_files=texts, lm_sentences=args.lm_sentences, rare_words=args.rare_words)
     for lang, summary in result["summary"].items():
         print(summary_line(lang, summary))
     print(f"{result['audio_minutes']:.1f} min of audio in {result['wall_minutes']:.2f} min wall: "
@@ -561,7 +565,7 @@ def language_summary(language: str, plans: dict[str, SplitPlan], durations: dict
         "minutes": round(sum(seconds.values()) / 60, 3),
         "split_minutes": {s: round(v / 60, 3) for s, v in seconds.items()},
         "utterances": {s: len(p.items) for s, p in plans.items()},
-        "heldout_words": len(text.heldout), "pool_sentences": len(text.pool),
+        "heldout_words": len(text.heldout), "pool_sentences": len(text.pool), "lm_words": len(lm_vocab),
     }
     for split in ("dev", "test"):
         if split not in plans:
@@ -584,6 +588,8 @@ def summary_line(language: str, s: dict) -> str:
              f"{100 * (s['minutes'] / s['target_minutes'] - 1):+.1f}%)"]
     parts.append(" / ".join(f"{k} {s['split_minutes'][k]:.2f}" for k in ("train", "dev", "test")
                             if k in s["split_minutes"]) + " min")
+    if "lm_words" in s:
+        parts.append(f"LM text: {s['pool_sentences']} sentences, {s['lm_words']} distinct words")
     for split in ("dev", "test"):
         if split in s:
             d = s[split]
@@ -612,15 +618,19 @@ def write_summary(out: Path, summary: dict[str, dict]) -> None:
 # ---------------------------------------------------------------------------------------
 
 PLAN_FILE = "synth_plan.json"
+PLAN_DEFAULTS = {"rare_words": 0}  # plan entries recorded only when set
 
 
 def _plan_record(fmt: str, minutes: float, n_speakers: int, seed: int, dev_fraction: float, test_fraction: float,
-                 subset_scale: float, lm_sentences: int, text_file: Path | None) -> dict:
+                 subset_scale: float, lm_sentences: int, text_file: Path | None, rare_words: int = 0) -> dict:
     """What decides a language's sentences, speakers and clip names (not how fast it is made)."""
-    return {"format": fmt, "minutes_per_language": round(minutes, 6), "speakers": n_speakers, "seed": seed,
-            "dev_fraction": round(dev_fraction, 6), "test_fraction": round(test_fraction, 6),
-            "subset_scale": subset_scale, "lm_sentences": lm_sentences,
-            "text": str(Path(text_file).resolve()) if text_file else None}
+    record = {"format": fmt, "minutes_per_language": round(minutes, 6), "speakers": n_speakers, "seed": seed,
+              "dev_fraction": round(dev_fraction, 6), "test_fraction": round(test_fraction, 6),
+              "subset_scale": subset_scale, "lm_sentences": lm_sentences,
+              "text": str(Path(text_file).resolve()) if text_file else None}
+    if rare_words and not text_file:  # absent when 0: plans recorded before --rare-words existed stay equal
+        record["rare_words"] = rare_words
+    return record
 
 
 def check_and_record_plan(out: Path, records: dict[str, dict]) -> None:
@@ -651,7 +661,9 @@ def check_and_record_plan(out: Path, records: dict[str, dict]) -> None:
                                f"{PLAN_FILE}; remove {where} and everything made from it (a recipe's data/ and "
                                f"exp/), {fix}")
         if old is not None and old != record:
-            changed = ", ".join(f"{k} {old.get(k)} -> {record[k]}" for k in record if old.get(k) != record[k])
+            value = lambda plan, k: plan.get(k, PLAN_DEFAULTS.get(k))  # noqa: E731
+            changed = ", ".join(f"{k} {value(old, k)} -> {value(record, k)}" for k in sorted(set(old) | set(record))
+                                if value(old, k) != value(record, k))
             raise ToolkitError(f"{path}: {lang} was synthesised here with another plan ({changed}), and its clips "
                                f"would keep the old sentences under the new transcripts; remove {where} and "
                                f"everything made from it (a recipe's data/ and exp/), {fix}")
@@ -694,7 +706,7 @@ def _calibrate(plans: dict[str, SplitPlan], durations: dict[str, float]) -> floa
 def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers: int, out: Path, seed: int = 0,
                       nj: int = 2, dev_fraction: float = 0.1, test_fraction: float = 0.1,
                       subset_scale: float = 1.0, text_files: dict[str, Path] | None = None,
-                      lm_sentences: int = DEFAULT_LM_SENTENCES) -> dict:
+                      lm_sentences: int = DEFAULT_LM_SENTENCES, rare_words: int = 0) -> dict:
     """Plan, synthesise (in calibrated rounds) and lay out the corpus; returns timing, durations and a summary."""
     text_files = dict(text_files or {})
     if fmt not in ("librispeech", "commonvoice"):
@@ -724,7 +736,7 @@ def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers
     plans: dict[str, dict[str, SplitPlan]] = {}
     for li, lang in enumerate(languages):
         speakers = plan_speakers(lang, slots[lang], n_speakers, fmt, voices[lang], seed, dev_fraction, test_fraction)
-        texts[lang] = corpus_text(lang, seed, fractions, text_files.get(lang), lm_sentences)
+        texts[lang] = corpus_text(lang, seed, fractions, text_files.get(lang), lm_sentences, rare_words)
         normalize = Normalizer(lang)
         plans[lang] = {
             split: SplitPlan(fmt, out, lang, split, [s for s in speakers if s.split == split], texts[lang].splits[split],
@@ -732,7 +744,7 @@ def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers
             for split in ("train", "dev", "test") if fractions[split] > 0}
     # every option checked: from here on clips are written
     check_and_record_plan(out, {lang: _plan_record(fmt, minutes, n_speakers, seed, dev_fraction, test_fraction,
-                                                   subset_scale, lm_sentences, text_files.get(lang))
+                                                   subset_scale, lm_sentences, text_files.get(lang), rare_words)
                                 for lang in languages})
 
     durations: dict[str, float] = {}

@@ -86,12 +86,12 @@ class CorpusText:
     splits: dict[str, list[str]] = field(default_factory=dict)  # candidates per split, disjoint
 
 
-def generated_pool(language: str, seed: int, n: int) -> tuple[list[str], list[str]]:
-    """Up to n sentences of the language's generator, unique after normalisation, in draw order,
-    and their normalised forms."""
+def generated_pool(language: str, seed: int, n: int, rare_words: int = 0) -> tuple[list[str], list[str]]:
+    """Up to n sentences of the language's generator (with `rare_words` generated words), unique after
+    normalisation, in draw order, and their normalised forms."""
     if n < 3:
         raise ToolkitError(f"--lm-sentences {n}: need at least 3 sentences per language (train, dev and test)")
-    gen = SentenceGenerator(language, seed)
+    gen = SentenceGenerator(language, seed, rare_words)
     normalize = Normalizer(language)
     seen: dict[str, str] = {}  # normalised -> original
     attempts = 0
@@ -208,12 +208,13 @@ def deal_splits(pool: list[str], normalised: list[str], heldout: frozenset[str],
 
 
 def corpus_text(language: str, seed: int, fractions: dict[str, float], text_file: Path | None = None,
-                lm_sentences: int = DEFAULT_LM_SENTENCES) -> CorpusText:
-    """The pool, held-out words and split lists of one language (a pure function of the arguments)."""
+                lm_sentences: int = DEFAULT_LM_SENTENCES, rare_words: int = 0) -> CorpusText:
+    """The pool, held-out words and split lists of one language (a pure function of the arguments).
+    `rare_words` applies to a generated pool only: a user's sentences are taken as they are."""
     if text_file is not None:
         (pool, normalised), source = file_pool(language, text_file, seed), str(text_file)
     else:
-        (pool, normalised), source = generated_pool(language, seed, lm_sentences), "word list"
+        (pool, normalised), source = generated_pool(language, seed, lm_sentences, rare_words), "word list"
     heldout = choose_heldout(normalised, language, seed)
     return CorpusText(language, source, pool, heldout, deal_splits(pool, normalised, heldout, language, fractions))
 

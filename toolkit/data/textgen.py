@@ -19,6 +19,14 @@ case) is deliberately ignored: this is test data, not a language model of the
 language. Sentences start with a capital letter and end with a full stop, so text
 normalisation has something to undo.
 
+Real corpora also have thousands of words, most of them rare (names, technical terms, inflected
+forms), which an LM cannot predict from context: in real text about half the tokens lie outside
+the few hundred most frequent words. With `rare_words=N` the generator makes N words from the
+word list's own syllables (pronounceable by the language's espeak-ng voice, absent from the word
+list) and puts one, Zipf-distributed, into a share (`RARE_SHARE`) of the content-word slots
+(noun, verb, adjective): the vocabulary grows to real size and the lexicon no longer mends most
+acoustic errors.
+
 Adding a language = adding `lexicons/<code>.txt` (and an espeak-ng voice for it); without a
 word list, `toolkit synth-corpus --text LANG=FILE` takes the language's sentences from a file.
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +43,12 @@ from toolkit.utils import ToolkitError
 LEXICON_DIR = Path(__file__).with_name("lexicons")
 WORD_CLASSES = ("nouns", "verbs", "adjectives", "connectors", "numbers")
 MAX_NUMBER = 40  # number words 1..MAX_NUMBER: keeps the vocabulary bounded
+RARE_SHARE = 0.5  # with rare words: the share of noun, verb and adjective slots that take one
+_CONTENT_CLASSES = ("nouns", "verbs", "adjectives")
+MAX_RARE_WORDS = 100_000
+# Letters that make a syllable's nucleus (Latin, Cyrillic and Greek scripts of the word lists).
+VOWELS = "aeiouyàáâäèéêëìíîïòóôöùúûüœæãõåøаеёиоуыэюяαεηιουωάέήίόύώϊϋΐΰ"
+_CHUNK = re.compile(f"([^{VOWELS}]*)([{VOWELS}]+)")
 
 # Part-of-speech templates: N noun, V verb, A adjective, C connector, U number.
 TEMPLATES: tuple[tuple[str, ...], ...] = (
@@ -112,16 +127,67 @@ def load_lexicon(language: str) -> Lexicon:
     return lex
 
 
-class SentenceGenerator:
-    """Sentences of one language, identical for the same (language, seed)."""
+def syllables(word: str) -> list[str]:
+    """Onset + nucleus chunks of a word; of the consonants between two nuclei the last starts the
+    next chunk and the others close the previous one; trailing consonants close the last chunk.
+    `tavolo` -> ta vo lo, `parlare` -> par la re. [] for a word without a vowel."""
+    chunks: list[str] = []
+    end = 0
+    for m in _CHUNK.finditer(word):
+        onset, nucleus = m.groups()
+        if chunks and len(onset) > 1:
+            chunks[-1] += onset[:-1]
+            onset = onset[-1]
+        chunks.append(onset + nucleus)
+        end = m.end()
+    if chunks:
+        chunks[-1] += word[end:]
+    return chunks
 
-    def __init__(self, language: str, seed: int) -> None:
+
+def make_rare_words(lexicon: Lexicon, n: int, seed: int) -> list[str]:
+    """n distinct lower-case words (seeded): a word-initial syllable of the word list, sometimes a
+    medial one, and a word-final one; at least 4 letters, none a word of the list."""
+    if not 0 <= n <= MAX_RARE_WORDS:
+        raise ToolkitError(f"--rare-words {n}: give 0 to {MAX_RARE_WORDS}")
+    first, middle, last = set(), set(), set()
+    taken = {word.lower() for word in lexicon.vocabulary()}
+    for word in taken:
+        chunks = syllables(word) if word.isalpha() else []
+        if len(chunks) >= 2:
+            first.add(chunks[0])
+            last.add(chunks[-1])
+            middle.update(chunks[1:-1])
+    firsts, middles, lasts = sorted(first), sorted(middle), sorted(last)
+    rng = random.Random(f"rare-words-{lexicon.language}-{seed}")
+    words: list[str] = []
+    attempts = 0
+    while firsts and len(words) < n and attempts < 50 * n:
+        attempts += 1
+        word = rng.choice(firsts) + (rng.choice(middles) if middles and rng.random() < 0.5 else "") + rng.choice(lasts)
+        if len(word) >= 4 and word not in taken:
+            taken.add(word)
+            words.append(word)
+    if len(words) < n:
+        raise ToolkitError(f"--rare-words {n}: the {lexicon.language} word list's syllables make only {len(words)} "
+                           "distinct words; give fewer")
+    return words
+
+
+class SentenceGenerator:
+    """Sentences of one language, identical for the same (language, seed, rare_words)."""
+
+    def __init__(self, language: str, seed: int, rare_words: int = 0) -> None:
         self.language = language
         self.lexicon = load_lexicon(language)
         # str seeds are hashed with SHA-512 by `random`, so this is stable across runs.
         self.rng = random.Random(f"textgen-{language}-{seed}")
         self._classes: dict[str, tuple[list[str], list[float]]] = {}
-        for cls, words in self.lexicon.words.items():
+        words_by_class = dict(self.lexicon.words)
+        self.rare = make_rare_words(self.lexicon, rare_words, seed) if rare_words else []
+        if self.rare:
+            words_by_class["rare"] = self.rare
+        for cls, words in words_by_class.items():
             order = list(words)
             self.rng.shuffle(order)  # which words are frequent depends on the seed
             weights = [1.0 / (rank + 1) for rank in range(len(order))]  # Zipf, exponent 1
@@ -129,7 +195,10 @@ class SentenceGenerator:
             self._classes[cls] = (order, list(itertools.accumulate(weights)))
 
     def _word(self, slot: str) -> str:
-        words, cum_weights = self._classes[_CLASS_OF[slot]]
+        cls = _CLASS_OF[slot]
+        if cls in _CONTENT_CLASSES and self.rare and self.rng.random() < RARE_SHARE:
+            cls = "rare"
+        words, cum_weights = self._classes[cls]
         return self.rng.choices(words, cum_weights=cum_weights)[0]
 
     def sentence(self) -> str:
