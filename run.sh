@@ -5,12 +5,12 @@
 # six languages with espeak-ng, pretrains a `tiny` wav2vec 2.0 model on five of them (XLSR
 # language sampling), fine-tunes it with CTC on the held-out language from about 2 minutes of
 # transcribed audio, fine-tunes the same model from scratch on the same data, decodes both with
-# greedy CTC and an HLG graph (3-gram LM on Italian sentences outside dev and test), and writes RESULTS.md.
-# The held-out language is made like a small Common Voice language: 50 speakers, a 12-minute test
-# set, and 4000 generated rare words beside its word list (a vocabulary of real size: a third of the
-# test words are absent from train, 2% from the LM text).
+# greedy CTC and an HLG graph (3-gram LM on Italian sentences outside dev and test), and writes RESULTS.md
 # comparing pretrained and scratch per decoding method. Every stage is the Common Voice recipe's
-# (recipes/commonvoice/run.sh); this script only chooses its settings.
+# (recipes/commonvoice/run.sh); this script only chooses its settings. The held-out language is
+# made like a small Common Voice language: 50 speakers, a 12-minute test set, and 4000 generated
+# rare words beside its word list (a vocabulary of real size: about 40% of the test words are
+# absent from train, 2% from the LM text).
 # It ends with `RESULT wer_pretrained=<x>` and `RESULT wer_scratch=<y>` (test WER, %, with the
 # decoding method that is best for the pretrained model, after the same method's CER lines), then
 # `RESULT p_pretrained_better_than_scratch=<p>`: the share of paired bootstrap resamples of the test

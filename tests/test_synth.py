@@ -93,6 +93,7 @@ def test_syllables_split_onset_and_nucleus_in_three_scripts():
     assert syllables("strada") == ["stra", "da"]
     assert syllables("ist") == ["ist"]
     assert syllables("молоко") == ["мо", "ло", "ко"]
+    assert syllables("місто") == ["міс", "то"]  # Ukrainian і, ї, є are vowels too
     assert syllables("θάλασσα") == ["θά", "λασ", "σα"]
     assert syllables("brr") == []
 
@@ -117,6 +118,9 @@ def test_rare_words_are_new_pronounceable_words_of_the_language():
         make_rare_words(lex, -1, 0)
     with pytest.raises(ToolkitError, match="syllables make only 0 distinct words"):  # no word of two syllables
         make_rare_words(Lexicon("xx", {"nouns": ["sí", "brr"]}), 1, 0)
+    for lang in ("el", "es"):  # espeak-ng reads stress from the spelling: never two accents in a word
+        made = make_rare_words(load_lexicon(lang), 2000, 0)
+        assert all(sum(unicodedata.normalize("NFD", c)[1:2] in ("\u0300", "\u0301") for c in w) <= 1 for w in made)
     german = make_rare_words(load_lexicon("de"), 300, 0)  # from capitalised nouns: lower-case words
     assert all(w == w.lower() for w in german) and not set(german) & {w.lower() for w in load_lexicon("de").vocabulary()}
 
@@ -565,6 +569,7 @@ def test_text_option_errors_are_one_line_and_write_nothing(tmp_path, capsys):
         (["--text", f"pt={few}"], "2 distinct sentence(s)"),
         (["--languages", "en", "--text", f"pt={good}"], "pt is not in --languages en"),
         (["--text", str(good)], "use --text LANG=FILE"),
+        (["--text", f"pt={good}", "--rare-words", "-1"], "--rare-words -1: give 0 to"),  # no word list to check it
     ]
     for k, (extra, message) in enumerate(cases):
         out = tmp_path / f"out{k}"

@@ -90,7 +90,7 @@ from toolkit.data import librilight
 from toolkit.data.synth_lm import lm_sentences, sentence_id, write_cv_sentences, write_librispeech_lm
 from toolkit.data.synth_text import (DEFAULT_LM_SENTENCES, CorpusText, Normalizer, corpus_text,
                                      parse_text_options)
-from toolkit.data.textgen import available_languages, load_lexicon
+from toolkit.data.textgen import MAX_RARE_WORDS, available_languages, load_lexicon
 from toolkit.utils import ToolkitError, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -558,14 +558,16 @@ def language_summary(language: str, plans: dict[str, SplitPlan], durations: dict
     words = {split: [w for u in p.items for w in normalize(u.speech).split()] for split, p in plans.items()}
     train_vocab = set(words.get("train", []))
     recorded = {split: [u.sentences for u in p.items] for split, p in plans.items()}
-    lm_vocab = {w for s in lm_sentences(text, recorded) for w in normalize(s).split()}
+    lm_text = lm_sentences(text, recorded)
+    lm_vocab = {w for s in lm_text for w in normalize(s).split()}
     seconds = {split: sum(durations[u.utt_id] for u in p.items) for split, p in plans.items()}
     out: dict = {
         "text": text.source, "target_minutes": round(minutes, 3),
         "minutes": round(sum(seconds.values()) / 60, 3),
         "split_minutes": {s: round(v / 60, 3) for s, v in seconds.items()},
         "utterances": {s: len(p.items) for s, p in plans.items()},
-        "heldout_words": len(text.heldout), "pool_sentences": len(text.pool), "lm_words": len(lm_vocab),
+        "heldout_words": len(text.heldout), "pool_sentences": len(text.pool),
+        "lm_sentences": len(lm_text), "lm_words": len(lm_vocab),
     }
     for split in ("dev", "test"):
         if split not in plans:
@@ -589,7 +591,7 @@ def summary_line(language: str, s: dict) -> str:
     parts.append(" / ".join(f"{k} {s['split_minutes'][k]:.2f}" for k in ("train", "dev", "test")
                             if k in s["split_minutes"]) + " min")
     if "lm_words" in s:
-        parts.append(f"LM text: {s['pool_sentences']} sentences, {s['lm_words']} distinct words")
+        parts.append(f"LM text: {s['lm_sentences']} sentences, {s['lm_words']} distinct words")
     for split in ("dev", "test"):
         if split in s:
             d = s[split]
@@ -720,6 +722,8 @@ def synthesize_corpus(fmt: str, languages: list[str], minutes: float, n_speakers
         raise ToolkitError(f"--text {extra[0]}=...: {extra[0]} is not in --languages {','.join(languages)}; add it there")
     if minutes <= 0:
         raise ToolkitError(f"--minutes-per-language {minutes}: must be positive")
+    if not 0 <= rare_words <= MAX_RARE_WORDS:
+        raise ToolkitError(f"--rare-words {rare_words}: give 0 to {MAX_RARE_WORDS}")
     if not 0 <= dev_fraction + test_fraction < 1:
         raise ToolkitError("--dev-fraction + --test-fraction must be in [0, 1)")
     check_tools(fmt)

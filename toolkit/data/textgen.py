@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,8 @@ RARE_SHARE = 0.5  # with rare words: the share of noun, verb and adjective slots
 _CONTENT_CLASSES = ("nouns", "verbs", "adjectives")
 MAX_RARE_WORDS = 100_000
 # Letters that make a syllable's nucleus (Latin, Cyrillic and Greek scripts of the word lists).
-VOWELS = "aeiouyàáâäèéêëìíîïòóôöùúûüœæãõåøаеёиоуыэюяαεηιουωάέήίόύώϊϋΐΰ"
+VOWELS = "aeiouyàáâäèéêëìíîïòóôöùúûüœæãõåøаеёиоуыэюяіїєαεηιουωάέήίόύώϊϋΐΰ"
+_STRESS_MARKS = ("\u0300", "\u0301")  # grave and acute (Greek tonos decomposes to the acute)
 _CHUNK = re.compile(f"([^{VOWELS}]*)([{VOWELS}]+)")
 
 # Part-of-speech templates: N noun, V verb, A adjective, C connector, U number.
@@ -145,9 +147,16 @@ def syllables(word: str) -> list[str]:
     return chunks
 
 
+def _stress_marks(word: str) -> int:
+    """Written stress accents in a word: two syllables that each had one make a word that
+    espeak-ng (which reads Greek and Spanish stress from the spelling) would stress twice."""
+    return sum(unicodedata.normalize("NFD", ch)[1:2] in _STRESS_MARKS for ch in word)
+
+
 def make_rare_words(lexicon: Lexicon, n: int, seed: int) -> list[str]:
     """n distinct lower-case words (seeded): a word-initial syllable of the word list, sometimes a
-    medial one, and a word-final one; at least 4 letters, none a word of the list."""
+    medial one, and a word-final one; at least 4 letters, at most one written stress accent, none
+    a word of the list."""
     if not 0 <= n <= MAX_RARE_WORDS:
         raise ToolkitError(f"--rare-words {n}: give 0 to {MAX_RARE_WORDS}")
     first, middle, last = set(), set(), set()
@@ -165,7 +174,7 @@ def make_rare_words(lexicon: Lexicon, n: int, seed: int) -> list[str]:
     while firsts and len(words) < n and attempts < 50 * n:
         attempts += 1
         word = rng.choice(firsts) + (rng.choice(middles) if middles and rng.random() < 0.5 else "") + rng.choice(lasts)
-        if len(word) >= 4 and word not in taken:
+        if len(word) >= 4 and word not in taken and _stress_marks(word) <= 1:
             taken.add(word)
             words.append(word)
     if len(words) < n:
