@@ -2,7 +2,7 @@
 # The paper's central question in miniature: does self-supervised pretraining on other languages
 # make CTC fine-tuning on ~2 minutes of labelled audio of a held-out language better than the
 # same fine-tuning from scratch? (On the synthetic corpus with a fair scratch baseline: clearly,
-# with and without an LM, in the two corpus draws tried; bench/RESULTS.md.)
+# with and without an LM, in the three corpus draws tried; bench/RESULTS.md.)
 #
 # This is the embedded default (./run.sh) in its own work dir, so the benchmark and the demo
 # can never drift apart: a synthetic Common Voice-format corpus (espeak-ng), tiny pretraining on
