@@ -41,13 +41,18 @@ def num_frames(num_samples: int, conv_layers: ConvLayers | None = None) -> int:
     return n
 
 
+def fft_size(window: int) -> int:
+    """The `fbank` front-end's FFT length: a `window`-sample frame zero-padded to the next power of two."""
+    return 1 << (int(window) - 1).bit_length()
+
+
 def mel_banks(n_mels: int, window: int):  # noqa: ANN201
-    """Kaldi's mel filters (n_mels, n_fft/2) for a `window`-sample frame zero-padded to the next power
-    of two, 20 Hz to 400 Hz below Nyquist (the `fbank` front-end's, toolkit/model/wav2vec2.py)."""
+    """Kaldi's mel filters (n_mels, n_fft/2) for a `window`-sample frame zero-padded to `fft_size`,
+    20 Hz to 400 Hz below Nyquist (the `fbank` front-end's, toolkit/model/wav2vec2.py)."""
     import torch
     from torchaudio.compliance.kaldi import get_mel_banks
 
-    n_fft = 1 << (int(window) - 1).bit_length()
+    n_fft = fft_size(window)
     with torch.device("cpu"):  # fixed tables, also while a model is built on the meta device
         banks, _ = get_mel_banks(int(n_mels), n_fft, float(SAMPLE_RATE), 20.0, -400.0, 100.0, -500.0, 1.0)
     return banks

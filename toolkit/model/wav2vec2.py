@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from toolkit.model.config import Wav2Vec2Config, mel_banks
+from toolkit.model.config import Wav2Vec2Config, fft_size, mel_banks
 from toolkit.model.masking import compute_mask_indices, negatives_from_flat_indices, sample_negatives
 
 
@@ -200,7 +200,7 @@ class FbankFeatureEncoder(nn.Module):
         super().__init__()
         self.layers_cfg = list(cfg.conv_feature_layers)
         n_mels, self.window_size, self.hop = self.layers_cfg[0]
-        self.n_fft = 1 << (self.window_size - 1).bit_length()
+        self.n_fft = fft_size(self.window_size)
         banks = mel_banks(n_mels, self.window_size)
         with torch.device("cpu"):  # fixed tables, also when the model is built on the meta device
             window = torch.hann_window(self.window_size, periodic=False, dtype=torch.float64).float()
